@@ -1,0 +1,104 @@
+"""Errors raised by the :mod:`layers` engine.
+
+Every failure the engine reports is a :class:`LayersError`. Foreign exceptions (httpx, OS,
+parsers) are translated once, at the boundary where they occur, with ``raise ... from exc`` so
+the original stays attached as ``__cause__``.
+
+The tree::
+
+    LayersError
+    ├── BadInputError           bad arguments or settings (also a ValueError)
+    ├── CatalogError            a catalog file that cannot be used (also a BadInputError)
+    ├── FetchError              a request that did not produce a usable response
+    │   ├── StatusError         the server answered with an error status (keeps status, URL)
+    │   ├── FetchTimeoutError   connect / read / total timeout
+    │   ├── TransportError      connection refused, reset, truncated body, TLS, ...
+    │   ├── ResponseTooLargeError  the body exceeded the fetcher's size limit
+    │   └── RetriesExhaustedError  retries used up; ``last_error`` is the final failure
+    └── ParseError              a response that could not be decoded or parsed (keeps URL)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LayersError",
+    "BadInputError",
+    "CatalogError",
+    "FetchError",
+    "StatusError",
+    "FetchTimeoutError",
+    "TransportError",
+    "ResponseTooLargeError",
+    "RetriesExhaustedError",
+    "ParseError",
+]
+
+
+class LayersError(Exception):
+    """Base class of every error the engine raises."""
+
+
+class BadInputError(LayersError, ValueError):
+    """An argument or setting the engine cannot work with."""
+
+
+class CatalogError(BadInputError):
+    """A catalog file that is missing, malformed or invalid."""
+
+
+class FetchError(LayersError):
+    """A request that did not produce a usable response.
+
+    Parameters
+    ----------
+    message
+        What went wrong, in words a user can act on.
+    url
+        The URL requested (credentials already redacted by the caller).
+    """
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class StatusError(FetchError):
+    """The server answered with a status the caller did not accept."""
+
+    def __init__(self, status: int, url: str, *, reason: str = "") -> None:
+        text = f"HTTP {status}{' ' + reason if reason else ''} for {url}"
+        super().__init__(text, url=url)
+        self.status = status
+
+
+class FetchTimeoutError(FetchError):
+    """Connect, read or total time limit exceeded."""
+
+
+class TransportError(FetchError):
+    """The connection failed: refused, reset, truncated, TLS, DNS, proxy."""
+
+
+class ResponseTooLargeError(FetchError):
+    """The response body is larger than the fetcher's limit."""
+
+    def __init__(self, url: str, limit: int) -> None:
+        super().__init__(f"response from {url} exceeds the {limit}-byte limit", url=url)
+        self.limit = limit
+
+
+class RetriesExhaustedError(FetchError):
+    """Every attempt failed; ``last_error`` is the failure of the final attempt."""
+
+    def __init__(self, url: str, attempts: int, last_error: BaseException) -> None:
+        super().__init__(f"gave up on {url} after {attempts} attempts: {last_error}", url=url)
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+class ParseError(LayersError):
+    """A response that could not be decoded or parsed."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message if url is None else f"{message} ({url})")
+        self.url = url
