@@ -22,9 +22,9 @@ MAX_LAT = 85.0511287798066
 def lonlat_to_mercator(lon: float, lat: float) -> tuple[float, float]:
     """Project WGS84 degrees to EPSG:3857 metres (latitude clamped to Web Mercator's limit).
 
-    >>> x, y = lonlat_to_mercator(180.0, 0.0)
+    >>> x, y = lonlat_to_mercator(180.0, 45.0)
     >>> round(x, 3), round(y, 3)
-    (20037508.343, 0.0)
+    (20037508.343, 5621521.486)
     """
     lat = max(-MAX_LAT, min(MAX_LAT, lat))
     x = lon * ORIGIN_SHIFT / 180.0
