@@ -1,0 +1,452 @@
+"""Caches: the HTTP response cache on disk and a byte-bounded in-memory LRU.
+
+:class:`DiskCache` keeps raw responses, one file per entry, with what is needed to reuse them
+(RFC 9111, private-cache subset): the expiry computed from ``Cache-Control: max-age`` /
+``Expires`` (or the fetcher's fallback TTL when the server sends no validators), and the
+validators (``ETag``, ``Last-Modified``) used to revalidate a stale entry with a conditional
+request. The fetcher (:mod:`layers.http`) owns the protocol; this module only stores and
+computes.
+
+Entries are keyed by :func:`cache_key`, which includes a hash of the request's headers, so a
+response fetched with one set of credentials is never served to a request with another, and
+no secret is ever written in clear (``Set-Cookie`` is dropped and secret-looking query
+parameters are redacted from the stored URL).
+
+Why not hishel: hishel 2.0 (a new API) caches inside the transport, below the fetcher's
+single-flight, retries and metrics, so it could neither report hits and revalidations per
+request nor share one revalidation among concurrent callers; as a shared-cache implementation
+it declines to store responses to requests with ``Authorization``, which per-credential
+partitioning needs; and it has no fallback TTL for validator-less responses. The subset we need
+is small enough to keep here, tested.
+
+File format: a 4-byte big-endian length, a JSON metadata object, then the body. Files are
+written to a temporary name and renamed (atomic on POSIX), so readers never see half an entry.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .errors import BadInputError
+
+__all__ = [
+    "CacheEntry",
+    "DiskCache",
+    "MemoryLRU",
+    "cache_key",
+    "default_cache_dir",
+    "freshness_lifetime",
+    "parse_cache_control",
+    "redact_url",
+]
+
+#: Statuses a cache may store without explicit freshness (RFC 9110 "heuristically cacheable").
+CACHEABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 404, 405, 410, 414, 501})
+
+#: Request headers that do not change what the server sends back, so they stay out of the key.
+_KEY_IGNORED = frozenset(
+    {
+        "user-agent",
+        "accept-encoding",
+        "connection",
+        "cache-control",
+        "pragma",
+        "if-none-match",
+        "if-modified-since",
+    }
+)
+
+_SECRET_PARAMS = ("key", "token", "secret", "password", "signature", "sig", "auth", "credential")
+
+
+def default_cache_dir() -> Path:
+    """The disk cache directory: ``$MAPSTREAM_CACHE_DIR``, else the per-user cache dir.
+
+    >>> import os
+    >>> os.environ["MAPSTREAM_CACHE_DIR"] = "/tmp/ms-cache"
+    >>> str(default_cache_dir())
+    '/tmp/ms-cache'
+    >>> del os.environ["MAPSTREAM_CACHE_DIR"]
+    """
+    env = os.environ.get("MAPSTREAM_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mapstream" / "http"
+
+
+def cache_key(method: str, url: str, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
+    """A stable key for a request: method, URL and a hash of the headers that matter.
+
+    Credential headers (``Authorization``, ``Cookie``, API-key headers, ...) are part of the
+    key, so two requests that differ only in credentials never share an entry.
+
+    >>> a = cache_key("GET", "https://h/t/1", {"Authorization": "Bearer A"})
+    >>> b = cache_key("GET", "https://h/t/1", {"Authorization": "Bearer B"})
+    >>> a == b, len(a)
+    (False, 64)
+    >>> cache_key("GET", "https://h/t/1", {"User-Agent": "x"}) == cache_key("get", "https://h/t/1", {})
+    True
+    """
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    kept = sorted((k.lower(), v) for k, v in pairs if k.lower() not in _KEY_IGNORED)
+    h = hashlib.sha256()
+    h.update(method.upper().encode())
+    h.update(b"\0")
+    h.update(url.encode())
+    for k, v in kept:
+        h.update(b"\0")
+        h.update(k.encode())
+        h.update(b":")
+        h.update(v.encode())
+    return h.hexdigest()
+
+
+def redact_url(url: str) -> str:
+    """The URL with userinfo and secret-looking query values replaced by ``***``.
+
+    >>> redact_url("https://u:p@h.org/a?api_key=XYZ&z=3")
+    'https://***@h.org/a?api_key=%2A%2A%2A&z=3'
+    >>> redact_url("https://h.org/a?bbox=1,2")
+    'https://h.org/a?bbox=1,2'
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(any(s in k.lower() for s in _SECRET_PARAMS) for k, _ in pairs):
+        query = urlencode(
+            [(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v) for k, v in pairs]
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def parse_cache_control(value: str | None) -> dict[str, str | None]:
+    """Directives of a ``Cache-Control`` header, names lower-cased.
+
+    >>> parse_cache_control('public, max-age=60, no-cache="Set-Cookie"')
+    {'public': None, 'max-age': '60', 'no-cache': 'Set-Cookie'}
+    >>> parse_cache_control(None)
+    {}
+    """
+    out: dict[str, str | None] = {}
+    for part in (value or "").split(","):
+        name, sep, arg = part.strip().partition("=")
+        if name:
+            out[name.strip().lower()] = arg.strip().strip('"') if sep else None
+    return out
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def freshness_lifetime(headers: Mapping[str, str], ttl: float) -> float | None:
+    """Seconds a response stays fresh, or ``None`` if it must not be stored.
+
+    ``no-store`` forbids storing; ``no-cache`` stores but requires revalidation (lifetime 0);
+    ``max-age`` wins over ``Expires``; a response with validators but no explicit freshness is
+    revalidated every time (lifetime 0); one with neither gets the fallback ``ttl``.
+
+    >>> freshness_lifetime({"cache-control": "max-age=60"}, ttl=5)
+    60.0
+    >>> freshness_lifetime({"cache-control": "no-store"}, ttl=5) is None
+    True
+    >>> freshness_lifetime({"etag": '"v1"'}, ttl=5), freshness_lifetime({}, ttl=5)
+    (0.0, 5.0)
+    >>> freshness_lifetime({"cache-control": "no-cache, max-age=60"}, ttl=5)
+    0.0
+    """
+    cc = parse_cache_control(headers.get("cache-control"))
+    if "no-store" in cc:
+        return None
+    if "no-cache" in cc:
+        return 0.0
+    if "max-age" in cc:
+        try:
+            return max(0.0, float(int(cc["max-age"] or "")))
+        except ValueError:
+            return 0.0
+    expires = headers.get("expires")
+    if expires is not None:
+        when = _http_date(expires)
+        date = _http_date(headers.get("date")) or time.time()
+        return max(0.0, when - date) if when is not None else 0.0
+    if "etag" in headers or "last-modified" in headers:
+        return 0.0
+    return float(ttl)
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    """A stored response: status, headers, body, expiry and validators."""
+
+    url: str
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    stored_at: float
+    expires_at: float
+    etag: str | None = None
+    last_modified: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def is_fresh(self, now: float | None = None) -> bool:
+        """Whether the entry may be used without asking the server."""
+        return (time.time() if now is None else now) < self.expires_at
+
+    @property
+    def has_validators(self) -> bool:
+        return self.etag is not None or self.last_modified is not None
+
+    def conditional_headers(self) -> dict[str, str]:
+        """``If-None-Match`` / ``If-Modified-Since`` for revalidating this entry."""
+        out = {}
+        if self.etag is not None:
+            out["If-None-Match"] = self.etag
+        if self.last_modified is not None:
+            out["If-Modified-Since"] = self.last_modified
+        return out
+
+
+def _storable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    # Never keep a secret the server handed out.
+    return [(k, v) for k, v in headers if k.lower() not in ("set-cookie", "set-cookie2")]
+
+
+def make_entry(
+    url: str, status: int, headers: Iterable[tuple[str, str]], body: bytes, ttl: float
+) -> CacheEntry | None:
+    """Build the entry for a fresh network response, or ``None`` if it must not be stored.
+
+    >>> make_entry("http://h/a", 200, [("Cache-Control", "no-store")], b"x", 60) is None
+    True
+    >>> e = make_entry("http://h/a", 200, [("ETag", '"1"'), ("Set-Cookie", "s=1")], b"x", 60)
+    >>> e.etag, e.headers, e.is_fresh()
+    ('"1"', [('ETag', '"1"')], False)
+    """
+    pairs = list(headers)
+    lower = {k.lower(): v for k, v in pairs}
+    if status not in CACHEABLE_STATUSES:
+        return None
+    lifetime = freshness_lifetime(lower, ttl)
+    if lifetime is None:
+        return None
+    now = time.time()
+    return CacheEntry(
+        url=redact_url(url),
+        status=status,
+        headers=_storable_headers(pairs),
+        body=body,
+        stored_at=now,
+        expires_at=now + lifetime,
+        etag=lower.get("etag"),
+        last_modified=lower.get("last-modified"),
+    )
+
+
+def refresh_entry(entry: CacheEntry, headers: Iterable[tuple[str, str]], ttl: float) -> CacheEntry | None:
+    """The entry after a ``304 Not Modified``: headers merged, expiry recomputed.
+
+    >>> e = make_entry("http://h/a", 200, [("ETag", '"1"')], b"body", 60)
+    >>> r = refresh_entry(e, [("Cache-Control", "max-age=30")], 60)
+    >>> r.body, r.is_fresh(), r.etag
+    (b'body', True, '"1"')
+    """
+    new = _storable_headers(headers)
+    names = {k.lower() for k, _ in new}
+    merged = [(k, v) for k, v in entry.headers if k.lower() not in names] + new
+    lower = {k.lower(): v for k, v in merged}
+    lifetime = freshness_lifetime(lower, ttl)
+    if lifetime is None:
+        return None
+    now = time.time()
+    return CacheEntry(
+        url=entry.url,
+        status=entry.status,
+        headers=merged,
+        body=entry.body,
+        stored_at=now,
+        expires_at=now + lifetime,
+        etag=lower.get("etag"),
+        last_modified=lower.get("last-modified"),
+    )
+
+
+class DiskCache:
+    """Responses on disk, one file per key. Methods are blocking: call them off the loop.
+
+    Parameters
+    ----------
+    directory
+        Where entries live; created on first write.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.entry"
+
+    def load(self, key: str) -> CacheEntry | None:
+        """The entry for ``key``, or ``None`` if absent or unreadable (a corrupt file is removed)."""
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            (n,) = struct.unpack(">I", data[:4])
+            meta = json.loads(data[4 : 4 + n])
+            body = data[4 + n :]
+            if len(body) != meta["size"]:
+                raise ValueError("size mismatch")
+            return CacheEntry(
+                url=meta["url"],
+                status=meta["status"],
+                headers=[tuple(p) for p in meta["headers"]],
+                body=body,
+                stored_at=meta["stored_at"],
+                expires_at=meta["expires_at"],
+                etag=meta["etag"],
+                last_modified=meta["last_modified"],
+            )
+        except (struct.error, ValueError, KeyError, TypeError):
+            # A corrupt entry is a miss, and is removed so it is not read again.
+            path.unlink(missing_ok=True)
+            return None
+
+    def store(self, key: str, entry: CacheEntry) -> None:
+        """Write ``entry`` atomically (temporary file, then rename)."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = json.dumps(
+            {
+                "url": entry.url,
+                "status": entry.status,
+                "headers": entry.headers,
+                "stored_at": entry.stored_at,
+                "expires_at": entry.expires_at,
+                "etag": entry.etag,
+                "last_modified": entry.last_modified,
+                "size": len(entry.body),
+            }
+        ).encode()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(struct.pack(">I", len(meta)))
+                fh.write(meta)
+                fh.write(entry.body)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        """Number of entries on disk."""
+        if not self.directory.exists():
+            return 0
+        return sum(1 for _ in self.directory.glob("*/*.entry"))
+
+    def clear(self) -> None:
+        """Remove every entry."""
+        for p in self.directory.glob("*/*.entry"):
+            p.unlink(missing_ok=True)
+
+
+class MemoryLRU:
+    """A thread-safe, byte-bounded least-recently-used map for decoded objects.
+
+    Parameters
+    ----------
+    max_bytes
+        Budget; putting a value evicts the least recently used entries until the total fits.
+        A single value larger than the budget is not stored.
+
+    >>> m = MemoryLRU(10)
+    >>> m.put("a", "A", 6); m.put("b", "B", 4); _ = m.get("a"); m.put("c", "C", 3)
+    >>> "b" in m, m.get("a"), m.nbytes
+    (False, 'A', 9)
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise BadInputError(f"memory_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return default
+            self._data.move_to_end(key)
+            return item[0]
+
+    def put(self, key: Any, value: Any, nbytes: int) -> None:
+        if nbytes < 0:
+            raise BadInputError(f"nbytes must be >= 0, got {nbytes}")
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._nbytes -= old[1]
+            if nbytes > self.max_bytes:
+                return
+            self._data[key] = (value, nbytes)
+            self._nbytes += nbytes
+            while self._nbytes > self.max_bytes:
+                _, (_, n) = self._data.popitem(last=False)
+                self._nbytes -= n
+
+    def pop(self, key: Any, default: Any = None) -> Any:
+        with self._lock:
+            item = self._data.pop(key, None)
+            if item is None:
+                return default
+            self._nbytes -= item[1]
+            return item[0]
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes currently held (as declared by ``put``)."""
+        with self._lock:
+            return self._nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._nbytes = 0
