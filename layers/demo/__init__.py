@@ -1,0 +1,1 @@
+"""Embedded demo services that run on loopback (no internet needed)."""

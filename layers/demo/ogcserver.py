@@ -1,0 +1,460 @@
+"""Run pygeoapi (the OGC API reference server) on loopback, in a child process.
+
+:class:`PygeoapiServer` writes a pygeoapi configuration from plain resource definitions (the
+``resources:`` section of a pygeoapi config, as a dict), starts pygeoapi's Flask app under
+werkzeug's threaded server at ``127.0.0.1`` in its own process group, waits until it answers and
+kills the whole group on :meth:`~PygeoapiServer.stop`. Tests, benchmarks and the embedded demo
+share it::
+
+    resources = {
+        "points": {
+            "type": "collection",
+            "title": "Points",
+            "description": "generated points",
+            "keywords": ["points"],
+            "extents": {"spatial": {"bbox": [-180, -90, 180, 90]}},
+            "providers": [{
+                "type": "feature",
+                "name": "layers.demo.ogcserver.FrameProvider",  # or "SQLiteGPKG", "OGR", ...
+                "data": "/path/points.gpkg",
+                "id_field": "id",
+                "time_field": "when",
+            }],
+        }
+    }
+    with PygeoapiServer(resources, limit=500) as server:
+        print(server.url)        # http://127.0.0.1:PORT
+
+Any pygeoapi provider works (``SQLiteGPKG`` or ``OGR`` for big GeoPackages). This module also
+ships :class:`FrameProvider`, a small in-memory provider over any file pyogrio reads, that
+supports what the stock file providers lack: ``datetime`` on a ``time_field``, CQL2 ``filter``
+(text and JSON, evaluated by pygeofilter), ``properties`` equality filters, sorting by id and
+stable offset paging with ``numberMatched``.
+
+Two test hooks run inside the child as WSGI middleware: ``latency`` (seconds added to every
+request) and ``faults`` (``{substring of the request's path+query: [action, ...]}``; each
+matching request consumes one action: ``"503"`` (or any status), ``"malformed"`` (a truncated
+JSON body with status 200) or ``"ok"``). ``GET /__stats`` answers the child's request counters:
+``{"requests": n, "in_flight": n, "by_path": {...}}``.
+
+pygeoapi is imported only in the child: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PygeoapiServer", "pygeoapi_config"]
+
+
+def pygeoapi_config(
+    resources: Mapping[str, Any], *, url: str, title: str = "mapstream demo", limit: int = 10
+) -> dict[str, Any]:
+    """A complete pygeoapi configuration serving ``resources`` at ``url``.
+
+    >>> cfg = pygeoapi_config({}, url="http://127.0.0.1:5000", limit=50)
+    >>> cfg["server"]["url"], cfg["server"]["limits"]["default_items"]
+    ('http://127.0.0.1:5000', 50)
+    """
+    host, _, port = url.split("://", 1)[1].partition(":")
+    return {
+        "server": {
+            "bind": {"host": host, "port": int(port or 80)},
+            "url": url,
+            "mimetype": "application/json; charset=UTF-8",
+            "encoding": "utf-8",
+            "languages": ["en-US"],
+            "limits": {"default_items": limit, "max_items": max(10_000, limit)},
+            "map": {"url": "https://tile.openstreetmap.org/{z}/{x}/{y}.png", "attribution": "OSM"},
+            "pretty_print": False,
+        },
+        "logging": {"level": "ERROR"},
+        "metadata": {
+            "identification": {
+                "title": title,
+                "description": title,
+                "keywords": ["mapstream"],
+                "keywords_type": "theme",
+                "terms_of_service": "",
+                "url": url,
+            },
+            "license": {"name": "CC-BY 4.0", "url": ""},
+            "provider": {"name": "mapstream", "url": url},
+            "contact": {"name": "mapstream"},
+        },
+        "resources": dict(resources),
+    }
+
+
+class PygeoapiServer:
+    """pygeoapi on ``127.0.0.1`` in a child process (its own process group).
+
+    Parameters
+    ----------
+    resources
+        pygeoapi resource definitions (the ``resources:`` mapping of a pygeoapi config).
+    title
+        Title of the landing page.
+    limit
+        Default page size (``server.limits.default_items``).
+    port
+        0 for a free port.
+    env
+        Extra environment variables for the child.
+    latency
+        Seconds of delay added to every request (benchmarks, cancellation tests).
+    faults
+        Fault injection, see the module docstring.
+
+    Raises
+    ------
+    RuntimeError
+        From :meth:`start`: the child exited or did not answer within ``timeout`` seconds
+        (the child's stderr is included).
+    """
+
+    def __init__(
+        self,
+        resources: Mapping[str, Any],
+        *,
+        title: str = "mapstream demo",
+        limit: int = 10,
+        port: int = 0,
+        env: Mapping[str, str] | None = None,
+        latency: float = 0.0,
+        faults: Mapping[str, list[str]] | None = None,
+    ) -> None:
+        self.resources = dict(resources)
+        self.title = title
+        self.limit = limit
+        self.port = port
+        self.env = dict(env or {})
+        self.latency = latency
+        self.faults = {k: list(v) for k, v in (faults or {}).items()}
+        self.url: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self, timeout: float = 60.0) -> PygeoapiServer:
+        """Start the child and wait until its landing page answers (idempotent)."""
+        if self._proc is not None:
+            return self
+        self._tmp = tempfile.TemporaryDirectory(prefix="pygeoapi-")
+        spec = Path(self._tmp.name) / "spec.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    "resources": self.resources,
+                    "title": self.title,
+                    "limit": self.limit,
+                    "port": self.port,
+                    "latency": self.latency,
+                    "faults": self.faults,
+                    "dir": self._tmp.name,
+                }
+            )
+        )
+        env = {**os.environ, **self.env}
+        # The child must import this package even when the caller is not run from the repo.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "layers.demo.ogcserver", str(spec)],
+            stdout=subprocess.PIPE,
+            stderr=open(Path(self._tmp.name) / "stderr.log", "wb"),
+            env=env,
+            start_new_session=True,  # its own process group: stop() kills all of it
+        )
+        line: list[bytes] = []
+        reader = threading.Thread(target=lambda: line.append(self._proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not line or not line[0].startswith(b"READY "):
+            err = self._stderr()
+            self.stop()
+            raise RuntimeError(f"pygeoapi did not start: {err[-2000:]}")
+        self.url = f"http://127.0.0.1:{int(line[0].split()[1])}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/?f=json", timeout=5) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                err = self._stderr()
+                self.stop()
+                raise RuntimeError(f"pygeoapi did not answer: {err[-2000:]}")
+            time.sleep(0.05)
+
+    async def astart(self, timeout: float = 60.0) -> PygeoapiServer:
+        """:meth:`start` without blocking the event loop."""
+        return await asyncio.to_thread(self.start, timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """The child's request counters (``GET /__stats``)."""
+        with urllib.request.urlopen(f"{self.url}/__stats", timeout=10) as r:
+            return json.loads(r.read())
+
+    def _stderr(self) -> str:
+        if self._tmp is None:
+            return ""
+        try:
+            return (Path(self._tmp.name) / "stderr.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Kill the child's whole process group and remove its files (idempotent)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> PygeoapiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> PygeoapiServer:
+        return await self.astart()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+# --- in the child ------------------------------------------------------------------------------
+
+
+def _middleware(app: Any, latency: float, faults: dict[str, list[str]]) -> Any:
+    lock = threading.Lock()
+    stats: dict[str, Any] = {"requests": 0, "in_flight": 0, "by_path": {}}
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        target = path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")
+        if path == "/__stats":
+            with lock:
+                body = json.dumps(stats).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        action = "ok"
+        with lock:
+            stats["requests"] += 1
+            stats["in_flight"] += 1
+            stats["by_path"][path] = stats["by_path"].get(path, 0) + 1
+            for key, actions in faults.items():
+                if key in target and actions:
+                    action = actions.pop(0)
+                    break
+        try:
+            if latency:
+                time.sleep(latency)
+            if action == "malformed":
+                start_response("200 OK", [("Content-Type", "application/geo+json")])
+                return [b'{"type": "FeatureCollection", "features": [{"type": "Feat']
+            if action != "ok":
+                start_response(f"{int(action)} Injected", [("Content-Type", "text/plain")])
+                return [b"injected fault"]
+            return list(app(environ, start_response))
+        finally:
+            with lock:
+                stats["in_flight"] -= 1
+
+    return wrapped
+
+
+def _serve(spec_path: str) -> None:
+    import yaml
+    from werkzeug.serving import make_server
+
+    spec = json.loads(Path(spec_path).read_text())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", int(spec["port"])))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    cfg = pygeoapi_config(
+        spec["resources"], url=f"http://127.0.0.1:{port}", title=spec["title"], limit=spec["limit"]
+    )
+    cfg_path = Path(spec["dir"]) / "pygeoapi.yml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    openapi = Path(spec["dir"]) / "openapi.yml"
+    openapi.write_text("openapi: 3.0.2\ninfo: {title: mapstream, version: 0.1.0}\npaths: {}\n")
+    os.environ["PYGEOAPI_CONFIG"] = str(cfg_path)
+    os.environ["PYGEOAPI_OPENAPI"] = str(openapi)
+    from pygeoapi.flask_app import APP
+
+    app = _middleware(APP.wsgi_app, float(spec["latency"]), spec["faults"])
+    server = make_server("127.0.0.1", port, app, threaded=True, fd=sock.fileno())
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    print(f"READY {port}", flush=True)
+    server.serve_forever()
+
+
+def __getattr__(name: str) -> Any:
+    # FrameProvider subclasses pygeoapi's BaseProvider: built on first access (in the child),
+    # so importing this module never imports pygeoapi.
+    if name == "FrameProvider":
+        return _frame_provider_class()
+    raise AttributeError(name)
+
+
+_FRAME_PROVIDER: Any = None
+
+
+def _frame_provider_class() -> Any:
+    global _FRAME_PROVIDER
+    if _FRAME_PROVIDER is not None:
+        return _FRAME_PROVIDER
+
+    import numpy as np
+    import pandas as pd
+    import pyogrio
+    import shapely
+    from pygeoapi.provider.base import BaseProvider, ProviderItemNotFoundError
+    from pygeoapi.util import crs_transform
+
+    frames: dict[str, Any] = {}
+    frames_lock = threading.Lock()
+
+    def load(path: str, id_field: str, time_field: str | None) -> Any:
+        with frames_lock:
+            if path not in frames:
+                gdf = pyogrio.read_dataframe(path)
+                if gdf.crs is not None and gdf.crs.to_epsg() != 4326:
+                    gdf = gdf.to_crs(4326)
+                if id_field not in gdf.columns:
+                    gdf[id_field] = np.arange(1, len(gdf) + 1)
+                if time_field:
+                    gdf[time_field] = pd.to_datetime(gdf[time_field], utc=True)
+                frames[path] = gdf.sort_values(id_field, kind="stable").reset_index(drop=True)
+            return frames[path]
+
+    def to_json_value(v: Any) -> Any:
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
+            return None
+        if isinstance(v, pd.Timestamp):
+            return v.isoformat().replace("+00:00", "Z")
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+
+    class FrameProvider(BaseProvider):
+        """In-memory feature provider over any file pyogrio reads (see module docstring)."""
+
+        def __init__(self, provider_def: dict[str, Any]) -> None:
+            super().__init__(provider_def)
+            self.id_field = provider_def.get("id_field", "id")
+            self.gdf = load(self.data, self.id_field, self.time_field)
+            self.get_fields()
+
+        def get_fields(self) -> dict[str, Any]:
+            if not self._fields:
+                for name, dtype in self.gdf.dtypes.items():
+                    if name == self.gdf.geometry.name:
+                        continue
+                    if pd.api.types.is_bool_dtype(dtype):
+                        self._fields[name] = {"type": "boolean"}
+                    elif pd.api.types.is_integer_dtype(dtype):
+                        self._fields[name] = {"type": "integer"}
+                    elif pd.api.types.is_float_dtype(dtype):
+                        self._fields[name] = {"type": "number"}
+                    elif pd.api.types.is_datetime64_any_dtype(dtype):
+                        self._fields[name] = {"type": "string", "format": "date-time"}
+                    else:
+                        self._fields[name] = {"type": "string"}
+            return self._fields
+
+        def _time_mask(self, datetime_: str) -> Any:
+            t = self.gdf[self.time_field]
+            if "/" in datetime_:
+                begin, end = datetime_.split("/")
+                mask = np.ones(len(t), dtype=bool)
+                if begin not in ("", ".."):
+                    mask &= (t >= pd.Timestamp(begin).tz_convert("UTC")
+                             if pd.Timestamp(begin).tzinfo else t >= pd.Timestamp(begin, tz="UTC")).to_numpy()
+                if end not in ("", ".."):
+                    mask &= (t <= pd.Timestamp(end).tz_convert("UTC")
+                             if pd.Timestamp(end).tzinfo else t <= pd.Timestamp(end, tz="UTC")).to_numpy()
+                return mask
+            ts = pd.Timestamp(datetime_)
+            ts = ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
+            return (t == ts).to_numpy()
+
+        @crs_transform
+        def query(self, offset=0, limit=10, resulttype="results", bbox=[], datetime_=None,
+                  properties=[], sortby=[], select_properties=[], skip_geometry=False,
+                  q=None, filterq=None, **kwargs):
+            gdf = self.gdf
+            mask = np.ones(len(gdf), dtype=bool)
+            if bbox:
+                hits = gdf.sindex.query(shapely.box(*bbox[:4]), predicate="intersects")
+                sub = np.zeros(len(gdf), dtype=bool)
+                sub[hits] = True
+                mask &= sub
+            if datetime_ and self.time_field:
+                mask &= self._time_mask(datetime_)
+            for name, value in properties:
+                mask &= (gdf[name].astype(str) == str(value)).to_numpy()
+            if filterq is not None:
+                from pygeofilter.backends.geopandas.evaluate import to_filter
+
+                mask &= np.asarray(to_filter(gdf, filterq), dtype=bool)
+            selected = gdf[mask]
+            page = selected.iloc[offset:offset + limit] if resulttype != "hits" else selected.iloc[:0]
+            features = [self._feature(row, select_properties, skip_geometry)
+                        for row in page.itertuples(index=False)]
+            return {"type": "FeatureCollection", "features": features,
+                    "numberMatched": int(len(selected)), "numberReturned": len(features)}
+
+        def _feature(self, row: Any, select: list[str], skip_geometry: bool) -> dict[str, Any]:
+            rec = row._asdict()
+            geom = rec.pop(self.gdf.geometry.name)
+            fid = to_json_value(rec.pop(self.id_field))
+            props = {k: to_json_value(v) for k, v in rec.items() if not select or k in select}
+            return {"type": "Feature", "id": fid, "properties": props,
+                    "geometry": None if skip_geometry or geom is None else shapely.geometry.mapping(geom)}
+
+        @crs_transform
+        def get(self, identifier, **kwargs):
+            gdf = self.gdf
+            hit = gdf[gdf[self.id_field].astype(str) == str(identifier)]
+            if hit.empty:
+                raise ProviderItemNotFoundError(f"no item {identifier}")
+            return self._feature(next(hit.itertuples(index=False)), [], False)
+
+    _FRAME_PROVIDER = FrameProvider
+    return FrameProvider
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])
