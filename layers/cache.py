@@ -69,7 +69,7 @@ _KEY_IGNORED = frozenset(
     }
 )
 
-_SECRET_PARAMS = ("key", "token", "secret", "password", "signature", "sig", "auth", "credential")
+_SECRET_PARAMS = ("key", "token", "secret", "password", "signature", "sig", "auth", "credential", "cookie")
 
 
 def default_cache_dir() -> Path:

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -75,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         owner = self.server.owner
-        hit = owner._enter(parts.path, self.command, dict(self.headers.items()))
+        hit = owner._enter(parts.path, self.command, self.headers)
         try:
             self._answer(parts.path, q, hit, send_body)
         finally:
@@ -156,7 +157,7 @@ class FaultServer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.hits: Counter[str] = Counter()
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.requests: list[tuple[str, str, Any]] = []
         self.current = 0
         self.peak = 0
         self.connections = 0
@@ -193,8 +194,8 @@ class FaultServer:
         query = urlencode({k: v for k, v in faults.items() if v is not None})
         return f"{self.base}{path}{'?' + query if query else ''}"
 
-    def headers_of(self, path: str) -> list[dict[str, str]]:
-        """Headers of every request to ``path``, in arrival order."""
+    def headers_of(self, path: str) -> list[Any]:
+        """Headers of every request to ``path`` (case-insensitive ``HTTPMessage``), in order."""
         with self._lock:
             return [h for p, _, h in self.requests if p == path]
 
@@ -204,7 +205,7 @@ class FaultServer:
             self.requests.clear()
             self.peak = self.current
 
-    def _enter(self, path: str, method: str, headers: dict[str, str]) -> int:
+    def _enter(self, path: str, method: str, headers: Any) -> int:
         with self._lock:
             self.hits[path] += 1
             self.requests.append((path, method, headers))
