@@ -1,16 +1,369 @@
-"""The ``mapstream`` command line (commands arrive in a later change)."""
+"""The ``mapstream`` command line: prefetch, export, check, demo and serve.
+
+The same async engine as the app (:mod:`layers`), driven in batch: warm the disk cache the app
+reads before a workshop, export a feature layer for offline work, check that a catalog's
+services answer, run the embedded demo services, or run the app.
+
+Importing this module stays light (click only); each command imports what it needs. Bad input
+exits with status 2 (usage) or 1 (a catalog or service problem) and one line of explanation;
+Ctrl-C stops a run cleanly, prints a partial summary and exits with status 130.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
 from layers import __version__
+
+from ._cli_params import BBOX, DURATION, FRACTION, ZOOM_RANGE
+
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+_catalog_option = click.option(
+    "--catalog",
+    "catalog_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="MAPSTREAM_CATALOG",
+    help="Catalog YAML file [env MAPSTREAM_CATALOG; default: the embedded demo catalog].",
+)
+_cache_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="MAPSTREAM_CACHE_DIR",
+    help="HTTP cache directory shared with the app [env MAPSTREAM_CACHE_DIR].",
+)
+_quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mapstream")
 def main() -> None:
     """mapstream: a reactive map for Panel/HoloViz, and batch tools for its data."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _load_catalog(path: Path | None) -> Any:
+    from layers.catalog import load_catalog
+    from layers.errors import LayersError
+
+    try:
+        return load_catalog(path)
+    except (LayersError, OSError) as exc:
+        raise click.ClickException(f"cannot use catalog {path or '(embedded)'}: {_one_line(exc)}") from None
+
+
+def _get_spec(catalog: Any, name: str) -> Any:
+    from layers.errors import LayersError
+
+    try:
+        return catalog.get(name)
+    except (LayersError, KeyError) as exc:
+        raise click.BadParameter(_one_line(exc), param_hint="'LAYER'") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _fetcher(cache_dir: Path | None, concurrency: int | None = None, **kw: Any) -> Any:
+    from layers.http import Fetcher
+
+    if cache_dir is not None:
+        kw["cache_dir"] = cache_dir
+    if concurrency is not None:
+        kw["per_host_limit"] = concurrency
+    return Fetcher(**kw)
+
+
+def _run(coro_fn, on_interrupt) -> Any:
+    """Run ``coro_fn()`` in a fresh loop; on Ctrl-C call ``on_interrupt`` and exit 130.
+
+    Engine errors become one line (exit 1); never a traceback for expected failures.
+    """
+    from layers.errors import BadInputError, LayersError
+
+    try:
+        return asyncio.run(coro_fn())
+    except KeyboardInterrupt:
+        on_interrupt()
+        sys.exit(EXIT_INTERRUPTED)
+    except BadInputError as exc:
+        raise click.UsageError(_one_line(exc)) from None
+    except LayersError as exc:
+        raise click.ClickException(_one_line(exc)) from None
+
+
+def _check_output(path: Path, force: bool) -> None:
+    if path.exists() and path.is_dir():
+        raise click.BadParameter(f"{path} is a directory", param_hint="'-o'")
+    if path.exists() and not force:
+        raise click.BadParameter(f"{path} exists (use --force to replace it)", param_hint="'-o'")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise click.BadParameter(f"directory {parent} does not exist", param_hint="'-o'")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"directory {parent} is not writable", param_hint="'-o'")
+
+
+# ---------------------------------------------------------------------------- prefetch
+
+
+@main.command()
+@click.argument("layer")
+@click.option("--bbox", type=BBOX, required=True, help="Area as W,S,E,N in degrees (WGS84).")
+@click.option("--zoom", type=ZOOM_RANGE, default=None, help="Zoom levels, e.g. 3-9 (tile layers; required for them).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True, help="Requests in flight at once.")
+@_catalog_option
+@_cache_option
+@_quiet_option
+def prefetch(layer, bbox, zoom, concurrency, catalog_path, cache_dir, quiet) -> None:
+    """Fill the disk cache the app reads with LAYER's data for an area.
+
+    Tile and WMS layers: every tile of BBOX at each level of ZOOM. Feature layers: every page
+    of items in BBOX. Resumable: tiles already cached and fresh cost no request. Ends with a
+    summary (also after Ctrl-C).
+    """
+    from ._cli_progress import ProgressBar, RunStats, format_summary
+    from ._cli_run import prefetch_features, prefetch_tiles, zoom_levels
+
+    catalog = _load_catalog(catalog_path)
+    spec = _get_spec(catalog, layer)
+    tiled = spec.kind in ("tiles", "wms")
+    if tiled and zoom is None:
+        raise click.UsageError(f"--zoom is required for {spec.kind} layer {spec.name!r} (e.g. --zoom 3-9)")
+    levels: list[int] = []
+    if tiled:
+        levels, outside = zoom_levels(spec, zoom)
+        if not levels:
+            raise click.BadParameter(
+                f"layer {spec.name!r} has zoom levels {spec.min_zoom}-{spec.max_zoom}, none in {zoom.start}-{zoom.stop - 1}",
+                param_hint="'--zoom'",
+            )
+        if outside:
+            click.echo(f"skipping zoom levels outside the layer's range: {outside}", err=True)
+    stats = RunStats(unit="tiles" if tiled else "pages")
+
+    async def go():
+        from layers.catalog import build_layer
+
+        async with _fetcher(cache_dir, concurrency) as fetcher:
+            lay = await build_layer(spec, fetcher)
+            bar = ProgressBar(stats, desc=spec.name, enabled=not quiet)
+            try:
+                if tiled:
+                    await prefetch_tiles(lay, spec, fetcher, bbox, levels, concurrency=concurrency, stats=stats, bar=bar)
+                else:
+                    await prefetch_features(lay, fetcher, bbox, stats=stats, bar=bar)
+            finally:
+                bar.close()
+
+    def interrupted():
+        stats.interrupted = True
+        click.echo(format_summary(stats), err=False)
+
+    _run(go, interrupted)
+    click.echo(format_summary(stats))
+    if stats.failed:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+@main.command()
+@click.argument("layer")
+@click.option("--bbox", type=BBOX, default=None, help="Area as W,S,E,N in degrees; default: the whole layer.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output file: .parquet (GeoParquet), .gpkg or .geojson.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "gpkg", "geojson"]), default=None, help="Override the format the suffix implies.")
+@click.option("--crs", default="EPSG:4326", show_default=True, help="CRS of the output (GeoJSON is always EPSG:4326).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@_catalog_option
+@_cache_option
+@_quiet_option
+def export(layer, bbox, output, fmt, crs, force, catalog_path, cache_dir, quiet) -> None:
+    """Stream feature layer LAYER to a file, page by page (memory stays bounded).
+
+    The file appears only when complete: it is written under a temporary name beside the
+    output and renamed at the end; a failure or Ctrl-C removes the temporary file.
+    """
+    from ._cli_export import atomic_output, format_for, open_writer
+    from ._cli_progress import ProgressBar, RunStats, format_summary
+    from ._cli_run import iter_feature_pages
+
+    try:
+        fmt = format_for(output, fmt)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-o'") from None
+    try:
+        import pyproj
+
+        pyproj.CRS.from_user_input(crs)
+    except Exception as exc:  # pyproj raises CRSError, a plain Exception subclass
+        raise click.BadParameter(f"unknown CRS {crs!r}: {_one_line(exc)}", param_hint="'--crs'") from None
+    _check_output(output, force)
+    catalog = _load_catalog(catalog_path)
+    spec = _get_spec(catalog, layer)
+    if spec.kind != "features":
+        raise click.UsageError(f"export writes feature layers; {spec.name!r} is a {spec.kind} layer (use prefetch)")
+    stats = RunStats(unit="pages")
+    written: dict[str, Any] = {}
+
+    async def go():
+        from layers.catalog import build_layer
+
+        async with _fetcher(cache_dir) as fetcher:
+            lay = await build_layer(spec, fetcher)
+            bar = ProgressBar(stats, desc=spec.name, enabled=not quiet)
+            try:
+                with atomic_output(output) as tmp:
+                    writer = open_writer(fmt, tmp, crs=crs, layer_name=spec.name)
+                    try:
+                        async for page in iter_feature_pages(lay, fetcher, bbox, stats=stats, bar=bar):
+                            # Conversion and file I/O are blocking: keep them off the loop.
+                            await asyncio.to_thread(writer.write, page.frame)
+                    finally:
+                        await asyncio.to_thread(writer.close)
+                    if stats.failed:
+                        raise click.ClickException(
+                            f"{stats.failed} page(s) failed; {output} not written: {stats.errors[0] if stats.errors else ''}"
+                        )
+                    written["rows"] = writer.rows
+                    written["dropped"] = sorted(writer.dropped_columns)
+            finally:
+                bar.close()
+
+    def interrupted():
+        stats.interrupted = True
+        click.echo(format_summary(stats, action="export") + f"\n  {output} not written")
+
+    try:
+        _run(go, interrupted)
+    except ValueError as exc:  # a writer's schema problem
+        raise click.ClickException(f"{output} not written: {_one_line(exc)}") from None
+    click.echo(format_summary(stats, action="export"))
+    click.echo(f"wrote {written['rows']} features to {output} ({fmt})")
+    if written["dropped"]:
+        click.echo(f"columns absent from the first page were dropped: {', '.join(written['dropped'])}", err=True)
+
+
+# ---------------------------------------------------------------------------- check
+
+
+@main.command()
+@_catalog_option
+@_cache_option
+@click.option("--timeout", type=DURATION, default="15s", show_default=True, help="Give up on a layer after this long.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON lines.")
+def check(catalog_path, cache_dir, timeout, as_json) -> None:
+    """Probe every layer of the catalog concurrently (a tile, a GetMap or one item).
+
+    Prints layer, status (up / down / error), HTTP status, latency, the cache validators the
+    service sends (ETag, Last-Modified) and the error. Exits 1 if any layer is not up.
+    """
+    from ._cli_run import format_table, probe_all
+
+    catalog = _load_catalog(catalog_path)
+    rows: list[Any] = []
+
+    async def go():
+        from layers.catalog import build_layer
+
+        async with _fetcher(cache_dir) as fetcher:
+            rows.extend(await probe_all(catalog.layers, fetcher, build_layer, timeout=timeout))
+
+    _run(go, lambda: click.echo("check interrupted", err=True))
+    if as_json:
+        import dataclasses
+        import json
+
+        for r in rows:
+            click.echo(json.dumps(dataclasses.asdict(r)))
+    else:
+        click.echo(format_table(rows))
+    if any(r.status != "up" for r in rows):
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+@main.command()
+@click.option("--latency", type=DURATION, default="0ms", show_default=True, help="Delay added to every response, e.g. 150ms.")
+@click.option("--fail-rate", type=FRACTION, default="0", show_default=True, help="Fraction of requests answered 503, e.g. 0.05.")
+def demo(latency, fail_rate) -> None:
+    """Run the embedded demo services (OGC API Features and XYZ tiles) until Ctrl-C."""
+    import signal
+    import threading
+
+    from layers.demo import start_demo
+    from layers.errors import LayersError
+
+    try:
+        services = start_demo(latency=latency, fail_rate=fail_rate)
+    except (LayersError, OSError) as exc:
+        raise click.ClickException(f"cannot start the demo services: {_one_line(exc)}") from None
+    stop = threading.Event()
+    # SIGTERM stops as cleanly as Ctrl-C (process managers, test harnesses).
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        click.echo(f"OGC API Features: {services.ogc_url}")
+        click.echo(f"XYZ tiles:        {services.tiles_url}")
+        started = getattr(services, "startup_seconds", None)
+        if started is not None:
+            click.echo(f"started in {started:.2f}s; press Ctrl-C to stop", err=True)
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        services.stop()
+        click.echo("demo services stopped", err=True)
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+def serve_command(catalog: Path | None, extra: tuple[str, ...]) -> list[str]:
+    """The ``panel serve`` command line for the app package, with the catalog passed on.
+
+    >>> cmd = serve_command(Path("c.yml"), ("--port", "5007"))
+    >>> cmd[1:4], cmd[5:]
+    (['-m', 'panel', 'serve'], ['--port', '5007', '--args', '--catalog', 'c.yml'])
+    """
+    app_dir = str(Path(__file__).resolve().parent)
+    cmd = [sys.executable, "-m", "panel", "serve", app_dir, *extra]
+    if catalog is not None:
+        cmd += ["--args", "--catalog", str(catalog)]
+    return cmd
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@_catalog_option
+@click.argument("panel_args", nargs=-1, type=click.UNPROCESSED)
+def serve(catalog_path, panel_args) -> None:
+    """Run the app with ``panel serve``; extra options (--port, --show, ...) go to panel.
+
+    The catalog is passed as ``--args --catalog PATH`` and in MAPSTREAM_CATALOG.
+    """
+    if catalog_path is not None:
+        if not catalog_path.is_file():
+            raise click.BadParameter(f"{catalog_path} is not a readable file", param_hint="'--catalog'")
+        catalog_path = catalog_path.resolve()
+        os.environ["MAPSTREAM_CATALOG"] = str(catalog_path)
+    cmd = serve_command(catalog_path, tuple(panel_args))
+    sys.stdout.flush()
+    os.execvp(cmd[0], cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

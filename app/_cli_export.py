@@ -1,0 +1,211 @@
+"""Streaming writers for ``mapstream export``: GeoParquet, GeoPackage and GeoJSON, page by page.
+
+Memory stays bounded by one page: each page is converted and written, then dropped. The output
+is written under a temporary name beside the target (``.NAME.part-PID.EXT``) and renamed into
+place only when every page is written, so a failure or Ctrl-C never leaves a file that looks
+complete (:func:`atomic_output` removes the temporary file).
+
+The first page fixes the columns: later pages get missing columns as nulls and lose columns the
+first page did not have (counted in :attr:`PageWriter.dropped_columns`); GeoParquet requires one
+schema per file and GeoPackage one per layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FORMATS", "PageWriter", "atomic_output", "format_for", "open_writer"]
+
+#: Output formats by file suffix.
+FORMATS = {".parquet": "parquet", ".geoparquet": "parquet", ".gpkg": "gpkg", ".geojson": "geojson", ".json": "geojson"}
+
+
+def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """The writer for ``path``: ``fmt`` if given, else by suffix, GeoParquet when there is none.
+
+    Raises
+    ------
+    ValueError
+        A suffix or format the exporter does not write.
+
+    >>> format_for("out.gpkg"), format_for("out"), format_for("x.json", "gpkg")
+    ('gpkg', 'parquet', 'gpkg')
+    >>> format_for("out.shp")
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot write '.shp' files: use .parquet (GeoParquet), .gpkg or .geojson
+    """
+    if fmt is not None:
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "parquet"
+    try:
+        return FORMATS[suffix]
+    except KeyError:
+        raise ValueError(
+            f"cannot write {suffix!r} files: use .parquet (GeoParquet), .gpkg or .geojson"
+        ) from None
+
+
+def temp_path_for(path: Path) -> Path:
+    """The temporary name an export writes before it renames into ``path``.
+
+    >>> temp_path_for(Path("/d/out.gpkg")).name.startswith(".out.part-")
+    True
+    """
+    return path.with_name(f".{path.stem}.part-{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path; rename it to ``path`` on success, remove it on any failure.
+
+    ``BaseException`` (Ctrl-C, cancellation) also removes it.
+    """
+    tmp = temp_path_for(path)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    os.replace(tmp, path)
+
+
+class PageWriter:
+    """Base: aligns each page's columns to the first page's, then hands it to ``_write``."""
+
+    def __init__(self, path: Path, *, crs: str, layer_name: str) -> None:
+        self.path = path
+        self.crs = crs
+        self.layer_name = layer_name
+        self.columns: list[str] | None = None
+        self.rows = 0
+        self.dropped_columns: set[str] = set()
+
+    def write(self, frame: Any) -> None:
+        """Write one page (a GeoDataFrame in any CRS; reprojected to the writer's)."""
+        if frame is None or len(frame) == 0:
+            return
+        frame = frame.to_crs(self.crs) if frame.crs is not None else frame.set_crs(self.crs)
+        geom = frame.geometry.name
+        if self.columns is None:
+            self.columns = [c for c in frame.columns if c != geom] + [geom]
+        else:
+            extra = set(frame.columns) - set(self.columns)
+            self.dropped_columns |= extra
+            frame = frame.reindex(columns=self.columns)
+        self._write(frame)
+        self.rows += len(frame)
+
+    def close(self) -> None:
+        """Finish the file; writes a valid empty file when no page had rows."""
+        if self.columns is None:
+            import geopandas as gpd
+
+            self._write(gpd.GeoDataFrame({"geometry": []}, geometry="geometry", crs=self.crs))
+        self._close()
+
+    def _write(self, frame: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+
+class GeoParquetWriter(PageWriter):
+    """GeoParquet 1.x (WKB geometry, ``geo`` metadata) through one ``pyarrow`` ParquetWriter."""
+
+    _writer = None
+    _schema = None
+
+    def _write(self, frame: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from geopandas.io.arrow import _geopandas_to_arrow
+
+        table = _geopandas_to_arrow(frame, index=False)
+        if self._writer is None:
+            # A column all-null on the first page would fix its type to null: use string.
+            fields = [
+                pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema
+            ]
+            meta = dict(table.schema.metadata or {})
+            geo = json.loads(meta[b"geo"])
+            for col in geo.get("columns", {}).values():
+                # Per-file facts that only the first page would describe.
+                col.pop("bbox", None)
+                col["geometry_types"] = []
+            meta[b"geo"] = json.dumps(geo).encode()
+            self._schema = pa.schema(fields, metadata=meta)
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        arrays = []
+        for f in self._schema:
+            col = table.column(f.name) if f.name in table.column_names else pa.nulls(len(table), f.type)
+            if col.type != f.type:
+                try:
+                    col = col.cast(f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise ValueError(
+                        f"column {f.name!r} changes type between pages ({f.type} then {col.type})"
+                    ) from exc
+            arrays.append(col)
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class GeoPackageWriter(PageWriter):
+    """GeoPackage through pyogrio, appending each page to one layer."""
+
+    _started = False
+
+    def _write(self, frame: Any) -> None:
+        import pyogrio
+
+        pyogrio.write_dataframe(
+            frame, self.path, layer=self.layer_name, driver="GPKG", append=self._started
+        )
+        self._started = True
+
+
+class GeoJSONWriter(PageWriter):
+    """An RFC 7946 FeatureCollection (always EPSG:4326), written feature by feature."""
+
+    def __init__(self, path: Path, *, crs: str, layer_name: str) -> None:
+        super().__init__(path, crs="EPSG:4326", layer_name=layer_name)
+        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in _close
+        self._fh.write('{"type": "FeatureCollection", "features": [\n')
+        self._first = True
+
+    def _write(self, frame: Any) -> None:
+        features = json.loads(frame.to_json(na="null", show_bbox=False, drop_id=True))["features"]
+        for feat in features:
+            if not self._first:
+                self._fh.write(",\n")
+            self._fh.write(json.dumps(feat, separators=(",", ":")))
+            self._first = False
+
+    def close(self) -> None:
+        # An empty collection needs no schema: skip the base class's empty-frame write.
+        self._close()
+
+    def _close(self) -> None:
+        self._fh.write("\n]}\n")
+        self._fh.close()
+
+
+def open_writer(fmt: str, path: Path, *, crs: str, layer_name: str) -> PageWriter:
+    """A writer for ``fmt`` (``parquet``, ``gpkg`` or ``geojson``) writing to ``path``."""
+    cls = {"parquet": GeoParquetWriter, "gpkg": GeoPackageWriter, "geojson": GeoJSONWriter}[fmt]
+    return cls(path, crs=crs, layer_name=layer_name)
