@@ -30,8 +30,8 @@ BBox = tuple[float, float, float, float]
 def parse_bbox(text: str) -> BBox:
     """``"W,S,E,N"`` in WGS84 degrees as a tuple of floats.
 
-    West may exceed east only for a box across the antimeridian, written with east past 180
-    (``170,-10,190,10``), which is how the layers expect it.
+    West greater than east is a box across the antimeridian (``170,-10,-170,10``), as the
+    layers take it.
 
     Raises
     ------
@@ -40,10 +40,12 @@ def parse_bbox(text: str) -> BBox:
 
     >>> parse_bbox("5.9, 45.8, 10.5, 47.8")
     (5.9, 45.8, 10.5, 47.8)
-    >>> parse_bbox("10,0,5,1")
+    >>> parse_bbox("170,-10,-170,10")
+    (170.0, -10.0, -170.0, 10.0)
+    >>> parse_bbox("5,0,5,1")
     Traceback (most recent call last):
     ...
-    ValueError: west (10.0) must be less than east (5.0); across the antimeridian write east > 180
+    ValueError: west and east are both 5.0: the box is empty
     >>> parse_bbox("1,2,3")
     Traceback (most recent call last):
     ...
@@ -58,14 +60,12 @@ def parse_bbox(text: str) -> BBox:
         raise ValueError(f"expected four numbers W,S,E,N, got {text!r}") from None
     if any(v != v or v in (float("inf"), float("-inf")) for v in (w, s, e, n)):
         raise ValueError(f"bbox values must be finite, got {text!r}")
-    if not -180.0 <= w <= 180.0 or not -180.0 <= e <= 360.0:
-        raise ValueError(f"longitudes must be within [-180, 180] (east up to 360), got {text!r}")
+    if not (-180.0 <= w <= 180.0 and -180.0 <= e <= 180.0):
+        raise ValueError(f"longitudes must be within [-180, 180], got {text!r}")
     if not (-90.0 <= s <= 90.0 and -90.0 <= n <= 90.0):
         raise ValueError(f"latitudes must be within [-90, 90], got {text!r}")
-    if w >= e:
-        raise ValueError(
-            f"west ({w}) must be less than east ({e}); across the antimeridian write east > 180"
-        )
+    if w == e:
+        raise ValueError(f"west and east are both {w}: the box is empty")
     if s >= n:
         raise ValueError(f"south ({s}) must be less than north ({n})")
     return (w, s, e, n)

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from layers.errors import FetchError, FetchTimeoutError, LayersError, RetriesExhaustedError, StatusError, TransportError
+from layers.errors import (
+    FetchTimeoutError,
+    LayersError,
+    RetriesExhaustedError,
+    StatusError,
+    TransportError,
+)
 
 from ._cli_progress import ProgressBar, RunStats
 
@@ -43,8 +49,10 @@ def request_counts(fetcher: Any) -> tuple[int, int]:
     return int(snap.get("requests", 0)), int(snap.get("bytes", 0))
 
 
-def _spec_headers(spec: Any) -> dict[str, str] | None:
-    headers = getattr(spec, "headers", None)
+def _spec_headers(spec: Any, layer: Any = None) -> dict[str, str] | None:
+    # The layer's own headers first: the cache key includes them, so the app (which requests
+    # through the layer) must find what the CLI stored.
+    headers = getattr(layer, "headers", None) or getattr(spec, "headers", None)
     return dict(headers) if headers else None
 
 
@@ -95,7 +103,7 @@ async def prefetch_tiles(
     Ctrl-C (cancellation) it holds a partial count.
     """
     zooms = list(zooms)
-    headers = _spec_headers(spec)
+    headers = _spec_headers(spec, layer)
     has_fresh = getattr(fetcher, "cache_has_fresh", None)
     req0, bytes0 = request_counts(fetcher)
     bar.set_total(count_tiles(layer, bbox, zooms))
@@ -109,7 +117,8 @@ async def prefetch_tiles(
             # The per-host limit must not cap the concurrency the user asked for.
             fetcher.set_host_limit(host, max(concurrency, getattr(spec, "concurrency", 0) or 0))
         try:
-            if has_fresh is not None and await _maybe_await(has_fresh(url, headers=headers)):
+            # cache_has_fresh reads a file: off the loop.
+            if has_fresh is not None and await asyncio.to_thread(has_fresh, url, headers=headers):
                 stats.cached += 1
                 return
             r = await fetcher.get(url, headers=headers, allow_status=TILE_ABSENT)
@@ -136,12 +145,6 @@ async def prefetch_tiles(
         for _ in range(max(1, concurrency)):
             tg.create_task(worker())
     return stats
-
-
-async def _maybe_await(value: Any) -> Any:
-    if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
-        return await value
-    return value
 
 
 def feature_viewport(bbox: tuple[float, float, float, float]):
@@ -233,7 +236,7 @@ async def probe_layer(spec: Any, fetcher: Any, build_layer: Any, *, timeout: flo
             url, params, allow = _probe_url(layer, spec)
             result.url = url
             start = time.perf_counter()
-            r = await fetcher.get(url, params=params, headers=_spec_headers(spec), allow_status=allow, cache=False)
+            r = await fetcher.get(url, params=params, headers=_spec_headers(spec, layer), allow_status=allow, cache=False)
     except TimeoutError:
         result.latency = time.perf_counter() - start
         result.error = f"no answer within {timeout:g}s"

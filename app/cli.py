@@ -111,8 +111,14 @@ def _check_output(path: Path, force: bool) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise click.BadParameter(f"directory {parent} does not exist", param_hint="'-o'")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"directory {parent} is not writable", param_hint="'-o'")
+    import tempfile
+
+    try:  # a real probe: os.access says yes to root on a read-only mount
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".mapstream-probe-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise click.BadParameter(f"directory {parent} is not writable ({reason})", param_hint="'-o'") from None
 
 
 # ---------------------------------------------------------------------------- prefetch

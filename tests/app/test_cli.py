@@ -1,0 +1,282 @@
+"""The mapstream CLI in-process: option parsing, the prefetch core, the writers, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from shapely.geometry import Point
+
+from app import cli
+from app._cli_export import atomic_output, open_writer, temp_path_for
+from app._cli_progress import ProgressBar, RunStats, format_summary
+from app._cli_run import prefetch_tiles
+from layers.http import Fetcher
+from layers.tiles import TileLayer
+from layers.viewport import Viewport
+from tests.support.tileserver import tile_server  # noqa: F401 (fixture)
+
+BBOX = (-10.0, 35.0, 30.0, 60.0)  # Europe: 1+2+2+4+9+16+64 tiles at zooms 0-6
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli.main, list(args))
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prefetch", "osm", "--bbox", "1,2,3", "--zoom", "3"], "expected four numbers W,S,E,N"),
+        (["prefetch", "osm", "--bbox", "1,2,1,4", "--zoom", "3"], "the box is empty"),
+        (["prefetch", "osm", "--bbox", "1,20,3,10", "--zoom", "3"], "south (20.0) must be less than north"),
+        (["prefetch", "osm", "--bbox", "1,2,300,4", "--zoom", "3"], "longitudes must be within"),
+        (["prefetch", "osm", "--bbox", "1,2,3,4", "--zoom", "9-3"], "zoom range 9-3 is empty"),
+        (["prefetch", "osm", "--bbox", "1,2,3,4", "--zoom", "3-99"], "zoom levels go from 0 to 24"),
+        (["prefetch", "osm", "--bbox", "1,2,3,4", "--zoom", "x"], "expected a zoom level or a range"),
+        (["prefetch", "osm", "--bbox", "1,2,3,4", "--concurrency", "0", "--zoom", "3"], "--concurrency"),
+        (["demo", "--latency", "fast"], "expected a duration like 150ms"),
+        (["demo", "--fail-rate", "2"], "expected a fraction between 0 and 1"),
+        (["export", "pts", "-o", "out.shp"], "cannot write '.shp' files"),
+        (["export", "pts", "-o", "/nonexistent-dir/out.parquet"], "does not exist"),
+        (["export", "pts", "-o", "out.parquet", "--crs", "EPSG:999999"], "unknown CRS"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_output_dir(tmp_path):
+    # /proc refuses new files even to root; a 0o500 directory covers other users.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        for target in (Path("/proc/out.gpkg"), locked / "out.gpkg"):
+            result = invoke("export", "pts", "-o", str(target))
+            if target.parent == locked and result.exit_code != 2:
+                continue  # root writes into 0o500 directories
+            assert result.exit_code == 2, result.output
+            assert "is not writable" in result.output and "Traceback" not in result.output
+    finally:
+        locked.chmod(0o700)
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "out.geojson"
+    out.write_text("{}")
+    result = invoke("export", "pts", "-o", str(out))
+    assert result.exit_code == 2 and "exists (use --force" in result.output
+    assert out.read_text() == "{}"
+
+
+def test_help_lists_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in ("prefetch", "export", "check", "demo", "serve"):
+        assert name in result.output
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, app.cli; print(sorted(m for m in ('panel', 'holoviews', 'bokeh', 'geopandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ serve
+
+
+def test_serve_execs_panel_with_the_catalog(tmp_path, monkeypatch):
+    catalog = tmp_path / "c.yml"
+    catalog.write_text("layers: []\n")
+    seen = {}
+
+    def fake_execvp(file, argv):
+        seen["argv"] = argv
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli.os, "execvp", fake_execvp)
+    monkeypatch.delenv("MAPSTREAM_CATALOG", raising=False)
+    result = invoke("serve", "--catalog", str(catalog), "--port", "5099")
+    assert result.exit_code == 0, result.output
+    argv = seen["argv"]
+    assert argv[1:4] == ["-m", "panel", "serve"]
+    assert Path(argv[4]) == Path(cli.__file__).resolve().parent
+    assert argv[5:] == ["--port", "5099", "--args", "--catalog", str(catalog.resolve())]
+    assert cli.os.environ["MAPSTREAM_CATALOG"] == str(catalog.resolve())
+
+
+def test_serve_rejects_a_missing_catalog(tmp_path):
+    result = invoke("serve", "--catalog", str(tmp_path / "nope.yml"))
+    assert result.exit_code == 2 and "is not a readable file" in result.output
+
+
+# ------------------------------------------------------------------ prefetch core
+
+
+async def _prefetch(server_url: str, cache_dir: Path, zooms, concurrency=4):
+    layer = TileLayer(server_url + "/{z}/{x}/{y}.png", max_zoom=10)
+    stats = RunStats(unit="tiles")
+    bar = ProgressBar(stats, desc="t", enabled=False)
+    async with Fetcher(cache_dir=cache_dir) as fetcher:
+        await prefetch_tiles(layer, None, fetcher, BBOX, zooms, concurrency=concurrency, stats=stats, bar=bar)
+    bar.close()
+    return layer, stats
+
+
+async def test_prefetch_then_resume_makes_no_requests(tile_server, tmp_path):  # noqa: F811
+    cache = tmp_path / "cache"
+    layer, first = await _prefetch(tile_server.url, cache, range(0, 7))
+    expected = sum(len(layer.tiles_for_bbox(BBOX, z)) for z in range(0, 7))
+    assert expected > 20
+    assert (first.done, first.fetched, first.cached, first.failed) == (expected, expected, 0, 0)
+    assert first.requests == expected == len(tile_server.requests)
+    assert len(set(tile_server.requests)) == expected  # each tile once
+
+    _, second = await _prefetch(tile_server.url, cache, range(0, 7))
+    assert (second.done, second.fetched, second.cached, second.requests) == (expected, 0, expected, 0)
+    assert len(tile_server.requests) == expected  # the server saw nothing new
+
+    # The app's path: a new Fetcher on the same cache loads the mosaic without a request.
+    async with Fetcher(cache_dir=cache) as app_fetcher:
+        vp = Viewport.from_lonlat(BBOX, 512)
+        plan = layer.plan(vp)
+        assert 0 <= plan.zoom <= 6
+        await layer.fetch(vp, app_fetcher)
+        snap = app_fetcher.metrics.snapshot()
+    assert snap["requests"] == 0 and snap.get("cache_hits", 0) >= len(plan.tiles)
+
+
+async def test_prefetch_counts_failures_and_missing_tiles(tile_server, tmp_path):  # noqa: F811
+    layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png")
+    tiles = layer.tiles_for_bbox(BBOX, 6)
+    missing, failing = tiles[0], tiles[1]
+    tile_server.missing.add(tuple(missing))
+    tile_server.failing.add(tuple(failing))
+    stats = RunStats()
+    bar = ProgressBar(stats, desc="t", enabled=False)
+    async with Fetcher(cache_dir=tmp_path, retry_attempts=1) as fetcher:
+        await prefetch_tiles(layer, None, fetcher, BBOX, [6], concurrency=3, stats=stats, bar=bar)
+    assert stats.done == len(tiles)
+    assert stats.failed == 1 and "500" in stats.errors[0]
+    assert stats.missing == 1
+    assert "finished with failures" in format_summary(stats)
+
+
+async def test_prefetch_cancelled_keeps_a_partial_count(tile_server, tmp_path):  # noqa: F811
+    tile_server.latency = 0.05
+    layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png")
+    stats = RunStats()
+    bar = ProgressBar(stats, desc="t", enabled=False)
+    async with Fetcher(cache_dir=tmp_path) as fetcher:
+        task = asyncio.create_task(
+            prefetch_tiles(layer, None, fetcher, BBOX, range(5, 8), concurrency=2, stats=stats, bar=bar)
+        )
+        while stats.done < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert 3 <= stats.done < stats.total
+    stats.interrupted = True
+    assert format_summary(stats).startswith("prefetch interrupted:")
+
+
+# ------------------------------------------------------------------ writers
+
+
+def _pages(n_pages=3, per_page=7):
+    rng = np.random.default_rng(1)
+    pages = []
+    for p in range(n_pages):
+        ids = np.arange(p * per_page, (p + 1) * per_page)
+        pages.append(
+            gpd.GeoDataFrame(
+                {
+                    "id": ids,
+                    "value": rng.uniform(0, 1, per_page),
+                    "name": [f"f{i}" for i in ids],
+                    # all-null on the first page, set later: must not break GeoParquet
+                    "note": [None] * per_page if p == 0 else [f"n{i}" for i in ids],
+                },
+                geometry=[Point(float(i), float(i) / 2) for i in ids],
+                crs="EPSG:4326",
+            ).to_crs("EPSG:3857")
+        )
+    return pages
+
+
+@pytest.mark.parametrize("fmt,suffix", [("parquet", ".parquet"), ("gpkg", ".gpkg"), ("geojson", ".geojson")])
+def test_writers_stream_pages_to_a_readable_file(tmp_path, fmt, suffix):
+    pages = _pages()
+    out = tmp_path / f"out{suffix}"
+    with atomic_output(out) as tmp:
+        assert tmp.name.startswith(".out.part-")
+        w = open_writer(fmt, tmp, crs="EPSG:4326", layer_name="pts")
+        for page in pages:
+            w.write(page)
+        w.close()
+        assert not out.exists()  # nothing that looks complete before the rename
+    got = gpd.read_parquet(out) if fmt == "parquet" else gpd.read_file(out)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    want = gpd.GeoDataFrame(
+        gpd.pd.concat([p.to_crs("EPSG:4326") for p in pages], ignore_index=True), crs="EPSG:4326"
+    )
+    assert got.crs.to_epsg() == 4326
+    assert list(got["id"]) == list(want["id"])
+    assert np.allclose(got["value"], want["value"])
+    assert list(got["name"]) == list(want["name"])
+    assert np.allclose(got.geometry.x, want.geometry.x) and np.allclose(got.geometry.y, want.geometry.y)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        geo = json.loads(pq.read_schema(out).metadata[b"geo"])
+        assert geo["primary_column"] == "geometry" and "geometry" in geo["columns"]
+
+
+def test_failed_export_leaves_no_file(tmp_path):
+    out = tmp_path / "out.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_output(out) as tmp:
+            w = open_writer("parquet", tmp, crs="EPSG:4326", layer_name="pts")
+            w.write(_pages(1)[0])
+            w.close()
+            assert tmp.exists()
+            raise RuntimeError("page 2 failed")
+    assert list(tmp_path.iterdir()) == []
+    assert not temp_path_for(out).exists()
+
+
+def test_empty_export_is_a_valid_empty_file(tmp_path):
+    for fmt, suffix in (("parquet", ".parquet"), ("geojson", ".geojson")):
+        out = tmp_path / f"e{suffix}"
+        with atomic_output(out) as tmp:
+            w = open_writer(fmt, tmp, crs="EPSG:4326", layer_name="pts")
+            w.close()
+        got = gpd.read_parquet(out) if fmt == "parquet" else gpd.read_file(out)
+        assert len(got) == 0
+
+
+# ------------------------------------------------------------------ doctests of the CLI's pure helpers
+
+
+@pytest.mark.parametrize("module", ["app._cli_params", "app._cli_progress", "app._cli_run", "app._cli_export", "app.cli"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
