@@ -211,6 +211,13 @@ class TiledLayer:
         if resp.status in EMPTY_STATUSES or not resp.content:
             fetcher.memory.put(url, f"{_EMPTY}:{resp.status}", 64)
             return _Outcome(url, None, resp.from_cache, f"empty ({resp.status})", False)
+        ctype = resp.headers.get("content-type", "").lower()
+        if "xml" in ctype and "svg" not in ctype or ctype.startswith(("text/", "application/json")):
+            # an error document with a 200 status (a WMS ServiceException, an HTML error page)
+            text = resp.content[:300].decode("utf-8", errors="replace")
+            excerpt = " ".join(re.sub(r"<[^>]*>", " ", text).split())[:160]
+            reason = self._redact(f"server sent {ctype}: {excerpt}")
+            return _Outcome(url, None, resp.from_cache, reason, True)
         try:
             image = await decode_tile(resp.content, self.tile_size, url=self._redact(url))
         except LayersError as exc:

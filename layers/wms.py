@@ -1,0 +1,296 @@
+"""WMS layers: GetMap cut into tile-sized requests on the Web Mercator grid, and GetFeatureInfo.
+
+Requesting one image per viewport would defeat caching (every pan is a new image) and could
+not share the tile pipeline. Instead :class:`WMSLayer` asks for one GetMap per tile of the XYZ
+grid, with the tile's bounds as BBOX, so panning reuses what is cached, requests run under the
+fetcher's per-host limit, and the mosaic is built exactly as for :class:`~layers.tiles.TileLayer`.
+
+Axis order: WMS 1.3.0 follows the CRS's own axis order, so a latitude-first CRS such as
+EPSG:4326 takes ``BBOX=miny,minx,maxy,maxx``; 1.1.1 (``SRS=``) is always x, y. EPSG:3857, the
+mosaic's CRS, is x (easting), y (northing) in both (:func:`wms_bbox`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .errors import BadInputError
+from .tilemath import Tile, tile_bounds, wrap_x
+from .tiles import TiledLayer
+from .viewport import ORIGIN_SHIFT, lonlat_to_mercator
+
+__all__ = ["WMSLayer", "wms_bbox", "getmap_params", "VERSIONS"]
+
+#: Supported WMS versions.
+VERSIONS = ("1.1.1", "1.3.0")
+# Geographic CRSs whose EPSG axis order is latitude first (the common ones).
+_LAT_FIRST = {"EPSG:4326", "EPSG:4258", "EPSG:4269", "EPSG:4267"}
+
+
+def wms_bbox(bounds: tuple[float, float, float, float], crs: str, version: str) -> str:
+    """The BBOX parameter for (west, south, east, north) ``bounds`` in ``crs``.
+
+    >>> wms_bbox((1, 2, 3, 4), "EPSG:3857", "1.3.0")
+    '1,2,3,4'
+    >>> wms_bbox((1, 2, 3, 4), "EPSG:4326", "1.3.0")   # latitude first in 1.3.0
+    '2,1,4,3'
+    >>> wms_bbox((1, 2, 3, 4), "EPSG:4326", "1.1.1")
+    '1,2,3,4'
+    """
+    w, s, e, n = bounds
+    order = (s, w, n, e) if version == "1.3.0" and crs.upper() in _LAT_FIRST else (w, s, e, n)
+    return ",".join(_num(v) for v in order)
+
+
+def _num(value: float) -> str:
+    """Shortest exact text of a number (``10`` rather than ``10.0``)."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def getmap_params(
+    bounds: tuple[float, float, float, float],
+    size: int,
+    *,
+    layers: str,
+    version: str = "1.3.0",
+    styles: str = "",
+    format: str = "image/png",
+    transparent: bool = True,
+    crs: str = "EPSG:3857",
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """GetMap query parameters for one square image of ``size`` pixels over ``bounds``.
+
+    >>> p = getmap_params((0, 0, 10, 10), 256, layers="a,b", version="1.1.1")
+    >>> p["SRS"], p["BBOX"], p["WIDTH"], p["HEIGHT"], p["TRANSPARENT"], "CRS" in p
+    ('EPSG:3857', '0,0,10,10', '256', '256', 'TRUE', False)
+    >>> getmap_params((0, 0, 10, 10), 256, layers="a")["CRS"]
+    'EPSG:3857'
+    """
+    params = {
+        "SERVICE": "WMS",
+        "VERSION": version,
+        "REQUEST": "GetMap",
+        "LAYERS": layers,
+        "STYLES": styles,
+        "FORMAT": format,
+        "TRANSPARENT": "TRUE" if transparent else "FALSE",
+        ("CRS" if version == "1.3.0" else "SRS"): crs,
+        "BBOX": wms_bbox(bounds, crs, version),
+        "WIDTH": str(size),
+        "HEIGHT": str(size),
+    }
+    params.update(extra or {})
+    return params
+
+
+class WMSLayer(TiledLayer):
+    """A WMS 1.1.1 / 1.3.0 service drawn as a tile mosaic in EPSG:3857.
+
+    Parameters
+    ----------
+    url
+        The service endpoint (may already carry a query, e.g. ``?map=/maps/x.map``).
+    layers
+        WMS layer name(s): a comma-separated string or a sequence.
+    version
+        ``"1.3.0"`` (``CRS=``) or ``"1.1.1"`` (``SRS=``).
+    styles
+        Style name(s), one per layer or empty for the defaults.
+    format, transparent
+        Image format and transparency asked for.
+    min_zoom, max_zoom
+        Zoom range used to choose the grid level for a viewport.
+    extra_params
+        Extra query parameters (vendor options such as ``TIME``, ``DPI``).
+    headers
+        Extra request headers.
+    tile_size
+        Pixel size of each GetMap image (one grid tile).
+
+    Raises
+    ------
+    BadInputError
+        An unsupported version, no layer name, or an impossible zoom range.
+
+    Examples
+    --------
+    >>> wms = WMSLayer("http://w.test/wms?map=x", "roads", version="1.1.1")
+    >>> url = wms.tile_url(Tile(1, 2, 0))    # column 2 wraps to 0
+    >>> url.startswith("http://w.test/wms?map=x&SERVICE=WMS&VERSION=1.1.1&REQUEST=GetMap")
+    True
+    >>> "BBOX=-20037508.342789244%2C0%2C0%2C20037508.342789244" in url
+    True
+    """
+
+    def __init__(
+        self,
+        url: str,
+        layers: str | Sequence[str],
+        *,
+        version: str = "1.3.0",
+        styles: str | Sequence[str] = "",
+        format: str = "image/png",
+        transparent: bool = True,
+        min_zoom: int = 0,
+        max_zoom: int = 19,
+        extra_params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        tile_size: int = 256,
+        attribution: str = "",
+        name: str | None = None,
+    ) -> None:
+        layer_names = layers if isinstance(layers, str) else ",".join(layers)
+        if not layer_names.strip():
+            raise BadInputError("WMSLayer needs at least one layer name")
+        if version not in VERSIONS:
+            raise BadInputError(f"WMS version must be one of {VERSIONS}, got {version!r}")
+        super().__init__(
+            min_zoom=min_zoom,
+            max_zoom=max_zoom,
+            tile_size=tile_size,
+            headers=headers,
+            attribution=attribution,
+            name=name or layer_names,
+        )
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise BadInputError(f"WMS url must be http(s), got {url!r}")
+        self.url = url
+        self.layers = layer_names
+        self.version = version
+        self.styles = styles if isinstance(styles, str) else ",".join(styles)
+        self.format = format
+        self.transparent = bool(transparent)
+        self.extra_params = {str(k): str(v) for k, v in (extra_params or {}).items()}
+
+    def __repr__(self) -> str:
+        return f"WMSLayer({self.url!r}, {self.layers!r}, version={self.version!r})"
+
+    def _url(self, params: Mapping[str, str]) -> str:
+        parts = urlsplit(self.url)
+        base = parse_qsl(parts.query, keep_blank_values=True)
+        taken = {k.upper() for k in params}
+        query = [(k, v) for k, v in base if k.upper() not in taken] + list(params.items())
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    def _params(self, tile: Tile) -> dict[str, str]:
+        z = self._check_zoom(tile.z)
+        if not 0 <= tile.y < 2**z:
+            raise BadInputError(f"tile row {tile.y} is outside zoom {z}'s 0..{2**z - 1}")
+        bounds = tile_bounds(Tile(z, wrap_x(tile.x, z), tile.y))
+        return getmap_params(
+            bounds,
+            self.tile_size,
+            layers=self.layers,
+            version=self.version,
+            styles=self.styles,
+            format=self.format,
+            transparent=self.transparent,
+            extra=self.extra_params,
+        )
+
+    def tile_url(self, tile: Tile) -> str:
+        """The GetMap URL of one grid tile (its bounds as BBOX, ``tile_size`` pixels square).
+
+        Raises
+        ------
+        BadInputError
+            A zoom outside the layer's range or a row outside the grid.
+        """
+        return self._url(self._params(tile))
+
+    def feature_info_url(
+        self,
+        lon: float,
+        lat: float,
+        *,
+        info_format: str = "application/json",
+        zoom: int | None = None,
+        feature_count: int = 10,
+    ) -> str:
+        """The GetFeatureInfo URL for the point (``lon``, ``lat``) in degrees.
+
+        The query image is the grid tile holding the point at ``zoom`` (default: the layer's
+        max zoom, the finest pixel), with ``I``/``J`` (1.3.0) or ``X``/``Y`` (1.1.1) the
+        point's pixel in it.
+
+        Raises
+        ------
+        BadInputError
+            A point outside [-180, 180] x [-90, 90] or a zoom outside the layer's range.
+
+        >>> url = WMSLayer("http://w.test/wms", "a", max_zoom=1).feature_info_url(-90, 45)
+        >>> "REQUEST=GetFeatureInfo" in url, "I=128&J=" in url, "QUERY_LAYERS=a" in url
+        (True, True, True)
+        """
+        lon, lat = float(lon), float(lat)
+        if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
+            raise BadInputError(f"point must be lon in [-180, 180], lat in [-90, 90], got {lon}, {lat}")
+        zoom = self._check_zoom(self.max_zoom if zoom is None else zoom)
+        x, y = lonlat_to_mercator(lon, lat)
+        n = 2**zoom
+        span = 2 * ORIGIN_SHIFT / n
+        col = min(n - 1, int((x + ORIGIN_SHIFT) // span))
+        row = min(n - 1, int((ORIGIN_SHIFT - y) // span))
+        w, s, e, north = tile_bounds(Tile(zoom, col, row))
+        px = min(self.tile_size - 1, int((x - w) / span * self.tile_size))
+        py = min(self.tile_size - 1, int((north - y) / span * self.tile_size))
+        params = self._params(Tile(zoom, col, row))
+        i_key, j_key = ("I", "J") if self.version == "1.3.0" else ("X", "Y")
+        params.update(
+            {
+                "REQUEST": "GetFeatureInfo",
+                "QUERY_LAYERS": self.layers,
+                "INFO_FORMAT": info_format,
+                "FEATURE_COUNT": str(int(feature_count)),
+                i_key: str(px),
+                j_key: str(py),
+            }
+        )
+        return self._url(params)
+
+    async def get_feature_info(
+        self,
+        lon: float,
+        lat: float,
+        fetcher: Any,
+        *,
+        info_format: str = "application/json",
+        zoom: int | None = None,
+        feature_count: int = 10,
+    ) -> Any:
+        """Ask the service what is at (``lon``, ``lat``): GetFeatureInfo on the layer's layers.
+
+        Returns
+        -------
+        The parsed JSON for a JSON ``info_format``, else the response text (HTML, GML, plain).
+
+        Raises
+        ------
+        BadInputError
+            As :meth:`feature_info_url`.
+        FetchError
+            The request failed (an error status, after the fetcher's retries).
+        ParseError
+            A JSON answer that is not JSON (e.g. a WMS ServiceException in XML).
+        """
+        url = self.feature_info_url(
+            lon, lat, info_format=info_format, zoom=zoom, feature_count=feature_count
+        )
+        resp = await fetcher.get(url, headers=self.headers or None)
+        if "json" in info_format.lower():
+            return resp.json()
+        return resp.content.decode(_charset(resp.headers.get("content-type", "")), errors="replace")
+
+
+def _charset(content_type: str) -> str:
+    for part in content_type.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            return value.strip('"')
+    return "utf-8"
