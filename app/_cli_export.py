@@ -19,10 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "PageWriter", "atomic_output", "format_for", "open_writer"]
+__all__ = ["FORMATS", "ExportError", "PageWriter", "atomic_output", "format_for", "open_writer"]
 
 #: Output formats by file suffix.
 FORMATS = {".parquet": "parquet", ".geoparquet": "parquet", ".gpkg": "gpkg", ".geojson": "geojson", ".json": "geojson"}
+
+
+class ExportError(Exception):
+    """An export that cannot produce a complete file (the message says why)."""
 
 
 def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -154,7 +158,7 @@ class GeoParquetWriter(PageWriter):
                 try:
                     col = col.cast(f.type)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise ValueError(
+                    raise ExportError(
                         f"column {f.name!r} changes type between pages ({f.type} then {col.type})"
                     ) from exc
             arrays.append(col)
@@ -189,11 +193,10 @@ class GeoJSONWriter(PageWriter):
         self._first = True
 
     def _write(self, frame: Any) -> None:
-        features = json.loads(frame.to_json(na="null", show_bbox=False, drop_id=True))["features"]
-        for feat in features:
+        for feat in frame.iterfeatures(na="null", drop_id=True):
             if not self._first:
                 self._fh.write(",\n")
-            self._fh.write(json.dumps(feat, separators=(",", ":")))
+            self._fh.write(json.dumps(feat, separators=(",", ":"), default=_json_value))
             self._first = False
 
     def close(self) -> None:
@@ -203,6 +206,20 @@ class GeoJSONWriter(PageWriter):
     def _close(self) -> None:
         self._fh.write("\n]}\n")
         self._fh.close()
+
+
+def _json_value(value: Any) -> Any:
+    """JSON for what ``json`` cannot encode: timestamps as ISO 8601, NumPy scalars as Python.
+
+    >>> import pandas as pd, numpy as np
+    >>> _json_value(pd.Timestamp("2024-05-01T12:00Z")), _json_value(np.int64(3))
+    ('2024-05-01T12:00:00+00:00', 3)
+    """
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write a {type(value).__name__} to GeoJSON")
 
 
 def open_writer(fmt: str, path: Path, *, crs: str, layer_name: str) -> PageWriter:

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,10 +23,12 @@ from layers.errors import (
     TransportError,
 )
 
+from ._cli_export import ExportError, atomic_output, open_writer
 from ._cli_progress import ProgressBar, RunStats
 
 __all__ = [
     "ProbeResult",
+    "export_layer",
     "feature_viewport",
     "iter_tile_urls",
     "prefetch_features",
@@ -189,6 +192,47 @@ async def prefetch_features(layer: Any, fetcher: Any, bbox, *, stats: RunStats, 
     return stats
 
 
+async def export_layer(
+    layer: Any,
+    fetcher: Any,
+    bbox,
+    output: Path,
+    *,
+    fmt: str,
+    crs: str,
+    stats: RunStats,
+    bar: ProgressBar,
+) -> Any:
+    """Stream a feature layer's pages for ``bbox`` (None: all) into ``output``.
+
+    The file is written under a temporary name and renamed into place only when every page
+    arrived: a failed page, an error or a cancellation leaves no ``output``.
+
+    Returns
+    -------
+    PageWriter
+        The finished writer (``rows``, ``dropped_columns``).
+
+    Raises
+    ------
+    ExportError
+        A page failed (after the fetcher's retries) or pages disagree on a column's type.
+    """
+    with atomic_output(output) as tmp:
+        writer = open_writer(fmt, tmp, crs=crs, layer_name=getattr(layer, "name", "features"))
+        try:
+            async for page in iter_feature_pages(layer, fetcher, bbox, stats=stats, bar=bar):
+                if len(page.frame):
+                    # Reprojection, conversion and file I/O block: keep them off the loop.
+                    await asyncio.to_thread(writer.write, page.frame)
+        finally:
+            await asyncio.to_thread(writer.close)
+        if stats.failed:
+            first = stats.errors[0] if stats.errors else "see above"
+            raise ExportError(f"{stats.failed} page(s) failed, so {output} was not written: {first}")
+    return writer
+
+
 @dataclass
 class ProbeResult:
     """One row of ``mapstream check``."""
@@ -210,6 +254,9 @@ def _probe_url(layer: Any, spec: Any) -> tuple[str, dict[str, Any] | None, tuple
         # A tiny box at the origin: one to four tiles whatever the zoom.
         tiles = layer.tiles_for_bbox((-0.001, -0.001, 0.001, 0.001), lo)
         return layer.tile_url(tiles[0]), None, TILE_ABSENT
+    items = getattr(layer, "items_url", None)
+    if items:
+        return items, {"limit": 1}, ()
     url = spec.url.rstrip("/")
     if not url.endswith("/items"):
         if "/collections/" not in url:

@@ -202,9 +202,9 @@ def export(layer, bbox, output, fmt, crs, force, catalog_path, cache_dir, quiet)
     The file appears only when complete: it is written under a temporary name beside the
     output and renamed at the end; a failure or Ctrl-C removes the temporary file.
     """
-    from ._cli_export import atomic_output, format_for, open_writer
+    from ._cli_export import ExportError, format_for
     from ._cli_progress import ProgressBar, RunStats, format_summary
-    from ._cli_run import iter_feature_pages
+    from ._cli_run import export_layer
 
     try:
         fmt = format_for(output, fmt)
@@ -222,7 +222,7 @@ def export(layer, bbox, output, fmt, crs, force, catalog_path, cache_dir, quiet)
     if spec.kind != "features":
         raise click.UsageError(f"export writes feature layers; {spec.name!r} is a {spec.kind} layer (use prefetch)")
     stats = RunStats(unit="pages")
-    written: dict[str, Any] = {}
+    done: dict[str, Any] = {}
 
     async def go():
         from layers.catalog import build_layer
@@ -231,20 +231,9 @@ def export(layer, bbox, output, fmt, crs, force, catalog_path, cache_dir, quiet)
             lay = await build_layer(spec, fetcher)
             bar = ProgressBar(stats, desc=spec.name, enabled=not quiet)
             try:
-                with atomic_output(output) as tmp:
-                    writer = open_writer(fmt, tmp, crs=crs, layer_name=spec.name)
-                    try:
-                        async for page in iter_feature_pages(lay, fetcher, bbox, stats=stats, bar=bar):
-                            # Conversion and file I/O are blocking: keep them off the loop.
-                            await asyncio.to_thread(writer.write, page.frame)
-                    finally:
-                        await asyncio.to_thread(writer.close)
-                    if stats.failed:
-                        raise click.ClickException(
-                            f"{stats.failed} page(s) failed; {output} not written: {stats.errors[0] if stats.errors else ''}"
-                        )
-                    written["rows"] = writer.rows
-                    written["dropped"] = sorted(writer.dropped_columns)
+                done["writer"] = await export_layer(
+                    lay, fetcher, bbox, output, fmt=fmt, crs=crs, stats=stats, bar=bar
+                )
             finally:
                 bar.close()
 
@@ -254,12 +243,16 @@ def export(layer, bbox, output, fmt, crs, force, catalog_path, cache_dir, quiet)
 
     try:
         _run(go, interrupted)
-    except ValueError as exc:  # a writer's schema problem
-        raise click.ClickException(f"{output} not written: {_one_line(exc)}") from None
+    except ExportError as exc:
+        raise click.ClickException(_one_line(exc)) from None
+    writer = done["writer"]
     click.echo(format_summary(stats, action="export"))
-    click.echo(f"wrote {written['rows']} features to {output} ({fmt})")
-    if written["dropped"]:
-        click.echo(f"columns absent from the first page were dropped: {', '.join(written['dropped'])}", err=True)
+    click.echo(f"wrote {writer.rows} features to {output} ({fmt})")
+    if writer.dropped_columns:
+        click.echo(
+            f"columns absent from the first page were dropped: {', '.join(sorted(writer.dropped_columns))}",
+            err=True,
+        )
 
 
 # ---------------------------------------------------------------------------- check

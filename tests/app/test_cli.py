@@ -8,6 +8,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from shapely.geometry import Point
@@ -19,6 +20,7 @@ from app._cli_run import prefetch_tiles
 from layers.http import Fetcher
 from layers.tiles import TileLayer
 from layers.viewport import Viewport
+from tests.support.ogc import ogc_data, ogc_server  # noqa: F401 (fixtures)
 from tests.support.tileserver import tile_server  # noqa: F401 (fixture)
 
 BBOX = (-10.0, 35.0, 30.0, 60.0)  # Europe: 1+2+2+4+9+16+64 tiles at zooms 0-6
@@ -280,3 +282,36 @@ def test_doctests(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------ export core over pygeoapi
+
+EXPORT_BOX = (-60.0, -40.0, 60.0, 40.0)  # about 3 300 of the 20 000 test points: several pages
+
+
+@pytest.mark.parametrize("fmt,suffix", [("parquet", ".parquet"), ("gpkg", ".gpkg"), ("geojson", ".geojson")])
+async def test_export_of_a_paged_layer_equals_its_content(ogc_server, tmp_path, fmt, suffix):  # noqa: F811
+    from app._cli_run import export_layer
+    from layers.features import FeatureLayer
+
+    layer = FeatureLayer(ogc_server.url, "points", limit=500)
+    out = tmp_path / f"points{suffix}"
+    crs = "EPSG:4326" if fmt == "geojson" else "EPSG:3857"
+    stats = RunStats(unit="pages")
+    bar = ProgressBar(stats, desc="points", enabled=False)
+    async with Fetcher(cache_dir=tmp_path / "cache") as fetcher:
+        writer = await export_layer(layer, fetcher, EXPORT_BOX, out, fmt=fmt, crs=crs, stats=stats, bar=bar)
+        want = await layer.fetch(Viewport.from_lonlat(EXPORT_BOX, 1024), fetcher)
+    assert stats.done >= 5 and stats.failed == 0 and not stats.truncated
+    assert writer.rows == len(want) == stats.features > 2000
+    got = gpd.read_parquet(out) if fmt == "parquet" else gpd.read_file(out)
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == [out.name]
+    want = want.to_crs(crs).sort_values("id").reset_index(drop=True)
+    got = got.sort_values("id").reset_index(drop=True)
+    assert list(got["id"]) == list(want["id"])
+    assert list(got["name"]) == list(want["name"])
+    assert np.allclose(got["value"], want["value"])
+    assert list(got["count"]) == list(want["count"])
+    assert (pd.to_datetime(got["when"], utc=True) == pd.to_datetime(want["when"], utc=True)).all()
+    assert np.allclose(got.geometry.x, want.geometry.x, atol=1e-6)
+    assert np.allclose(got.geometry.y, want.geometry.y, atol=1e-6)
