@@ -315,3 +315,47 @@ async def test_export_of_a_paged_layer_equals_its_content(ogc_server, tmp_path, 
     assert (pd.to_datetime(got["when"], utc=True) == pd.to_datetime(want["when"], utc=True)).all()
     assert np.allclose(got.geometry.x, want.geometry.x, atol=1e-6)
     assert np.allclose(got.geometry.y, want.geometry.y, atol=1e-6)
+
+
+# ------------------------------------------------------------------ check core
+
+
+async def test_probe_reports_up_down_error_and_validators(tile_server, ogc_server, tmp_path):  # noqa: F811
+    from types import SimpleNamespace as Spec
+
+    from app._cli_run import format_table, probe_all
+    from layers.features import FeatureLayer
+    from tests.support.cli import ValidatorTileServer, dead_port
+
+    def spec(name, kind, url, **kw):
+        return Spec(name=name, kind=kind, url=url, collection=kw.get("collection"), min_zoom=kw.get("min_zoom", 0), headers={})
+
+    async def build(s, fetcher):
+        if s.kind == "features":
+            return FeatureLayer(s.url, s.collection)
+        return TileLayer(s.url, min_zoom=s.min_zoom)
+
+    with ValidatorTileServer() as vserver:
+        tile_server.failing.update({(4, 7, 7), (4, 8, 7), (4, 7, 8), (4, 8, 8)})
+        specs = [
+            spec("validated", "tiles", vserver.url + "/{z}/{x}/{y}.png"),
+            spec("plain", "tiles", tile_server.url + "/{z}/{x}/{y}.png"),
+            spec("broken", "tiles", tile_server.url + "/{z}/{x}/{y}.png", min_zoom=4),
+            spec("dead", "tiles", f"http://127.0.0.1:{dead_port()}/{{z}}/{{x}}/{{y}}.png"),
+            spec("points", "features", ogc_server.url, collection="points"),
+            spec("dead-features", "features", f"http://127.0.0.1:{dead_port()}", collection="points"),
+        ]
+        async with Fetcher(cache_dir=tmp_path, retry_attempts=1) as fetcher:
+            rows = await probe_all(specs, fetcher, build, timeout=20)
+    by = {r.layer: r for r in rows}
+    assert [r.layer for r in rows] == [s.name for s in specs]  # catalog order
+    assert by["validated"].status == "up" and by["validated"].validators == ("ETag", "Last-Modified")
+    assert by["plain"].status == "up" and by["plain"].validators == () and by["plain"].http_status == 200
+    assert by["broken"].status == "error" and by["broken"].http_status == 500
+    assert by["dead"].status == "down" and by["dead"].error
+    assert by["points"].status == "up" and by["points"].http_status == 200
+    assert by["dead-features"].status == "down"
+    assert all(r.latency is not None and r.latency >= 0 for r in rows)
+    table = format_table(rows)
+    assert table.splitlines()[0].split() == ["layer", "kind", "status", "http", "latency", "validators", "error"]
+    assert len(table.splitlines()) == len(specs) + 1

@@ -56,3 +56,66 @@ def one_line_error(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+class ValidatorTileServer:
+    """A loopback XYZ server that sends ``ETag`` and ``Last-Modified`` (and answers 304).
+
+    ``hits`` counts requests; ``not_modified`` counts conditional requests answered 304.
+    Used where the CLI must report cache validators (``mapstream check``).
+    """
+
+    LAST_MODIFIED = "Mon, 01 Jan 2024 00:00:00 GMT"
+
+    def __init__(self, max_age: int = 3600) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        owner = self
+        self.max_age = max_age
+        self.hits = 0
+        self.not_modified = 0
+        self._lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                from tests.support.tileserver import render
+
+                with owner._lock:
+                    owner.hits += 1
+                etag = f'"{abs(hash(self.path))}"'
+                if self.headers.get("If-None-Match") == etag:
+                    with owner._lock:
+                        owner.not_modified += 1
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
+                body = render((10, 20, 30, 255), 256, "png")
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", owner.LAST_MODIFIED)
+                self.send_header("Cache-Control", f"max-age={owner.max_age}")
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def __enter__(self) -> ValidatorTileServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
