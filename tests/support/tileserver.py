@@ -72,6 +72,7 @@ def bbox_to_tile(bbox: tuple[float, float, float, float]) -> tuple[int, int, int
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stalls
     server: _Server
 
     def log_message(self, *args: object) -> None:  # keep test output quiet
@@ -202,7 +203,9 @@ class TileServer:
     def start(self, port: int = 0) -> TileServer:
         self._httpd = _Server(("127.0.0.1", port), _Handler)
         self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
