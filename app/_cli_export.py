@@ -73,15 +73,20 @@ def atomic_output(path: Path) -> Iterator[Path]:
     ``BaseException`` (Ctrl-C, cancellation) also removes it.
     """
     tmp = temp_path_for(path)
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    _remove(tmp)
     try:
         yield tmp
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        _remove(tmp)
         raise
     os.replace(tmp, path)
+
+
+def _remove(tmp: Path) -> None:
+    # SQLite (GeoPackage) may leave a journal beside the file.
+    for p in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 class PageWriter:
@@ -117,6 +122,9 @@ class PageWriter:
 
             self._write(gpd.GeoDataFrame({"geometry": []}, geometry="geometry", crs=self.crs))
         self._close()
+
+    def abort(self) -> None:
+        """Release the file after a failure (the caller removes it)."""
 
     def _write(self, frame: Any) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -168,6 +176,11 @@ class GeoParquetWriter(PageWriter):
         if self._writer is not None:
             self._writer.close()
 
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+
 
 class GeoPackageWriter(PageWriter):
     """GeoPackage through pyogrio, appending each page to one layer."""
@@ -205,6 +218,9 @@ class GeoJSONWriter(PageWriter):
 
     def _close(self) -> None:
         self._fh.write("\n]}\n")
+        self._fh.close()
+
+    def abort(self) -> None:
         self._fh.close()
 
 

@@ -224,13 +224,29 @@ async def export_layer(
             async for page in iter_feature_pages(layer, fetcher, bbox, stats=stats, bar=bar):
                 if len(page.frame):
                     # Reprojection, conversion and file I/O block: keep them off the loop.
-                    await asyncio.to_thread(writer.write, page.frame)
-        finally:
-            await asyncio.to_thread(writer.close)
-        if stats.failed:
-            first = stats.errors[0] if stats.errors else "see above"
-            raise ExportError(f"{stats.failed} page(s) failed, so {output} was not written: {first}")
+                    await _uninterrupted(writer.write, page.frame)
+            if stats.failed:
+                first = stats.errors[0] if stats.errors else "see above"
+                raise ExportError(f"{stats.failed} page(s) failed, so {output} was not written: {first}")
+            await _uninterrupted(writer.close)
+        except BaseException:
+            writer.abort()
+            raise
     return writer
+
+
+async def _uninterrupted(fn: Any, *args: Any) -> Any:
+    """Run blocking ``fn`` in a thread; if cancelled meanwhile, let it finish, then re-raise.
+
+    A thread cannot be stopped: without this, a write could still be going on (and recreate
+    the temporary file) after the export removed it.
+    """
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        raise
 
 
 @dataclass

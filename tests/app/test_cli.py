@@ -20,7 +20,7 @@ from app._cli_run import prefetch_tiles
 from layers.http import Fetcher
 from layers.tiles import TileLayer
 from layers.viewport import Viewport
-from tests.support.ogc import ogc_data, ogc_server  # noqa: F401 (fixtures)
+from tests.support.ogc import make_ogc_server, ogc_data, ogc_server  # noqa: F401 (fixtures)
 from tests.support.tileserver import tile_server  # noqa: F401 (fixture)
 
 BBOX = (-10.0, 35.0, 30.0, 60.0)  # Europe: 1+2+2+4+9+16+64 tiles at zooms 0-6
@@ -359,3 +359,25 @@ async def test_probe_reports_up_down_error_and_validators(tile_server, ogc_serve
     table = format_table(rows)
     assert table.splitlines()[0].split() == ["layer", "kind", "status", "http", "latency", "validators", "error"]
     assert len(table.splitlines()) == len(specs) + 1
+
+
+async def test_cancelled_export_leaves_no_file(make_ogc_server, tmp_path):  # noqa: F811
+    from app._cli_run import export_layer
+    from layers.features import FeatureLayer
+
+    server = make_ogc_server(latency=0.3)
+    layer = FeatureLayer(server.url, "points", limit=500)
+    out = tmp_path / "out" / "points.gpkg"
+    out.parent.mkdir()
+    stats = RunStats(unit="pages")
+    bar = ProgressBar(stats, desc="points", enabled=False)
+    async with Fetcher(cache_dir=tmp_path / "cache") as fetcher:
+        task = asyncio.create_task(export_layer(layer, fetcher, None, out, fmt="gpkg", crs="EPSG:4326", stats=stats, bar=bar))
+        while stats.done < 2:
+            await asyncio.sleep(0.02)
+        assert list(out.parent.iterdir())  # the temporary file is being written
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert 2 <= stats.done < 40
+    assert list(out.parent.iterdir()) == []

@@ -1,0 +1,196 @@
+"""``mapstream`` as real processes, driven through a catalog YAML against loopback servers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import geopandas as gpd
+import pytest
+
+from tests.support.cli import ROOT, cli_env, dead_port, one_line_error, run_mapstream, write_catalog
+from tests.support.ogc import make_ogc_server, ogc_data, ogc_server  # noqa: F401 (fixtures)
+from tests.support.tileserver import tile_server  # noqa: F401 (fixture)
+
+pytest.importorskip("layers.catalog", reason="layers.catalog has not landed yet")
+
+EUROPE = "-10,35,30,60"  # 1+2+2+4+9+16 = 34 tiles at zooms 0-5
+EUROPE_TILES_0_5 = 34
+EXPORT_BOX = "-60,-40,60,40"
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def env(cache_dir):
+    return cli_env(cache_dir)
+
+
+def tiles_catalog(path, url, name="base", **kw):
+    return write_catalog(path, [{"name": name, "title": name, "kind": "tiles", "url": url + "/{z}/{x}/{y}.png", **kw}])
+
+
+def features_catalog(path, url, name="points"):
+    return write_catalog(path, [{"name": name, "title": name, "kind": "features", "url": url, "collection": "points"}])
+
+
+def test_prefetch_twice_then_the_app_cache_serves_it(tile_server, tmp_path, env, cache_dir):  # noqa: F811
+    catalog = tiles_catalog(tmp_path / "c.yml", tile_server.url)
+    args = ["prefetch", "base", "--bbox", EUROPE, "--zoom", "0-5", "--catalog", str(catalog), "--concurrency", "4"]
+    first = run_mapstream(args, env=env)
+    assert first.returncode == 0, first.stderr
+    assert f"prefetch complete: {EUROPE_TILES_0_5}/{EUROPE_TILES_0_5} tiles" in first.stdout
+    assert f"{EUROPE_TILES_0_5} fetched, 0 already cached, 0 failed" in first.stdout
+    assert len(tile_server.requests) == EUROPE_TILES_0_5
+
+    second = run_mapstream(args, env=env)
+    assert second.returncode == 0, second.stderr
+    assert f"0 fetched, {EUROPE_TILES_0_5} already cached" in second.stdout
+    assert "0 HTTP requests" in second.stdout
+    assert len(tile_server.requests) == EUROPE_TILES_0_5  # the second run asked nothing
+
+    # The app's side, in another process: a Fetcher on the same directory needs no request.
+    code = f"""
+import asyncio
+from layers.http import Fetcher
+from layers.tiles import TileLayer
+from layers.viewport import Viewport
+async def main():
+    layer = TileLayer({tile_server.url + '/{z}/{x}/{y}.png'!r})
+    async with Fetcher() as f:
+        vp = Viewport.from_lonlat((-10, 35, 30, 60), 600)
+        await layer.fetch(vp, f)
+        print(len(layer.plan(vp).tiles), f.metrics.snapshot()["requests"])
+asyncio.run(main())
+"""
+    app = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert app.returncode == 0, app.stderr
+    n_tiles, requests = map(int, app.stdout.split())
+    assert n_tiles > 0 and requests == 0
+    assert len(tile_server.requests) == EUROPE_TILES_0_5
+
+
+def test_export_of_a_paged_layer_as_a_process(ogc_server, tmp_path, env):  # noqa: F811
+    catalog = features_catalog(tmp_path / "c.yml", ogc_server.url)
+    out = tmp_path / "points.parquet"
+    result = run_mapstream(
+        ["export", "points", "--bbox", EXPORT_BOX, "-o", str(out), "--catalog", str(catalog), "-q"], env=env
+    )
+    assert result.returncode == 0, result.stderr
+    got = gpd.read_parquet(out)
+    assert f"wrote {len(got)} features to {out}" in result.stdout
+    assert len(got) > 2000 and got["id"].is_unique
+    w, s, e, n = map(float, EXPORT_BOX.split(","))
+    assert got.geometry.x.between(w, e).all() and got.geometry.y.between(s, n).all()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["c.yml", "points.parquet"]
+
+
+def test_check_reports_a_dead_layer_as_down(tile_server, tmp_path, env):  # noqa: F811
+    catalog = write_catalog(
+        tmp_path / "c.yml",
+        [
+            {"name": "alive", "title": "alive", "kind": "tiles", "url": tile_server.url + "/{z}/{x}/{y}.png"},
+            {"name": "dead", "title": "dead", "kind": "tiles", "url": f"http://127.0.0.1:{dead_port()}/{{z}}/{{x}}/{{y}}.png"},
+        ],
+    )
+    result = run_mapstream(["check", "--catalog", str(catalog), "--timeout", "20s"], env=env)
+    assert result.returncode == 1, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert rows["alive"][2] == "up" and rows["alive"][3] == "200"
+    assert rows["dead"][2] == "down"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("make_args", "code", "message"),
+    [
+        (lambda c: ["prefetch", "nope", "--bbox", EUROPE, "--zoom", "2", "--catalog", c], 2, "base"),
+        (lambda c: ["prefetch", "base", "--bbox", "1,2,3", "--zoom", "2", "--catalog", c], 2, "expected four numbers"),
+        (lambda c: ["prefetch", "base", "--bbox", EUROPE, "--zoom", "5-2", "--catalog", c], 2, "zoom range 5-2 is empty"),
+        (lambda c: ["prefetch", "base", "--bbox", EUROPE, "--catalog", c], 2, "--zoom is required"),
+        (lambda c: ["export", "base", "--bbox", EUROPE, "-o", "/proc/x.parquet", "--catalog", c], 2, "not writable"),
+        (lambda c: ["check", "--catalog", c + ".missing"], None, "catalog"),
+    ],
+)
+def test_bad_input_exits_with_one_line(tile_server, tmp_path, env, make_args, code, message):  # noqa: F811
+    catalog = tiles_catalog(tmp_path / "c.yml", tile_server.url)
+    result = run_mapstream(make_args(str(catalog)), env=env)
+    assert result.returncode == code if code is not None else result.returncode in (1, 2), result.stderr
+    assert message in one_line_error(result.stderr)
+    assert tile_server.requests == []
+
+
+def test_malformed_catalog_is_one_line(tmp_path, env):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("layers:\n  - name: x\n    kind: tiles\n    bogus_key: 1\n    url: [\n")
+    result = run_mapstream(["check", "--catalog", str(bad)], env=env)
+    assert result.returncode in (1, 2)
+    assert "bad.yml" in one_line_error(result.stderr)
+
+
+def test_export_of_a_tile_layer_is_refused(tile_server, tmp_path, env):  # noqa: F811
+    catalog = tiles_catalog(tmp_path / "c.yml", tile_server.url)
+    result = run_mapstream(["export", "base", "-o", str(tmp_path / "x.gpkg"), "--catalog", str(catalog)], env=env)
+    assert result.returncode == 2
+    assert "export writes feature layers" in one_line_error(result.stderr)
+
+
+# ------------------------------------------------------------------ Ctrl-C
+
+
+def _start(args, env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for(predicate, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_ctrl_c_during_prefetch_prints_a_partial_summary(tile_server, tmp_path, env):  # noqa: F811
+    tile_server.latency = 0.2
+    catalog = tiles_catalog(tmp_path / "c.yml", tile_server.url)
+    proc = _start(["prefetch", "base", "--bbox", EUROPE, "--zoom", "0-6", "--concurrency", "2", "--catalog", str(catalog)], env)
+    try:
+        assert _wait_for(lambda: len(tile_server.requests) >= 4)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "prefetch interrupted:" in out
+    assert "Traceback" not in err
+    done = int(out.split("prefetch interrupted: ")[1].split("/")[0])
+    assert 0 < done < 98
+
+
+def test_ctrl_c_during_export_leaves_no_file(make_ogc_server, tmp_path, env):  # noqa: F811
+    server = make_ogc_server(latency=0.5)
+    catalog = features_catalog(tmp_path / "c.yml", server.url)
+    out = tmp_path / "points.gpkg"
+    proc = _start(["export", "points", "-o", str(out), "--catalog", str(catalog)], env)
+    try:
+        # Interrupt once pages are being written (the temporary file exists).
+        assert _wait_for(lambda: any(p.name.startswith(".points.part-") for p in tmp_path.iterdir()))
+        proc.send_signal(signal.SIGINT)
+        stdout, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "export interrupted:" in stdout and "not written" in stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["c.yml"]
