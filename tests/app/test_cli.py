@@ -381,3 +381,20 @@ async def test_cancelled_export_leaves_no_file(make_ogc_server, tmp_path):  # no
             await task
     assert 2 <= stats.done < 40
     assert list(out.parent.iterdir()) == []
+
+
+async def test_prefetch_wms_getmap_tiles_then_resume(tile_server, tmp_path):  # noqa: F811
+    from layers.wms import WMSLayer
+
+    layer = WMSLayer(tile_server.url + "/wms", "roads")
+    stats = RunStats()
+    bar = ProgressBar(stats, desc="wms", enabled=False)
+    async with Fetcher(cache_dir=tmp_path) as fetcher:
+        await prefetch_tiles(layer, None, fetcher, BBOX, range(2, 5), concurrency=4, stats=stats, bar=bar)
+    n = sum(len(layer.tiles_for_bbox(BBOX, z)) for z in range(2, 5))
+    assert (stats.done, stats.fetched, stats.failed) == (n, n, 0)
+    assert all(p.startswith("/wms?") for p in tile_server.requests) and len(tile_server.requests) == n
+    again = RunStats()
+    async with Fetcher(cache_dir=tmp_path) as fetcher:
+        await prefetch_tiles(layer, None, fetcher, BBOX, range(2, 5), concurrency=4, stats=again, bar=bar)
+    assert (again.cached, again.requests) == (n, 0) and len(tile_server.requests) == n
