@@ -277,3 +277,44 @@ def test_tiles_for_bbox_matches_known_tiles():
     assert [layer.tile_url(t) for t in across][:2] == ["http://t.test/3/7/3.png", "http://t.test/3/0/3.png"]
     assert len(layer.tiles_for_bbox((-180, -85, 180, 85), 4)) == 256
     assert math.isclose(tile_bounds(Tile(10, 518, 352))[0], -ORIGIN_SHIFT + 518 * WORLD_SIZE / 1024)
+
+
+async def _log_messages_of_keyed_fetch(tile_server, fetcher, monkeypatch, caplog, secret):
+    """Log records (logger name, message) of a keyed fetch with a failing and a missing tile."""
+    monkeypatch.setenv("MAPSTREAM_TEST_KEY", secret)
+    layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png?apikey={apikey}", api_key_env="MAPSTREAM_TEST_KEY")
+    vp = Viewport.from_lonlat((0, 0, 30, 30), width=300)
+    tile_server.failing.add(tuple(layer.plan(vp).tiles[0]))
+    tile_server.missing.add(tuple(layer.plan(vp).tiles[-1]))
+    with caplog.at_level("DEBUG"):
+        await layer.fetch(vp, fetcher)
+    return [(r.name, r.getMessage()) for r in caplog.records]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="httpx logs every request URL at INFO, key included; needs a redacting filter on the "
+    "'httpx' logger in layers.http (requested from the fetch-engine owner)",
+)
+async def test_api_key_never_reaches_httpx_logs(tile_server, fetcher, monkeypatch, caplog):
+    logged = await _log_messages_of_keyed_fetch(tile_server, fetcher, monkeypatch, caplog, "k3y-2")
+    assert logged and not any("k3y-2" in m for _, m in logged)
+
+
+async def test_decoding_runs_in_worker_threads(tile_server, fetcher, monkeypatch):
+    import threading
+
+    import layers.imaging
+
+    threads = []
+    real = layers.imaging.decode_rgba
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(layers.imaging, "decode_rgba", spy)
+    layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png")
+    mosaic = await layer.fetch(Viewport.from_lonlat((0, 0, 30, 30), width=300), fetcher)
+    assert len(threads) == len(mosaic.attrs["tiles_used"]) > 0
+    assert threading.main_thread() not in threads
