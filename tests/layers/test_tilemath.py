@@ -62,7 +62,7 @@ def test_bbox_tile_ranges_at_several_zooms():
     expected = {
         0: (range(0, 1), range(0, 1)),
         3: (range(3, 5), range(2, 4)),
-        6: (range(30, 38), range(19, 26)),
+        6: (range(30, 38), range(18, 26)),
     }
     for zoom, ranges in expected.items():
         assert tile_range(box, zoom) == ranges
