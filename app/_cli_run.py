@@ -82,9 +82,20 @@ def iter_tile_urls(layer: Any, bbox: tuple[float, float, float, float], zooms: I
             yield layer.tile_url(tile)
 
 
-def count_tiles(layer: Any, bbox: tuple[float, float, float, float], zooms: Iterable[int]) -> int:
-    """How many tiles :func:`iter_tile_urls` will yield."""
-    return sum(len(layer.tiles_for_bbox(bbox, z)) for z in zooms)
+def count_tiles(bbox: tuple[float, float, float, float], zooms: Iterable[int]) -> int:
+    """How many tiles cover ``bbox`` (degrees) over ``zooms``, without listing them.
+
+    >>> count_tiles((-10, 35, 30, 60), range(0, 6)), count_tiles((170, -10, -170, 10), [3])
+    (34, 4)
+    """
+    from layers.tilemath import lonlat_bbox_to_mercator, tile_range
+
+    merc = lonlat_bbox_to_mercator(tuple(bbox))
+    total = 0
+    for z in zooms:
+        ranges = tile_range(merc, z)
+        total += 0 if ranges is None else len(ranges[0]) * len(ranges[1])
+    return total
 
 
 async def prefetch_tiles(
@@ -109,7 +120,7 @@ async def prefetch_tiles(
     headers = _spec_headers(spec, layer)
     has_fresh = getattr(fetcher, "cache_has_fresh", None)
     req0, bytes0 = request_counts(fetcher)
-    bar.set_total(count_tiles(layer, bbox, zooms))
+    bar.set_total(count_tiles(bbox, zooms))
     urls = iter_tile_urls(layer, bbox, zooms)
     hosts: set[str] = set()
 

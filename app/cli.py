@@ -129,10 +129,11 @@ def _check_output(path: Path, force: bool) -> None:
 @click.option("--bbox", type=BBOX, required=True, help="Area as W,S,E,N in degrees (WGS84).")
 @click.option("--zoom", type=ZOOM_RANGE, default=None, help="Zoom levels, e.g. 3-9 (tile layers; required for them).")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True, help="Requests in flight at once.")
+@click.option("--max-tiles", type=click.IntRange(1), default=500_000, show_default=True, help="Refuse a run that needs more tiles than this.")
 @_catalog_option
 @_cache_option
 @_quiet_option
-def prefetch(layer, bbox, zoom, concurrency, catalog_path, cache_dir, quiet) -> None:
+def prefetch(layer, bbox, zoom, concurrency, max_tiles, catalog_path, cache_dir, quiet) -> None:
     """Fill the disk cache the app reads with LAYER's data for an area.
 
     Tile and WMS layers: every tile of BBOX at each level of ZOOM. Feature layers: every page
@@ -140,7 +141,7 @@ def prefetch(layer, bbox, zoom, concurrency, catalog_path, cache_dir, quiet) -> 
     summary (also after Ctrl-C).
     """
     from ._cli_progress import ProgressBar, RunStats, format_summary
-    from ._cli_run import prefetch_features, prefetch_tiles, zoom_levels
+    from ._cli_run import count_tiles, prefetch_features, prefetch_tiles, zoom_levels
 
     catalog = _load_catalog(catalog_path)
     spec = _get_spec(catalog, layer)
@@ -157,6 +158,12 @@ def prefetch(layer, bbox, zoom, concurrency, catalog_path, cache_dir, quiet) -> 
             )
         if outside:
             click.echo(f"skipping zoom levels outside the layer's range: {outside}", err=True)
+        n = count_tiles(bbox, levels)
+        if n > max_tiles:
+            raise click.UsageError(
+                f"{n} tiles at zoom {levels[0]}-{levels[-1]} is more than --max-tiles {max_tiles}: "
+                "narrow the bbox or the zoom range, or raise --max-tiles"
+            )
     stats = RunStats(unit="tiles" if tiled else "pages")
 
     async def go():

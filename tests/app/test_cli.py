@@ -398,3 +398,23 @@ async def test_prefetch_wms_getmap_tiles_then_resume(tile_server, tmp_path):  # 
     async with Fetcher(cache_dir=tmp_path) as fetcher:
         await prefetch_tiles(layer, None, fetcher, BBOX, range(2, 5), concurrency=4, stats=again, bar=bar)
     assert (again.cached, again.requests) == (n, 0) and len(tile_server.requests) == n
+
+
+def test_count_tiles_matches_the_layer_listing():
+    from app._cli_run import count_tiles
+
+    layer = TileLayer("http://t.test/{z}/{x}/{y}.png")
+    for box in (BBOX, (170.0, -10.0, -170.0, 10.0), (-180.0, -85.0, 180.0, 85.0), (8.5, 47.3, 8.6, 47.4)):
+        for z in (0, 3, 7, 9):
+            assert count_tiles(box, [z]) == len(layer.tiles_for_bbox(box, z)), (box, z)
+
+
+def test_too_many_tiles_is_refused_before_any_request(tmp_path, monkeypatch):
+    from types import SimpleNamespace as Spec
+
+    spec = Spec(name="base", kind="tiles", min_zoom=0, max_zoom=19, url="http://t.test/{z}/{x}/{y}.png")
+    catalog = Spec(get=lambda name: spec)
+    monkeypatch.setattr(cli, "_load_catalog", lambda path: catalog)
+    result = invoke("prefetch", "base", "--bbox", "-180,-85,180,85", "--zoom", "0-12", "--max-tiles", "1000")
+    assert result.exit_code == 2
+    assert "is more than --max-tiles 1000" in result.output
