@@ -418,3 +418,22 @@ def test_too_many_tiles_is_refused_before_any_request(tmp_path, monkeypatch):
     result = invoke("prefetch", "base", "--bbox", "-180,-85,180,85", "--zoom", "0-12", "--max-tiles", "1000")
     assert result.exit_code == 2
     assert "is more than --max-tiles 1000" in result.output
+
+
+async def test_prefetch_features_walks_every_page_then_resumes_from_cache(ogc_server, tmp_path):  # noqa: F811
+    from app._cli_run import prefetch_features
+    from layers.features import FeatureLayer
+
+    layer = FeatureLayer(ogc_server.url, "points", limit=500)
+    runs = []
+    for _ in range(2):
+        stats = RunStats(unit="pages")
+        bar = ProgressBar(stats, desc="points", enabled=False)
+        async with Fetcher(cache_dir=tmp_path) as fetcher:
+            await prefetch_features(layer, fetcher, EXPORT_BOX, stats=stats, bar=bar)
+        runs.append(stats)
+    first, second = runs
+    assert first.done == first.total >= 5 and first.failed == 0 and first.features > 2000
+    assert first.requests >= first.done and first.cached == 0
+    assert (second.done, second.features) == (first.done, first.features)
+    assert second.cached == second.done and second.requests == 0
