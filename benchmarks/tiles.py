@@ -70,7 +70,7 @@ async def sequential(layer: TileLayer, vp: Viewport, cache_dir: str) -> tuple[fl
     canvas = np.zeros((*plan.shape, 4), dtype=np.uint8)
     async with Fetcher(per_host_limit=LIMIT, cache_dir=cache_dir) as f:
         t0 = time.perf_counter()
-        for tile, url in zip(plan.tiles, plan.urls):
+        for tile, url in zip(plan.tiles, plan.urls, strict=True):
             resp = await f.get(url, allow_status=(404, 204))
             img = await decode_tile(resp.content, 256)
             r, c = (tile.y - ROW0) * 256, (tile.x - COL0) * 256
@@ -84,8 +84,16 @@ def run_contextily(url: str, vp: Viewport, connections: int) -> tuple[float, tup
     (w, e), (s, n) = vp.x_range, vp.y_range
     t0 = time.perf_counter()
     img, _ = contextily.bounds2img(
-        w, s, e, n, zoom=ZOOM, source=url + "/{z}/{x}/{y}.png", ll=False,
-        n_connections=connections, use_cache=False, max_retries=0,
+        w,
+        s,
+        e,
+        n,
+        zoom=ZOOM,
+        source=url + "/{z}/{x}/{y}.png",
+        ll=False,
+        n_connections=connections,
+        use_cache=False,
+        max_retries=0,
     )
     return time.perf_counter() - t0, img.shape
 
@@ -120,7 +128,9 @@ async def main_async(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             seq, seq_requests = await sequential(layer, vp, tmp)
 
-        ctx, ctx_shape = await asyncio.to_thread(run_contextily, url, vp, args.contextily_connections)
+        ctx, ctx_shape = await asyncio.to_thread(
+            run_contextily, url, vp, args.contextily_connections
+        )
 
         tracemalloc.start()
         with tempfile.TemporaryDirectory() as tmp:
@@ -130,19 +140,26 @@ async def main_async(args: argparse.Namespace) -> None:
         tracemalloc.stop()
         rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
-        print(f"tiles: {n} at zoom {ZOOM} ({COLS}x{ROWS}), latency {args.latency * 1000:.0f} ms/tile, "
-              f"per-host limit {LIMIT}, mosaic {mosaic.shape[1]}x{mosaic.shape[0]} px")
+        print(
+            f"tiles: {n} at zoom {ZOOM} ({COLS}x{ROWS}), "
+            f"latency {args.latency * 1000:.0f} ms/tile, per-host limit {LIMIT}, "
+            f"mosaic {mosaic.shape[1]}x{mosaic.shape[0]} px"
+        )
         print(f"ideal   ceil({n}/{LIMIT}) x {args.latency:.2f} s = {ideal:.3f} s")
         print(f"ours    cold {ours:.3f} s   ({cold_requests} requests)")
         print(f"seq     {seq:.3f} s   ({seq_requests} requests)")
-        print(f"ctx     contextily.bounds2img n_connections={args.contextily_connections} "
-              f"use_cache=False: {ctx:.3f} s   (image {ctx_shape})")
+        print(
+            f"ctx     contextily.bounds2img n_connections={args.contextily_connections} "
+            f"use_cache=False: {ctx:.3f} s   (image {ctx_shape})"
+        )
         print(f"warm    {warm:.3f} s   ({warm_requests} requests)")
         print(f"ratio   ours/ideal = {ours / ideal:.3f}   (target <= 1.15)")
         print(f"ratio   contextily/ours = {ctx / ours:.2f}")
         print(f"ratio   sequential/ours = {seq / ours:.2f}")
-        print(f"memory  peak RSS {rss_peak / 2**20:.0f} MiB (whole run); "
-              f"Python heap peak of one cold load {heap_peak / 2**20:.1f} MiB (tracemalloc)")
+        print(
+            f"memory  peak RSS {rss_peak / 2**20:.0f} MiB (whole run); "
+            f"Python heap peak of one cold load {heap_peak / 2**20:.1f} MiB (tracemalloc)"
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -69,7 +69,9 @@ def decode_rgba(content: bytes, size: int | None = None, *, url: str | None = No
     return arr
 
 
-async def decode_tile(content: bytes, size: int | None = None, *, url: str | None = None) -> np.ndarray:
+async def decode_tile(
+    content: bytes, size: int | None = None, *, url: str | None = None
+) -> np.ndarray:
     """:func:`decode_rgba` in a worker thread, so the event loop never decodes.
 
     Raises

@@ -138,9 +138,7 @@ def tile_bounds(tile: Tile, tile_size: int = 256) -> tuple[float, float, float, 
     return (west, north - span, west + span, north)
 
 
-def tile_range(
-    bounds: tuple[float, float, float, float], zoom: int
-) -> tuple[range, range] | None:
+def tile_range(bounds: tuple[float, float, float, float], zoom: int) -> tuple[range, range] | None:
     """Columns and rows of the tiles covering ``bounds`` (EPSG:3857, west, south, east, north).
 
     Columns are unwrapped (see the module docstring). Rows are clamped at the poles of Web
@@ -187,7 +185,9 @@ def lonlat_bbox_to_mercator(
     try:
         west, south, east, north = (float(v) for v in bbox)
     except (TypeError, ValueError) as exc:
-        raise BadInputError(f"bbox must be four numbers (west, south, east, north): {bbox!r}") from exc
+        raise BadInputError(
+            f"bbox must be four numbers (west, south, east, north): {bbox!r}"
+        ) from exc
     if not all(math.isfinite(v) for v in (west, south, east, north)):
         raise BadInputError(f"bbox must be finite: {bbox!r}")
     if not (-90 <= south < north <= 90):

@@ -16,6 +16,7 @@ top row; x continuing past 20037508 m across the antimeridian, as in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import re
@@ -200,8 +201,14 @@ class TiledLayer:
         return TilePlan(zoom, tiles, [self.tile_url(t) for t in tiles], (c0, r0, c1, r1), size)
 
     # -- loading ------------------------------------------------------------------------------
+    def _memory_key(self, url: str) -> Any:
+        # Decoded tiles are shared by URL; with per-layer headers (credentials) they are not
+        # shared across layers that send different ones.
+        return (url, tuple(sorted(self.headers.items()))) if self.headers else url
+
     async def _fetch_one(self, url: str, fetcher: Any) -> _Outcome:
-        hit = fetcher.memory.get(url)
+        key = self._memory_key(url)
+        hit = fetcher.memory.get(key)
         if hit is not None:
             return _Outcome(url, None if isinstance(hit, str) else hit, True, _reason(hit), False)
         try:
@@ -209,7 +216,7 @@ class TiledLayer:
         except FetchError as exc:
             return _Outcome(url, None, False, self._redact(_describe(exc)), True)
         if resp.status in EMPTY_STATUSES or not resp.content:
-            fetcher.memory.put(url, f"{_EMPTY}:{resp.status}", 64)
+            fetcher.memory.put(key, f"{_EMPTY}:{resp.status}", 64)
             return _Outcome(url, None, resp.from_cache, f"empty ({resp.status})", False)
         ctype = resp.headers.get("content-type", "").lower()
         if "xml" in ctype and "svg" not in ctype or ctype.startswith(("text/", "application/json")):
@@ -222,7 +229,7 @@ class TiledLayer:
             image = await decode_tile(resp.content, self.tile_size, url=self._redact(url))
         except LayersError as exc:
             return _Outcome(url, None, resp.from_cache, self._redact(str(exc)), True)
-        fetcher.memory.put(url, image, image.nbytes)
+        fetcher.memory.put(key, image, image.nbytes)
         return _Outcome(url, image, resp.from_cache, None, False)
 
     async def load(
@@ -256,7 +263,7 @@ class TiledLayer:
         if frame_every is None:
             frame_every = max(4, math.ceil(total / 8))
         placements: dict[str, list[Tile]] = {}
-        for tile, url in zip(plan.tiles, plan.urls):
+        for tile, url in zip(plan.tiles, plan.urls, strict=True):
             placements.setdefault(url, []).append(tile)
         canvas = np.zeros((*plan.shape, 4), dtype=np.uint8)
         state = _LoadState(total)
@@ -284,11 +291,11 @@ class TiledLayer:
         BadInputError
             As :meth:`plan`.
         """
-        mosaic = None
-        async for mosaic in self.load(viewport, fetcher, frame_every=0):
-            pass
-        assert mosaic is not None
-        return mosaic
+        async with contextlib.aclosing(self.load(viewport, fetcher, frame_every=0)) as frames:
+            async for mosaic in frames:
+                if mosaic.attrs["complete"]:
+                    return mosaic
+        raise RuntimeError("load() ended without a complete mosaic")  # cannot happen
 
     # -- assembling ---------------------------------------------------------------------------
     @staticmethod
@@ -301,9 +308,13 @@ class TiledLayer:
         a0, a1 = max(left, c0), min(left + size, c1)
         b0, b1 = max(top, r0), min(top + size, r1)
         if a1 > a0 and b1 > b0:
-            canvas[b0 - r0 : b1 - r0, a0 - c0 : a1 - c0] = image[b0 - top : b1 - top, a0 - left : a1 - left]
+            canvas[b0 - r0 : b1 - r0, a0 - c0 : a1 - c0] = image[
+                b0 - top : b1 - top, a0 - left : a1 - left
+            ]
 
-    def _mosaic(self, data: np.ndarray, plan: TilePlan, state: _LoadState, *, complete: bool) -> xr.DataArray:
+    def _mosaic(
+        self, data: np.ndarray, plan: TilePlan, state: _LoadState, *, complete: bool
+    ) -> xr.DataArray:
         res = resolution(plan.zoom, plan.tile_size)
         c0, r0, c1, r1 = plan.window
         x = -ORIGIN_SHIFT + (np.arange(c0, c1) + 0.5) * res
@@ -481,11 +492,15 @@ class TileLayer(TiledLayer):
         try:
             provider = xyzservices.providers.query_name(name)
         except (ValueError, KeyError) as exc:
-            raise BadInputError(f"unknown tile provider {name!r} (see xyzservices.providers)") from exc
+            raise BadInputError(
+                f"unknown tile provider {name!r} (see xyzservices.providers)"
+            ) from exc
         provider = xyzservices.TileProvider(dict(provider))
         if "apikey" in provider:  # keep the placeholder: the key comes from the environment
             provider["apikey"] = "{apikey}"
-        url = provider.build_url(x="{x}", y="{y}", z="{z}", scale_factor="{r}", fill_subdomain=False)
+        url = provider.build_url(
+            x="{x}", y="{y}", z="{z}", scale_factor="{r}", fill_subdomain=False
+        )
         if "{apikey}" in url:
             env = f"MAPSTREAM_{provider['name'].split('.')[0].upper()}_APIKEY"
             overrides.setdefault("api_key_env", env)

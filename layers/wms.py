@@ -229,8 +229,12 @@ class WMSLayer(TiledLayer):
         (True, True, True)
         """
         lon, lat = float(lon), float(lat)
-        if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
-            raise BadInputError(f"point must be lon in [-180, 180], lat in [-90, 90], got {lon}, {lat}")
+        if not (
+            math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90
+        ):
+            raise BadInputError(
+                f"point must be lon in [-180, 180], lat in [-90, 90], got {lon}, {lat}"
+            )
         zoom = self._check_zoom(self.max_zoom if zoom is None else zoom)
         x, y = lonlat_to_mercator(lon, lat)
         n = 2**zoom

@@ -14,7 +14,10 @@ from layers.tilemath import WORLD_SIZE, Tile, tile_bounds
 from layers.tiles import TileLayer
 from layers.types import Progress
 from layers.viewport import ORIGIN_SHIFT, Viewport
-from tests.support.tileserver import TileServer, tile_colour, tile_server  # noqa: F401
+from tests.support.tileserver import TileServer, tile_colour
+from tests.support.tileserver import tile_server as tile_server_fixture
+
+tile_server = tile_server_fixture  # the loopback server fixture (shared with the app tests)
 
 
 def expected_pixels(mosaic, *, tms_server: bool = False) -> np.ndarray:
@@ -64,7 +67,11 @@ async def test_every_pixel_comes_from_its_tile(tile_server, fetcher):
     assert mosaic.attrs["complete"] is True
     p = mosaic.attrs["progress"]
     assert isinstance(p, Progress) and p.unit == "tiles"
-    assert (p.done, p.total, p.failed, p.cached, p.complete) == (len(plan.tiles),) * 2 + (0, 0, True)
+    assert (p.done, p.total, p.failed, p.cached, p.complete) == (len(plan.tiles),) * 2 + (
+        0,
+        0,
+        True,
+    )
     assert len(tile_server.requests) == len(plan.tiles)
 
 
@@ -215,7 +222,9 @@ async def test_abandoned_load_cancels_its_requests(fetcher):
 async def test_api_key_comes_from_env_and_is_never_reported(tile_server, fetcher, monkeypatch):
     secret = "s3cr3t-k3y"
     monkeypatch.setenv("MAPSTREAM_TEST_KEY", secret)
-    layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png?apikey={apikey}", api_key_env="MAPSTREAM_TEST_KEY")
+    layer = TileLayer(
+        tile_server.url + "/{z}/{x}/{y}.png?apikey={apikey}", api_key_env="MAPSTREAM_TEST_KEY"
+    )
     vp = Viewport.from_lonlat((0, 0, 30, 30), width=300)
     broken = layer.plan(vp).tiles[0]
     tile_server.failing.add(tuple(broken))
@@ -274,7 +283,10 @@ def test_tiles_for_bbox_matches_known_tiles():
     assert layer.tiles_for_bbox((2.34, 48.85, 2.35, 48.86), 10) == [Tile(10, 518, 352)]
     across = layer.tiles_for_bbox((179.5, -1, -179.5, 1), 3)
     assert [t.key for t in across] == ["3/7/3", "3/0/3", "3/7/4", "3/0/4"]
-    assert [layer.tile_url(t) for t in across][:2] == ["http://t.test/3/7/3.png", "http://t.test/3/0/3.png"]
+    assert [layer.tile_url(t) for t in across][:2] == [
+        "http://t.test/3/7/3.png",
+        "http://t.test/3/0/3.png",
+    ]
     assert len(layer.tiles_for_bbox((-180, -85, 180, 85), 4)) == 256
     assert math.isclose(tile_bounds(Tile(10, 518, 352))[0], -ORIGIN_SHIFT + 518 * WORLD_SIZE / 1024)
 
@@ -282,7 +294,9 @@ def test_tiles_for_bbox_matches_known_tiles():
 async def _log_messages_of_keyed_fetch(tile_server, fetcher, monkeypatch, caplog, secret):
     """Log records (logger name, message) of a keyed fetch with a failing and a missing tile."""
     monkeypatch.setenv("MAPSTREAM_TEST_KEY", secret)
-    layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png?apikey={apikey}", api_key_env="MAPSTREAM_TEST_KEY")
+    layer = TileLayer(
+        tile_server.url + "/{z}/{x}/{y}.png?apikey={apikey}", api_key_env="MAPSTREAM_TEST_KEY"
+    )
     vp = Viewport.from_lonlat((0, 0, 30, 30), width=300)
     tile_server.failing.add(tuple(layer.plan(vp).tiles[0]))
     tile_server.missing.add(tuple(layer.plan(vp).tiles[-1]))

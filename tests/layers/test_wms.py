@@ -14,7 +14,9 @@ from layers.tiles import TileLayer
 from layers.viewport import ORIGIN_SHIFT, Viewport, lonlat_to_mercator
 from layers.wms import WMSLayer, wms_bbox
 from tests.layers.test_tiles import expected_pixels
-from tests.support.tileserver import tile_server  # noqa: F401
+from tests.support.tileserver import tile_server as tile_server_fixture
+
+tile_server = tile_server_fixture  # the loopback server fixture
 
 
 @pytest.fixture
@@ -32,8 +34,11 @@ async def test_getmap_mosaic_is_pixel_exact(tile_server, fetcher, version):
     np.testing.assert_array_equal(mosaic.values, expected_pixels(mosaic))
     plan = wms.plan(vp)
     assert len(tile_server.wms_params) == len(plan.tiles)
-    for q, tile in zip(sorted(tile_server.wms_params, key=lambda q: q["BBOX"]),
-                       sorted(plan.tiles, key=lambda t: wms_bbox(tile_bounds(t), "EPSG:3857", version))):
+    for q, tile in zip(
+        sorted(tile_server.wms_params, key=lambda q: q["BBOX"]),
+        sorted(plan.tiles, key=lambda t: wms_bbox(tile_bounds(t), "EPSG:3857", version)),
+        strict=True,
+    ):
         assert q["VERSION"] == version and q["REQUEST"] == "GetMap"
         crs_key, absent = ("CRS", "SRS") if version == "1.3.0" else ("SRS", "CRS")
         assert q[crs_key] == "EPSG:3857" and absent not in q
@@ -53,7 +58,9 @@ async def test_wms_shares_tile_grid_cache_and_wraps_antimeridian(tile_server, fe
     assert all(q["MAP"] == "demo" and q["WIDTH"] == "512" for q in tile_server.wms_params)
     served = len(tile_server.requests)
     again = await wms.fetch(vp, fetcher)
-    assert len(tile_server.requests) == served and again.attrs["progress"].cached == len(wms.plan(vp).tiles)
+    assert len(tile_server.requests) == served and again.attrs["progress"].cached == len(
+        wms.plan(vp).tiles
+    )
 
 
 async def test_service_exception_leaves_a_reported_hole(tile_server, fetcher):

@@ -34,7 +34,9 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 ORIGIN_SHIFT = 20037508.342789244
-_TILE = re.compile(r"^/(?P<tms>tms/)?(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)(?P<r>@2x)?\.(?P<ext>png|jpg|webp)$")
+_TILE = re.compile(
+    r"^/(?P<tms>tms/)?(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)(?P<r>@2x)?\.(?P<ext>png|jpg|webp)$"
+)
 _FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 _MIME = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 
@@ -65,7 +67,10 @@ def bbox_to_tile(bbox: tuple[float, float, float, float]) -> tuple[int, int, int
     z = round(math.log2(2 * ORIGIN_SHIFT / span))
     x = round((w + ORIGIN_SHIFT) / span)
     y = round((ORIGIN_SHIFT - n) / span)
-    if abs(-ORIGIN_SHIFT + x * span - w) > 1e-3 * span or abs(ORIGIN_SHIFT - y * span - n) > 1e-3 * span:
+    if (
+        abs(-ORIGIN_SHIFT + x * span - w) > 1e-3 * span
+        or abs(ORIGIN_SHIFT - y * span - n) > 1e-3 * span
+    ):
         return None
     return z, x, y
 
@@ -156,9 +161,16 @@ class _Handler(BaseHTTPRequestHandler):
             w, s, e, n = bbox
             x = w + (i + 0.5) * (e - w) / width
             y = n - (j + 0.5) * (n - s) / height
-            body = {"type": "FeatureCollection", "features": [
-                {"type": "Feature", "geometry": None, "properties": {"x": x, "y": y, "tile": list(tile or ())}}
-            ]}
+            body = {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": None,
+                        "properties": {"x": x, "y": y, "tile": list(tile or ())},
+                    }
+                ],
+            }
             return self._send(200, json.dumps(body).encode(), "application/json")
         if request != "GetMap":
             problems.append(f"unsupported REQUEST {request}")
@@ -168,7 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
         if problems:
             return self._send(400, "; ".join(problems).encode())
         if tuple(tile) in owner.failing:  # type: ignore[arg-type]
-            body = b'<ServiceExceptionReport><ServiceException>layer broken</ServiceException></ServiceExceptionReport>'
+            body = (
+                b"<ServiceExceptionReport><ServiceException>layer broken"
+                b"</ServiceException></ServiceExceptionReport>"
+            )
             return self._send(200, body, "application/vnd.ogc.se_xml")
         ext = "png" if fmt == "image/png" else "jpg"
         self._send(200, render(tile_colour(*tile), width, ext), fmt)  # type: ignore[misc]
