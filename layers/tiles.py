@@ -209,6 +209,8 @@ class TiledLayer:
     async def _fetch_one(self, url: str, fetcher: Any) -> _Outcome:
         key = self._memory_key(url)
         hit = fetcher.memory.get(key)
+        if isinstance(hit, np.ndarray) and hit.shape[:2] != (self.tile_size, self.tile_size):
+            hit = None  # decoded for a layer with another tile size: decode again
         if hit is not None:
             return _Outcome(url, None if isinstance(hit, str) else hit, True, _reason(hit), False)
         try:
@@ -277,7 +279,9 @@ class TiledLayer:
                     state.add(tile, outcome)
                 if frame_every and state.done - last_frame >= frame_every and state.done < total:
                     last_frame = state.done
-                    yield self._mosaic(canvas.copy(), plan, state, complete=False)
+                    # copying a large canvas takes milliseconds: not on the event loop
+                    frame = await asyncio.to_thread(canvas.copy)
+                    yield self._mosaic(frame, plan, state, complete=False)
         finally:
             for task in tasks:  # an abandoned or cancelled load stops its requests
                 task.cancel()
