@@ -13,8 +13,9 @@ A loopback tile server (its own process, 100 ms latency per tile) serves a viewp
 - warm: the same viewport again through the same fetcher (must make zero requests).
 
 Prints times, the ratios ours/ideal (target <= 1.15), contextily/ours, sequential/ours, the
-warm time and request count, and peak memory (process RSS high-water mark and the Python heap
-peak of one cold load under tracemalloc, measured after the timed runs).
+warm time and request count, the event-loop lag during the cold load, and peak memory (process
+RSS high-water mark, and the Python heap peak of one cold load under tracemalloc, measured
+after the timed runs).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 
 from layers.http import Fetcher
 from layers.imaging import decode_tile
+from layers.metrics import LoopLagMonitor
 from layers.tilemath import Tile, tile_bounds
 from layers.tiles import TileLayer
 from layers.viewport import Viewport
@@ -114,9 +116,10 @@ async def main_async(args: argparse.Namespace) -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             async with Fetcher(per_host_limit=LIMIT, cache_dir=tmp) as f:
-                t0 = time.perf_counter()
-                mosaic = await layer.fetch(vp, f)
-                ours = time.perf_counter() - t0
+                async with LoopLagMonitor(interval=0.01) as lag:
+                    t0 = time.perf_counter()
+                    mosaic = await layer.fetch(vp, f)
+                    ours = time.perf_counter() - t0
                 cold_requests = f.metrics.snapshot()["requests"]
                 t0 = time.perf_counter()
                 warm_mosaic = await layer.fetch(vp, f)
@@ -153,6 +156,11 @@ async def main_async(args: argparse.Namespace) -> None:
             f"use_cache=False: {ctx:.3f} s   (image {ctx_shape})"
         )
         print(f"warm    {warm:.3f} s   ({warm_requests} requests)")
+        lag_ms = lag.snapshot()
+        print(
+            f"loop    event-loop lag during the cold load: p99 {lag_ms['lag_p99_ms']:.1f} ms, "
+            f"max {lag_ms['lag_max_ms']:.1f} ms"
+        )
         print(f"ratio   ours/ideal = {ours / ideal:.3f}   (target <= 1.15)")
         print(f"ratio   contextily/ours = {ctx / ours:.2f}")
         print(f"ratio   sequential/ours = {seq / ours:.2f}")
