@@ -332,3 +332,15 @@ async def test_decoding_runs_in_worker_threads(tile_server, fetcher, monkeypatch
     mosaic = await layer.fetch(Viewport.from_lonlat((0, 0, 30, 30), width=300), fetcher)
     assert len(threads) == len(mosaic.attrs["tiles_used"]) > 0
     assert threading.main_thread() not in threads
+
+
+async def test_view_wider_than_the_world_repeats_tiles_without_refetching(tile_server, fetcher):
+    layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png", max_zoom=1)
+    vp = Viewport.create((-1.5 * WORLD_SIZE, 1.5 * WORLD_SIZE), (-4e7, 4e7), 900, 600)
+    mosaic = await layer.fetch(vp, fetcher)
+    check_mosaic_shape(mosaic, vp)
+    assert mosaic.y.values[0] < ORIGIN_SHIFT and mosaic.y.values[-1] > -ORIGIN_SHIFT
+    z = mosaic.attrs["zoom"]
+    assert len(tile_server.requests) == 4**z  # each distinct tile fetched once
+    assert len(layer.plan(vp).tiles) > 4**z
+    np.testing.assert_array_equal(mosaic.values, expected_pixels(mosaic))
