@@ -216,7 +216,7 @@ async def test_abandoned_load_cancels_its_requests(fetcher):
         await agen.__anext__()
         await agen.aclose()
         await asyncio.sleep(0.8)
-        assert len(server.requests) < n
+        assert n >= 24 and len(server.requests) <= 16  # uncancelled, all n would be asked for
 
 
 async def test_api_key_comes_from_env_and_is_never_reported(tile_server, fetcher, monkeypatch):
