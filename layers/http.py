@@ -34,11 +34,11 @@ import asyncio
 import logging
 import threading
 import time
+import urllib.request
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -319,10 +319,14 @@ class Fetcher:
 
             ssl_context = httpx.create_ssl_context(trust_env=True)
 
+            # aiohttp's trust_env looks proxies up on every request (it halves throughput):
+            # only pay for it when the environment names a proxy.
+            trust_env = bool(urllib.request.getproxies())
+
             def session() -> aiohttp.ClientSession:
                 # limit=0: no pool cap; our limiters admit requests.
                 conn = aiohttp.TCPConnector(limit=0, ssl=ssl_context, keepalive_timeout=30)
-                return aiohttp.ClientSession(connector=conn, trust_env=True)
+                return aiohttp.ClientSession(connector=conn, trust_env=trust_env)
 
             return AiohttpTransport(client=session)
         if isinstance(t, httpx.AsyncBaseTransport):
@@ -396,7 +400,7 @@ class Fetcher:
 
     def _prepare(
         self, url: str, params: Mapping[str, Any] | None, headers: Mapping[str, str] | None
-    ) -> tuple[str, dict[str, str]]:
+    ) -> tuple[httpx.URL, str, dict[str, str]]:
         try:
             u = httpx.URL(url)
             if params:
@@ -412,7 +416,7 @@ class Fetcher:
             if matches:
                 merged.update(self._source_headers[max(matches, key=len)])
         merged.update(headers or {})
-        return full, merged
+        return u, full, merged
 
     # -- public requests -------------------------------------------------------------------
 
@@ -440,13 +444,13 @@ class Fetcher:
         BadInputError
             The URL is not an http(s) URL.
         """
-        full, hdrs = self._prepare(url, params, headers)
+        u, full, hdrs = self._prepare(url, params, headers)
         use_cache = cache and self.disk is not None
         key = cache_key("GET", full, hdrs)
         if use_cache:
-            resp = await self._single_flight(("GET", key, True), lambda: self._cached_get(full, hdrs, key))
+            resp = await self._single_flight(("GET", key, True), lambda: self._cached_get(u, full, hdrs, key))
         else:
-            resp = await self._single_flight(("GET", key, False), lambda: self._send("GET", full, hdrs, None))
+            resp = await self._single_flight(("GET", key, False), lambda: self._send("GET", u, full, hdrs, None))
         return _check_status(resp, allow_status)
 
     async def request(
@@ -468,12 +472,12 @@ class Fetcher:
             As for :meth:`get`.
         """
         method = method.upper()
-        full, hdrs = self._prepare(url, params, headers)
+        u, full, hdrs = self._prepare(url, params, headers)
         if method in ("GET", "HEAD") and content is None:
             key = (method, cache_key(method, full, hdrs), False)
-            resp = await self._single_flight(key, lambda: self._send(method, full, hdrs, None))
+            resp = await self._single_flight(key, lambda: self._send(method, u, full, hdrs, None))
         else:
-            resp = await self._send(method, full, hdrs, content)
+            resp = await self._send(method, u, full, hdrs, content)
         return _check_status(resp, allow_status)
 
     def cache_has_fresh(
@@ -485,7 +489,7 @@ class Fetcher:
         """
         if self.disk is None:
             return False
-        full, hdrs = self._prepare(url, params, headers)
+        _, full, hdrs = self._prepare(url, params, headers)
         entry = self.disk.load(cache_key("GET", full, hdrs))
         return entry is not None and entry.is_fresh()
 
@@ -517,14 +521,16 @@ class Fetcher:
                     del state.flights[key]
                 flight.task.cancel()
 
-    async def _cached_get(self, url: str, headers: dict[str, str], key: str) -> Response:
+    async def _cached_get(
+        self, u: httpx.URL, url: str, headers: dict[str, str], key: str
+    ) -> Response:
         assert self.disk is not None
         entry = await self._disk_call(self.disk.load, key)
         if entry is not None and entry.is_fresh():
             self.metrics.incr("cache_hits")
             return _from_entry(entry, url, revalidated=False)
         cond = entry.conditional_headers() if entry is not None else {}
-        resp = await self._send("GET", url, {**headers, **cond}, None)
+        resp = await self._send("GET", u, url, {**headers, **cond}, None)
         if resp.status == 304 and entry is not None:
             self.metrics.incr("revalidations")
             new = refresh_entry(entry, resp.headers.multi_items(), self.ttl)
@@ -558,11 +564,11 @@ class Fetcher:
             return b
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], content: bytes | None
+        self, method: str, u: httpx.URL, url: str, headers: dict[str, str], content: bytes | None
     ) -> Response:
         """One logical request: attempts, retries and backoff. Returns the final response for
         any status that is not retried (the caller checks it)."""
-        netloc = urlsplit(url).netloc.lower()
+        netloc = u.netloc.decode("ascii").lower()
         budget = self._budget(netloc)
         idempotent = method in IDEMPOTENT_METHODS
         attempt = 0
@@ -570,7 +576,7 @@ class Fetcher:
             attempt += 1
             retry_after: float | None = None
             try:
-                resp = await self._attempt(method, url, netloc, headers, content)
+                resp = await self._attempt(method, u, url, netloc, headers, content)
             except (FetchTimeoutError, TransportError) as exc:
                 error: FetchError = exc
             else:
@@ -595,7 +601,13 @@ class Fetcher:
             await asyncio.sleep(delay)
 
     async def _attempt(
-        self, method: str, url: str, netloc: str, headers: dict[str, str], content: bytes | None
+        self,
+        method: str,
+        u: httpx.URL,
+        url: str,
+        netloc: str,
+        headers: dict[str, str],
+        content: bytes | None,
     ) -> Response:
         state = self._state()
         host_lim = state.limiters.get(netloc)
@@ -617,7 +629,7 @@ class Fetcher:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(self.total_timeout):
-                async with state.client.stream(method, url, headers=headers, content=content) as r:
+                async with state.client.stream(method, u, headers=headers, content=content) as r:
                     body = await self._read_body(r, url)
         except (httpx.TransportError, TimeoutError) as exc:
             if isinstance(exc, httpx.UnsupportedProtocol):

@@ -1,0 +1,195 @@
+"""Benchmark of the fetch engine against a loopback server in a child process.
+
+Run ``python -m benchmarks.fetch`` (``--full`` times the whole sequential baseline instead of
+scaling up 25 requests; ``--quick`` skips the slow httpcore high-concurrency case).
+
+Prints one line per case: measured time, ideal time, ratio to ideal, speed-up over the
+sequential baseline; then requests per second at zero latency for the engine (both
+transports), a bare ``httpx.AsyncClient`` (default transport) and a bare
+``aiohttp.ClientSession``; and the event-loop lag seen during the engine's runs.
+
+The server (aiohttp.web, one port per "host") runs in a child process so that the client's
+GIL does not pace it; each request sleeps ``?ms=`` milliseconds before answering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import multiprocessing as mp
+import time
+from collections.abc import Awaitable, Callable
+
+HOSTS = 4
+BODY = b"x" * 512
+
+
+def _serve(conn, nports: int) -> None:  # runs in the child process
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        ms = float(request.query.get("ms", "0"))
+        if ms:
+            await asyncio.sleep(ms / 1000)
+        return web.Response(body=BODY, content_type="application/octet-stream")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        ports = []
+        for _ in range(nports):
+            site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+            await site.start()
+            ports.append(site._server.sockets[0].getsockname()[1])
+        conn.send(ports)
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # wait for "stop"
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+class Server:
+    """The loopback server in a child process (context manager)."""
+
+    def __enter__(self) -> Server:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, HOSTS + 1), daemon=True)
+        self._proc.start()
+        self.ports: list[int] = self._conn.recv()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.send("stop")
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join()
+
+    def urls(self, n: int, ms: float, hosts: int = 1, tag: str = "") -> list[str]:
+        return [
+            f"http://127.0.0.1:{self.ports[i % hosts]}/{tag}/{i}?ms={ms:g}" for i in range(n)
+        ]
+
+
+async def _timed(coro: Awaitable[object]) -> float:
+    t0 = time.perf_counter()
+    await coro
+    return time.perf_counter() - t0
+
+
+def _line(name: str, measured: float, ideal: float | None, sequential: float | None) -> None:
+    ratio = f"{measured / ideal:6.2f}x" if ideal else "     - "
+    speed = f"{sequential / measured:6.1f}x" if sequential else "     - "
+    ideal_s = f"{ideal:7.2f} s" if ideal else "      - "
+    print(f"{name:<48} measured {measured:7.2f} s  ideal {ideal_s}  ratio {ratio}  speed-up {speed}", flush=True)
+
+
+async def _engine_run(urls: list[str], **settings) -> float:
+    from layers.http import Fetcher
+
+    async with Fetcher(cache_dir=None, **settings) as f:
+        return await _timed(asyncio.gather(*(f.get(u) for u in urls)))
+
+
+async def _bare_httpx(urls: list[str], conc: int) -> float:
+    import httpx
+
+    sem = asyncio.Semaphore(conc)
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(limits=limits) as client:
+
+        async def one(u: str) -> None:
+            async with sem:
+                r = await client.get(u)
+                r.raise_for_status()
+
+        await asyncio.gather(*(one(u) for u in urls[:conc]))  # warm-up: open connections
+        return await _timed(asyncio.gather(*(one(u) for u in urls)))
+
+
+async def _bare_aiohttp(urls: list[str], conc: int) -> float:
+    import aiohttp
+
+    sem = asyncio.Semaphore(conc)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as session:
+
+        async def one(u: str) -> None:
+            async with sem:
+                async with session.get(u) as r:
+                    r.raise_for_status()
+                    await r.read()
+
+        await asyncio.gather(*(one(u) for u in urls[:conc]))
+        return await _timed(asyncio.gather(*(one(u) for u in urls)))
+
+
+async def _engine_rps(urls: list[str], conc: int, transport: str) -> float:
+    from layers.http import Fetcher
+
+    async with Fetcher(
+        cache_dir=None, per_host_limit=conc, global_limit=conc, transport=transport
+    ) as f:
+        await asyncio.gather(*(f.get(u) for u in urls[:conc]))
+        return await _timed(asyncio.gather(*(f.get(u) for u in urls)))
+
+
+async def main(full: bool, quick: bool) -> None:
+    from layers.metrics import LoopLagMonitor
+
+    with Server() as srv:
+        n_seq = 200 if full else 25
+        seq = await _engine_run(srv.urls(n_seq, 100, tag="seq"), per_host_limit=1) * 200 / n_seq
+        label = "sequential 200 GETs, 100 ms" + ("" if full else f" (25 timed, x8)")
+        _line(label, seq, 200 * 0.1, None)
+        lag = LoopLagMonitor()
+        async with lag:
+            t = await _engine_run(srv.urls(200, 100, tag="one"), per_host_limit=8)
+        _line("200 GETs, 1 host, limit 8, 100 ms", t, math.ceil(200 / 8) * 0.1, seq)
+        async with lag:
+            t = await _engine_run(srv.urls(200, 100, hosts=HOSTS, tag="four"), per_host_limit=8)
+        _line(f"200 GETs, {HOSTS} hosts, limit 8, 100 ms", t, math.ceil(200 / HOSTS / 8) * 0.1, seq)
+        for transport in ("aiohttp",) if quick else ("aiohttp", "httpcore"):
+            async with lag:
+                t = await _engine_run(
+                    srv.urls(2000, 50, tag=f"hc-{transport}"),
+                    per_host_limit=100,
+                    global_limit=100,
+                    transport=transport,
+                )
+            _line(f"2000 GETs, 1 host, limit 100, 50 ms ({transport})", t, 1.0, None)
+        s = lag.snapshot()
+        print(
+            f"event-loop lag during engine runs: p50 {s['lag_p50_ms']:.1f} ms, "
+            f"p99 {s['lag_p99_ms']:.1f} ms, max {s['lag_max_ms']:.1f} ms"
+        )
+        n = 3000
+        for conc in (10, 100):
+            urls = srv.urls(n, 0, tag=f"rps{conc}")
+            rows: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+                ("engine (aiohttp transport)", lambda: _engine_rps(urls, conc, "aiohttp")),
+                ("engine (httpcore transport)", lambda: _engine_rps(urls, conc, "httpcore")),
+                ("bare httpx.AsyncClient", lambda: _bare_httpx(urls, conc)),
+                ("bare aiohttp.ClientSession", lambda: _bare_aiohttp(urls, conc)),
+            ]
+            rps = {}
+            for name, run in rows:
+                rps[name] = n / await run()
+            base = rps["bare aiohttp.ClientSession"]
+            for name, value in rps.items():
+                print(
+                    f"zero latency, concurrency {conc:>3}: {name:<28} {value:8.0f} req/s"
+                    f"  ({base / value:4.2f}x the time of bare aiohttp)",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="time all 200 sequential requests")
+    ap.add_argument("--quick", action="store_true", help="skip the httpcore 2000-GET case")
+    args = ap.parse_args()
+    asyncio.run(main(args.full, args.quick))
