@@ -437,3 +437,19 @@ async def test_prefetch_features_walks_every_page_then_resumes_from_cache(ogc_se
     assert first.requests >= first.done and first.cached == 0
     assert (second.done, second.features) == (first.done, first.features)
     assert second.cached == second.done and second.requests == 0
+
+
+async def test_prefetch_concurrency_speeds_up_a_slow_server(tile_server, tmp_path, capsys):  # noqa: F811
+    import time
+
+    tile_server.latency = 0.05
+    times = {}
+    for c in (1, 8):
+        start = time.perf_counter()
+        _, stats = await _prefetch(tile_server.url, tmp_path / f"cache{c}", range(0, 6), concurrency=c)
+        times[c] = time.perf_counter() - start
+        assert stats.fetched == 34
+    ratio = times[1] / times[8]
+    with capsys.disabled():
+        print(f"\nprefetch of 34 tiles at 50 ms: concurrency 1 / concurrency 8 = {ratio:.1f}x")
+    assert ratio > 2.0  # ideal is about 8; generous for a busy machine
