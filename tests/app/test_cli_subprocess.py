@@ -194,3 +194,41 @@ def test_ctrl_c_during_export_leaves_no_file(make_ogc_server, tmp_path, env):  #
     assert proc.returncode == 130, err
     assert "export interrupted:" in stdout and "not written" in stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["c.yml"]
+
+
+# ------------------------------------------------------------------ demo
+
+
+@pytest.mark.slow
+def test_demo_serves_until_ctrl_c_and_leaves_nothing_running(tmp_path, env):
+    import httpx
+    import psutil
+
+    demo = pytest.importorskip("layers.demo")
+    if not hasattr(demo, "start_demo"):
+        pytest.skip("layers.demo.start_demo has not landed yet")
+    proc = _start(["demo", "--latency", "10ms"], env)
+    try:
+        urls = {}
+        end = time.monotonic() + 120
+        while len(urls) < 2 and time.monotonic() < end:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            name, _, url = line.partition(":")
+            urls[name.strip()] = url.strip()
+        assert set(urls) == {"OGC API Features", "XYZ tiles"}, (urls, proc.stderr.read() if proc.poll() is not None else "")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        landing = httpx.get(urls["OGC API Features"], params={"f": "json"}, timeout=30)
+        assert landing.status_code == 200
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "demo services stopped" in err and "Traceback" not in err
+    assert _wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(urls["OGC API Features"], timeout=5)
