@@ -72,19 +72,18 @@ _KEY_IGNORED = frozenset(
 _SECRET_PARAMS = ("key", "token", "secret", "password", "signature", "sig", "auth", "credential", "cookie")
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The disk cache directory: ``$MAPSTREAM_CACHE_DIR``, else the per-user cache dir.
 
-    >>> import os
-    >>> os.environ["MAPSTREAM_CACHE_DIR"] = "/tmp/ms-cache"
-    >>> str(default_cache_dir())
+    >>> str(default_cache_dir({"MAPSTREAM_CACHE_DIR": "/tmp/ms-cache"}))
     '/tmp/ms-cache'
-    >>> del os.environ["MAPSTREAM_CACHE_DIR"]
+    >>> str(default_cache_dir({"XDG_CACHE_HOME": "/c"}))
+    '/c/mapstream/http'
     """
-    env = os.environ.get("MAPSTREAM_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    env = os.environ if environ is None else environ
+    if env.get("MAPSTREAM_CACHE_DIR"):
+        return Path(env["MAPSTREAM_CACHE_DIR"])
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "mapstream" / "http"
 
 

@@ -360,3 +360,21 @@ def test_one_client_per_event_loop(fault_server, tmp_path):
     assert c1 is not c2
     assert not r1.from_cache and r2.from_cache  # the disk cache is process-wide
     assert f.metrics.snapshot()["cache_hits"] == 1
+
+
+async def test_proxy_from_the_environment_is_used(fault_server, monkeypatch, transport):
+    # The fault server plays the proxy: a request for an unreachable host must arrive there.
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", fault_server.base)
+    monkeypatch.setenv("http_proxy", fault_server.base)
+    async with Fetcher(transport=transport, cache_dir=None, retry_attempts=1) as f:
+        r = await f.get("http://tiles.example.invalid/via-proxy")
+    assert r.status == 200
+    assert fault_server.hits["/via-proxy"] == 1
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MAPSTREAM_CACHE_DIR", str(tmp_path / "env-cache"))
+    assert Fetcher().disk.directory == tmp_path / "env-cache"
+    assert Fetcher(cache_dir=None).disk is None
