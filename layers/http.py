@@ -282,6 +282,7 @@ class Fetcher:
         self.metrics = FetchMetrics()
         self._budgets: dict[str, RetryBudget] = {}
         self._lock = threading.Lock()
+        self._last_state: _LoopState | None = None
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -302,6 +303,7 @@ class Fetcher:
         loop = asyncio.get_running_loop()
         with self._lock:
             state = self._loops.pop(loop, None)
+            self._last_state = None
             for other in [lp for lp in self._loops if lp.is_closed()]:
                 del self._loops[other]
         if state is not None:
@@ -337,6 +339,9 @@ class Fetcher:
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
+        last = self._last_state  # fast path: the loop of the previous call (no lock, no weakref)
+        if last is not None and last.loop is loop and not last.client.is_closed:
+            return last
         with self._lock:
             state = self._loops.get(loop)
             if state is None:
@@ -355,6 +360,7 @@ class Fetcher:
                 )
                 state = _LoopState(loop, client, Limiter(self.global_limit))
                 self._loops[loop] = state
+            self._last_state = state
             return state
 
     # -- configuration ---------------------------------------------------------------------
