@@ -29,6 +29,7 @@ import email.utils
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -50,6 +51,7 @@ __all__ = [
     "default_cache_dir",
     "freshness_lifetime",
     "parse_cache_control",
+    "redact_text",
     "redact_url",
 ]
 
@@ -133,6 +135,18 @@ def redact_url(url: str) -> str:
             [(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v) for k, v in pairs]
         )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_URL_RE = re.compile(r"""https?://[^\s"'<>]+""")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every http(s) URL in it passed through :func:`redact_url`.
+
+    >>> redact_text('HTTP Request: GET https://h/t/1.png?apikey=S3CRET "HTTP/1.1 200 OK"')
+    'HTTP Request: GET https://h/t/1.png?apikey=%2A%2A%2A "HTTP/1.1 200 OK"'
+    """
+    return _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
 
 
 def parse_cache_control(value: str | None) -> dict[str, str | None]:

@@ -51,6 +51,7 @@ from .cache import (
     cache_key,
     default_cache_dir,
     make_entry,
+    redact_text,
     redact_url,
     refresh_entry,
 )
@@ -80,6 +81,30 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 TRANSPORTS = ("aiohttp", "httpcore")
 
 _DEFAULT = object()
+
+
+class _RedactingFilter(logging.Filter):
+    """Redacts credentials from URLs in log records (httpx logs every request URL at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(
+                redact_text(str(a)) if isinstance(a, httpx.URL | str) else a for a in args
+            )
+        if isinstance(record.msg, str) and "://" in record.msg:
+            record.msg = redact_text(record.msg)
+        return True
+
+
+def _install_log_redaction() -> None:
+    for name in ("httpx", "httpcore", "httpx_aiohttp"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
+            logger.addFilter(_RedactingFilter())
+
+
+_install_log_redaction()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +180,7 @@ def _translate(exc: Exception, url: str) -> FetchError:
     safe = redact_url(url)
     if timed_out:
         return FetchTimeoutError(f"timed out ({type(exc).__name__}): {safe}", url=safe)
-    return TransportError(f"{type(exc).__name__}: {exc} ({safe})", url=safe)
+    return TransportError(f"{type(exc).__name__}: {redact_text(str(exc))} ({safe})", url=safe)
 
 
 class Fetcher:
@@ -642,7 +667,8 @@ class Fetcher:
                 raise BadInputError(f"unsupported URL {redact_url(url)}: {exc}") from exc
             raise _translate(exc, url) from exc
         except httpx.HTTPError as exc:  # decoding errors, too many redirects
-            raise TransportError(f"{type(exc).__name__}: {exc} ({redact_url(url)})", url=redact_url(url)) from exc
+            safe = redact_url(url)
+            raise TransportError(f"{type(exc).__name__}: {redact_text(str(exc))} ({safe})", url=safe) from exc
         finally:
             self.metrics.add_in_flight(-1)
             state.global_limiter.release()

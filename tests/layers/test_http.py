@@ -378,3 +378,14 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MAPSTREAM_CACHE_DIR", str(tmp_path / "env-cache"))
     assert Fetcher().disk.directory == tmp_path / "env-cache"
     assert Fetcher(cache_dir=None).disk is None
+
+
+async def test_secrets_in_urls_never_reach_the_logs(fault_server, fetcher, caplog):
+    with caplog.at_level("DEBUG"):
+        await fetcher.get(fault_server.url("/logged", apikey="S3CRET-LOG"))
+        with pytest.raises(StatusError) as info:
+            await fetcher.get(fault_server.url("/logged-404", status=404, token="S3CRET-LOG"))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("/logged" in m for m in messages)  # httpx did log the request...
+    assert not any("S3CRET-LOG" in m for m in messages)  # ...without the key
+    assert "S3CRET-LOG" not in str(info.value)
