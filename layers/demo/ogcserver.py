@@ -317,6 +317,10 @@ def _serve(spec_path: str) -> None:
     server = make_server("127.0.0.1", port, app, threaded=True, fd=sock.fileno())
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     print(f"READY {port}", flush=True)
+    # Nobody reads our stdout after READY: a full pipe would block the server on its next print.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    sys.stdout = open(1, "w", closefd=False)
     server.serve_forever()
 
 

@@ -1,0 +1,210 @@
+"""GeoJSON FeatureCollection bytes -> GeoDataFrame, fast, and off the event loop.
+
+:func:`parse_feature_collection` is the pure, synchronous parser: orjson for the document,
+shapely's vectorised constructors for geometries (a fast path builds all-point pages straight
+from a coordinate array), pandas for typed properties, and a vectorised reprojection to
+EPSG:3857. Invalid geometries are kept and flagged in a boolean ``valid`` column; features with
+no geometry are kept with a missing geometry and ``valid=False``.
+
+:func:`parse_off_loop` runs it where it cannot stall the event loop. Parsing holds the GIL, so a
+thread is not enough for big pages (the loop waits for the GIL): by default it runs in a small
+process pool and only small pages (below ``INLINE_THREAD_BYTES``) go to a thread, where process
+start-up and pickling would cost more than they save. ``benchmarks/features.py`` measures the
+event loop's lag both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import ParseError
+
+__all__ = ["parse_feature_collection", "parse_off_loop", "FeatureCollectionMeta", "shutdown_pool"]
+
+#: Pages smaller than this are parsed in a thread (cheaper than a round trip to a process).
+INLINE_THREAD_BYTES = 256 * 1024
+
+CRS84 = ("OGC:CRS84", "EPSG:4326", "CRS84")
+
+
+class FeatureCollectionMeta(dict):  # type: ignore[type-arg]
+    """The non-feature members of a page: ``numberMatched``, ``numberReturned``, ``links``."""
+
+
+def _mercator(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from .viewport import MAX_LAT, ORIGIN_SHIFT
+
+    y = np.clip(y, -MAX_LAT, MAX_LAT)
+    mx = x * ORIGIN_SHIFT / 180.0
+    my = np.log(np.tan((90.0 + y) * np.pi / 360.0)) * ORIGIN_SHIFT / np.pi
+    return mx, my
+
+
+def _to_mercator(geoms: np.ndarray) -> np.ndarray:
+    import shapely
+
+    def fn(coords: np.ndarray) -> np.ndarray:
+        mx, my = _mercator(coords[:, 0], coords[:, 1])
+        return np.column_stack([mx, my])
+
+    return shapely.transform(geoms, fn)
+
+
+def parse_feature_collection(
+    content: bytes,
+    *,
+    url: str | None = None,
+    source_crs: str = "OGC:CRS84",
+    datetime_columns: Sequence[str] = (),
+) -> tuple[Any, FeatureCollectionMeta]:
+    """Parse one GeoJSON page into a GeoDataFrame in EPSG:3857 and the page's metadata.
+
+    Parameters
+    ----------
+    content
+        The response body.
+    url
+        Named in errors.
+    source_crs
+        CRS of the coordinates (``"OGC:CRS84"`` by default, ``"EPSG:3857"`` when the server
+        reprojected for us). Axis order is always (x, y) / (lon, lat) as GeoJSON requires.
+    datetime_columns
+        Properties to convert to UTC datetimes (the queryables that say ``format: date-time``).
+
+    Returns
+    -------
+    (GeoDataFrame, FeatureCollectionMeta)
+        Columns: ``id`` (when features have ids), the properties with their JSON types, a
+        boolean ``valid`` and ``geometry``.
+
+    Raises
+    ------
+    ParseError
+        Not JSON, not a FeatureCollection, or a geometry that cannot be read.
+
+    Examples
+    --------
+    >>> body = (b'{"type":"FeatureCollection","numberMatched":2,"features":['
+    ...         b'{"type":"Feature","id":"a","properties":{"n":1,"ok":true},'
+    ...         b'"geometry":{"type":"Point","coordinates":[0,0]}},'
+    ...         b'{"type":"Feature","id":"b","properties":{"n":2,"ok":false},'
+    ...         b'"geometry":{"type":"Polygon","coordinates":[[[0,0],[1,1],[1,0],[0,1],[0,0]]]}}]}')
+    >>> gdf, meta = parse_feature_collection(body)
+    >>> list(gdf.columns), gdf["valid"].tolist(), meta["numberMatched"], str(gdf.crs)
+    (['id', 'n', 'ok', 'valid', 'geometry'], [True, False], 2, 'EPSG:3857')
+    """
+    import geopandas as gpd
+    import orjson
+    import pandas as pd
+    import shapely
+
+    try:
+        doc = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"malformed GeoJSON page: {exc}", url=url) from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("features"), list):
+        raise ParseError("response is not a GeoJSON FeatureCollection", url=url)
+    features = doc["features"]
+    meta = FeatureCollectionMeta((k, v) for k, v in doc.items() if k != "features")
+    n = len(features)
+    try:
+        geoms_json = [f.get("geometry") for f in features]
+        if n and all(g is not None and g.get("type") == "Point" for g in geoms_json):
+            xy = np.array([g["coordinates"][:2] for g in geoms_json], dtype=float).reshape(n, 2)
+            if source_crs.upper() in CRS84:
+                xy = np.column_stack(_mercator(xy[:, 0], xy[:, 1]))
+            geoms = shapely.points(xy)
+        else:
+            strings = np.array(
+                [None if g is None else orjson.dumps(g).decode() for g in geoms_json], dtype=object
+            )
+            geoms = shapely.from_geojson(strings, on_invalid="ignore")
+            if source_crs.upper() in CRS84 and n:
+                geoms = _to_mercator(geoms)
+        props = pd.DataFrame.from_records(
+            [f.get("properties") or {} for f in features], index=pd.RangeIndex(n)
+        )
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, shapely.errors.ShapelyError) as exc:
+        raise ParseError(f"unreadable feature in GeoJSON page: {exc}", url=url) from exc
+    if n and any("id" in f for f in features):
+        props.insert(0, "id", [f.get("id") for f in features])
+        if "id" in props.columns[1:]:  # a property also named "id": keep the feature id
+            props = props.loc[:, ~props.columns.duplicated()]
+    for col in datetime_columns:
+        if col in props.columns:
+            props[col] = pd.to_datetime(props[col], utc=True, errors="coerce")
+    valid = np.zeros(n, dtype=bool)
+    present = ~shapely.is_missing(geoms) if n else valid
+    if n:
+        valid[present] = shapely.is_valid(geoms[present])
+    props["valid"] = valid
+    return gpd.GeoDataFrame(props, geometry=gpd.GeoSeries(geoms, crs="EPSG:3857")), meta
+
+
+_POOL: concurrent.futures.ProcessPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> concurrent.futures.ProcessPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            # forkserver: never fork a process that runs threads and an event loop.
+            ctx = multiprocessing.get_context("forkserver")
+            workers = max(1, min(4, (os.cpu_count() or 2)))
+            _POOL = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
+        return _POOL
+
+
+def shutdown_pool() -> None:
+    """Stop the parser processes (they restart on the next parse)."""
+    global _POOL
+    with _POOL_LOCK:
+        pool, _POOL = _POOL, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+async def parse_off_loop(
+    content: bytes,
+    *,
+    url: str | None = None,
+    source_crs: str = "OGC:CRS84",
+    datetime_columns: Sequence[str] = (),
+    executor: str = "auto",
+) -> tuple[Any, FeatureCollectionMeta]:
+    """:func:`parse_feature_collection` away from the event loop.
+
+    Parameters
+    ----------
+    executor
+        ``"process"``, ``"thread"``, or ``"auto"`` (a thread below ``INLINE_THREAD_BYTES``,
+        the process pool above).
+
+    Raises
+    ------
+    ParseError
+        As :func:`parse_feature_collection`; also when the parser process died.
+    """
+    kwargs = {"url": url, "source_crs": source_crs, "datetime_columns": tuple(datetime_columns)}
+    if executor == "thread" or (executor == "auto" and len(content) < INLINE_THREAD_BYTES):
+        return await asyncio.to_thread(parse_feature_collection, content, **kwargs)
+    loop = asyncio.get_running_loop()
+    fut = loop.run_in_executor(_pool(), _parse_in_child, content, kwargs)
+    try:
+        return await fut
+    except concurrent.futures.process.BrokenProcessPool as exc:
+        shutdown_pool()
+        raise ParseError(f"parser process died: {exc}", url=url) from exc
+
+
+def _parse_in_child(content: bytes, kwargs: dict[str, Any]) -> tuple[Any, FeatureCollectionMeta]:
+    return parse_feature_collection(content, **kwargs)

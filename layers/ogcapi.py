@@ -1,0 +1,286 @@
+"""OGC API discovery: landing page, conformance, collections, one collection, queryables.
+
+Each document is fetched through the :class:`~layers.http.Fetcher` (so its HTTP cache applies)
+and parsed into a small frozen value type; the parsed objects are cached in the fetcher's memory
+LRU, keyed by URL, so every layer of a process shares one discovery per server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from .errors import ParseError
+
+if TYPE_CHECKING:
+    from .http import Fetcher
+
+__all__ = [
+    "Link",
+    "LandingPage",
+    "Collection",
+    "Queryables",
+    "CRS84",
+    "EPSG3857",
+    "CONF_CRS",
+    "CONF_FILTER",
+    "get_landing",
+    "get_conformance",
+    "get_collections",
+    "get_collection",
+    "get_queryables",
+    "crs_uri",
+]
+
+CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+EPSG3857 = "http://www.opengis.net/def/crs/EPSG/0/3857"
+#: Conformance class of OGC API Features Part 2 (CRS by reference: ``crs``, ``bbox-crs``).
+CONF_CRS = "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs"
+#: Conformance class of Part 3 filtering.
+CONF_FILTER = "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter"
+
+ACCEPT_JSON = {"Accept": "application/json"}
+
+
+def crs_uri(code: str) -> str:
+    """The OGC URI of an ``EPSG:nnnn`` code (other strings are returned unchanged).
+
+    >>> crs_uri("EPSG:3857")
+    'http://www.opengis.net/def/crs/EPSG/0/3857'
+    """
+    if code.upper().startswith("EPSG:"):
+        return f"http://www.opengis.net/def/crs/EPSG/0/{code.split(':', 1)[1]}"
+    return code
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One entry of a ``links`` array."""
+
+    href: str
+    rel: str = ""
+    type: str = ""
+    title: str = ""
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> Link:
+        return cls(str(d["href"]), str(d.get("rel", "")), str(d.get("type", "")), str(d.get("title", "")))
+
+
+def _links(doc: Mapping[str, Any]) -> tuple[Link, ...]:
+    return tuple(Link.parse(l) for l in doc.get("links", ()) if isinstance(l, Mapping) and "href" in l)
+
+
+@dataclass(frozen=True, slots=True)
+class LandingPage:
+    """The server's landing page."""
+
+    url: str
+    title: str
+    description: str
+    links: tuple[Link, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    """One collection's metadata.
+
+    Attributes
+    ----------
+    bbox
+        The first spatial extent box, (west, south, east, north) in CRS84, or None.
+    temporal
+        The first temporal interval (start, end), ISO strings or None.
+    crs
+        The CRS URIs the collection offers (``crs`` member; CRS84 when absent).
+    storage_crs
+        ``storageCrs`` when given.
+    item_type
+        ``itemType`` (``"feature"`` by default).
+    """
+
+    id: str
+    title: str
+    description: str
+    bbox: tuple[float, float, float, float] | None
+    temporal: tuple[str | None, str | None] | None
+    crs: tuple[str, ...]
+    storage_crs: str | None
+    item_type: str
+    links: tuple[Link, ...] = field(default=())
+
+    @classmethod
+    def parse(cls, doc: Mapping[str, Any]) -> Collection:
+        """Build from a collection document.
+
+        >>> c = Collection.parse({"id": "x", "extent": {"spatial": {"bbox": [[0, 1, 2, 3]]}}})
+        >>> c.bbox, c.crs, c.item_type
+        ((0.0, 1.0, 2.0, 3.0), ('http://www.opengis.net/def/crs/OGC/1.3/CRS84',), 'feature')
+        """
+        extent = doc.get("extent") or {}
+        boxes = (extent.get("spatial") or {}).get("bbox") or []
+        bbox = None
+        if boxes:
+            first = boxes[0] if isinstance(boxes[0], list) else boxes
+            if len(first) >= 4:
+                half = len(first) // 2  # 3D boxes: (x0, y0, z0, x1, y1, z1)
+                bbox = (float(first[0]), float(first[1]), float(first[half]), float(first[half + 1]))
+        intervals = (extent.get("temporal") or {}).get("interval") or []
+        temporal = tuple(intervals[0][:2]) if intervals and intervals[0] else None
+        return cls(
+            id=str(doc["id"]),
+            title=str(doc.get("title", doc["id"])),
+            description=str(doc.get("description", "")),
+            bbox=bbox,
+            temporal=temporal,  # type: ignore[arg-type]
+            crs=tuple(doc.get("crs") or (CRS84,)),
+            storage_crs=doc.get("storageCrs"),
+            item_type=str(doc.get("itemType", "feature")),
+            links=_links(doc),
+        )
+
+    def offers(self, uri: str) -> bool:
+        """Whether the collection lists ``uri`` (or ``#/crs``-style wildcards) among its CRSs."""
+        return uri in self.crs
+
+
+@dataclass(frozen=True, slots=True)
+class Queryables:
+    """``/queryables``: property name -> JSON schema."""
+
+    properties: Mapping[str, Mapping[str, Any]]
+
+    @property
+    def datetime_properties(self) -> tuple[str, ...]:
+        """Properties whose schema says ``format: date-time``.
+
+        >>> Queryables({"t": {"type": "string", "format": "date-time"}, "n": {}}).datetime_properties
+        ('t',)
+        """
+        return tuple(k for k, v in self.properties.items() if v.get("format") == "date-time")
+
+
+async def _document(url: str, fetcher: Fetcher, kind: str) -> Mapping[str, Any]:
+    resp = await fetcher.get(url, params={"f": "json"}, headers=ACCEPT_JSON)
+    doc = resp.json()
+    if not isinstance(doc, Mapping):
+        raise ParseError(f"{kind} is not a JSON object", url=resp.url)
+    return doc
+
+
+async def _cached(key: tuple[str, str], fetcher: Fetcher, build: Any) -> Any:
+    memory = getattr(fetcher, "memory", None)
+    hit = memory.get(key) if memory is not None else None
+    if hit is not None:
+        return hit
+    value = await build()
+    if memory is not None:
+        memory.put(key, value, 4096)
+    return value
+
+
+def _root(url: str) -> str:
+    return url.rstrip("/")
+
+
+async def get_landing(url: str, fetcher: Fetcher) -> LandingPage:
+    """The landing page of the server at ``url``.
+
+    Raises
+    ------
+    FetchError
+        The request failed.
+    ParseError
+        The answer is not a JSON object.
+    """
+
+    async def build() -> LandingPage:
+        doc = await _document(_root(url) + "/", fetcher, "landing page")
+        return LandingPage(url, str(doc.get("title", "")), str(doc.get("description", "")), _links(doc))
+
+    return await _cached(("ogc-landing", _root(url)), fetcher, build)
+
+
+async def get_conformance(url: str, fetcher: Fetcher) -> frozenset[str]:
+    """The conformance classes the server declares.
+
+    Raises
+    ------
+    FetchError, ParseError
+        As :func:`get_landing`.
+    """
+
+    async def build() -> frozenset[str]:
+        doc = await _document(_root(url) + "/conformance", fetcher, "conformance")
+        return frozenset(str(c) for c in doc.get("conformsTo", ()))
+
+    return await _cached(("ogc-conformance", _root(url)), fetcher, build)
+
+
+async def get_collections(url: str, fetcher: Fetcher) -> tuple[Collection, ...]:
+    """Every collection the server lists.
+
+    Raises
+    ------
+    FetchError, ParseError
+        As :func:`get_landing`; ParseError also when a collection has no ``id``.
+    """
+
+    async def build() -> tuple[Collection, ...]:
+        doc = await _document(_root(url) + "/collections", fetcher, "collections")
+        try:
+            return tuple(Collection.parse(c) for c in doc.get("collections", ()))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ParseError(f"bad collection entry: {exc}", url=url) from exc
+
+    return await _cached(("ogc-collections", _root(url)), fetcher, build)
+
+
+async def get_collection(url: str, collection: str, fetcher: Fetcher) -> Collection:
+    """One collection's metadata.
+
+    Raises
+    ------
+    FetchError
+        The request failed (``StatusError`` with status 404 for an unknown collection).
+    ParseError
+        The document is not a collection.
+    """
+    curl = f"{_root(url)}/collections/{quote(collection, safe='')}"
+
+    async def build() -> Collection:
+        doc = await _document(curl, fetcher, "collection")
+        try:
+            return Collection.parse({"id": collection, **doc})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ParseError(f"bad collection document: {exc}", url=curl) from exc
+
+    return await _cached(("ogc-collection", curl), fetcher, build)
+
+
+async def get_queryables(url: str, collection: str, fetcher: Fetcher) -> Queryables | None:
+    """The collection's queryables, or None when the server does not offer them.
+
+    Raises
+    ------
+    FetchError
+        The request failed for another reason than 404.
+    """
+    from .errors import StatusError
+
+    qurl = f"{_root(url)}/collections/{quote(collection, safe='')}/queryables"
+
+    async def build() -> Queryables | None:
+        try:
+            doc = await _document(qurl, fetcher, "queryables")
+        except StatusError as exc:
+            if exc.status in (400, 404, 406):
+                return False  # cached as "not offered"
+            raise
+        props = doc.get("properties") or {}
+        return Queryables({str(k): dict(v) for k, v in props.items() if isinstance(v, Mapping)})
+
+    result = await _cached(("ogc-queryables", qurl), fetcher, build)
+    return result or None

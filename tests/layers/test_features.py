@@ -1,0 +1,181 @@
+"""FeatureLayer against a real pygeoapi on loopback (tests/support/ogc.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+
+from layers.errors import ParseError, StatusError
+from layers.features import FeatureLayer
+from layers.http import Fetcher
+from layers.viewport import Viewport, lonlat_to_mercator
+from tests.support.ogc import N_POINTS, PAGE_LIMIT, make_points, ogc_data, ogc_server, make_ogc_server  # noqa: F401
+
+ALL_IDS = set(range(1, N_POINTS + 1))
+
+
+@pytest.fixture
+async def fetcher(tmp_path):
+    async with Fetcher(cache_dir=tmp_path, backoff_base=0.05) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def points():
+    return make_points()
+
+
+def _ids(frame) -> list[int]:
+    return [int(i) for i in frame["id"]] if "id" in frame.columns else []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(concurrent=True), dict(concurrent=False), dict(paging="split", split=3)],
+    ids=["offset-concurrent", "sequential-next", "split-dedup"],
+)
+async def test_every_feature_exactly_once(ogc_server, fetcher, kwargs):
+    layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT, **kwargs)
+    world = Viewport.from_lonlat((-180, -85, 180, 85), 512)
+    pages = [p async for p in layer.load(world, fetcher)]
+    ids = [i for p in pages for i in _ids(p.frame)]
+    assert len(ids) == len(set(ids)) == N_POINTS
+    assert set(ids) == ALL_IDS
+    assert [p.progress.complete for p in pages] == [False] * (len(pages) - 1) + [True]
+    assert pages[-1].progress.features == N_POINTS and not pages[-1].progress.truncated
+    assert all(not p.errors for p in pages)
+    if "split" not in kwargs.get("paging", ""):
+        # a server may end with an empty page after a next link (pygeoapi does)
+        assert pages[-1].progress.done in (N_POINTS // PAGE_LIMIT, N_POINTS // PAGE_LIMIT + 1)
+        assert pages[-1].progress.matched == N_POINTS
+
+
+async def test_pages_stream_typed_mercator_frames(ogc_server, fetcher, points):
+    layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT)
+    frame = await layer.fetch(None, fetcher)
+    assert str(frame.crs) == "EPSG:3857" and frame["valid"].all()
+    assert pd.api.types.is_integer_dtype(frame["count"])
+    assert pd.api.types.is_float_dtype(frame["value"])
+    assert pd.api.types.is_bool_dtype(frame["flag"])
+    assert pd.api.types.is_datetime64_any_dtype(frame["when"])  # queryables say date-time
+    got = frame.set_index(frame["id"].astype(int)).sort_index()
+    want = points.set_index("id").sort_index()
+    assert (got["count"].to_numpy() == want["count"].to_numpy()).all()
+    x, y = lonlat_to_mercator(*want.geometry.iloc[0].coords[0])
+    assert abs(got.geometry.iloc[0].x - x) < 1e-3 and abs(got.geometry.iloc[0].y - y) < 1e-3
+
+
+async def test_bbox_narrows_like_the_server_data(ogc_server, fetcher, points):
+    box = (-10.0, 35.0, 30.0, 60.0)
+    layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT)
+    frame = await layer.fetch(Viewport.from_lonlat(box, 400), fetcher)
+    inside = points[points.intersects(shapely.box(*box))]
+    assert 0 < len(frame) < N_POINTS
+    assert set(_ids(frame)) == set(inside["id"].tolist())
+
+
+async def test_bbox_on_polygons_and_features_at(ogc_server, fetcher):
+    layer = FeatureLayer(ogc_server.url, "countries", limit=20)
+    europe = await layer.fetch(Viewport.from_lonlat((0, 44, 10, 50), 400), fetcher)
+    assert "France" in set(europe["name"]) and "Brazil" not in set(europe["name"])
+    at_paris = await layer.features_at(2.35, 48.85, fetcher, radius_m=1000)
+    assert list(at_paris["name"]) == ["France"]
+    every = await layer.fetch(None, fetcher)
+    assert len(every) == 177 and every["id"].is_unique  # Natural Earth lowres countries
+    assert set(every.geometry.geom_type) == {"Polygon", "MultiPolygon"}  # mixed types are fine
+
+
+async def test_datetime_narrows(ogc_server, fetcher, points):
+    interval = "2024-03-01T00:00:00Z/2024-03-31T00:00:00Z"
+    layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT, datetime=interval)
+    frame = await layer.fetch(None, fetcher)
+    lo, hi = pd.Timestamp("2024-03-01", tz="UTC"), pd.Timestamp("2024-03-31", tz="UTC")
+    want = points[(points["when"] >= lo) & (points["when"] <= hi)]
+    assert 0 < len(frame) < N_POINTS
+    assert set(_ids(frame)) == set(want["id"].tolist())
+    assert frame["when"].between(lo, hi).all()
+
+
+async def test_cql2_text_filter_and_properties(ogc_server, fetcher, points):
+    layer = FeatureLayer(
+        ogc_server.url, "points", limit=PAGE_LIMIT,
+        filter="count < 100 AND kind = 'alpha'", properties=["count", "kind"],
+    )
+    frame = await layer.fetch(None, fetcher)
+    want = points[(points["count"] < 100) & (points["kind"] == "alpha")]
+    assert 0 < len(frame) < N_POINTS
+    assert set(_ids(frame)) == set(want["id"].tolist())
+    assert set(frame.columns) == {"id", "count", "kind", "valid", "geometry"}
+
+
+async def test_a_503_on_one_page_is_retried(make_ogc_server, fetcher):
+    server = make_ogc_server(faults={"offset=1000": ["503"]})
+    layer = FeatureLayer(server.url, "points", limit=PAGE_LIMIT)
+    frame = await layer.fetch(None, fetcher)
+    assert len(frame) == N_POINTS and frame["id"].is_unique and not frame.attrs["errors"]
+    assert fetcher.metrics.snapshot()["retries"] >= 1
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+async def test_malformed_page_is_reported_and_earlier_pages_stay(make_ogc_server, fetcher, concurrent):
+    server = make_ogc_server(faults={"offset=1000": ["malformed"]})
+    layer = FeatureLayer(server.url, "points", limit=PAGE_LIMIT, concurrent=concurrent)
+    pages = [p async for p in layer.load(None, fetcher)]
+    errors = [e for p in pages for e in p.errors]
+    assert len(errors) == 1 and isinstance(errors[0], ParseError)
+    assert "offset=1000" in str(errors[0]) and "offset=1000" in errors[0].url
+    loaded = [i for p in pages for i in _ids(p.frame)]
+    assert set(range(1, 1001)) <= set(loaded)  # the pages before the bad one survive
+    assert pages[-1].progress.complete and pages[-1].progress.failed == 1
+    if concurrent:  # the other pages load too
+        assert len(loaded) == N_POINTS - PAGE_LIMIT
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+async def test_cap_truncates_and_says_so(ogc_server, fetcher, concurrent):
+    layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT, max_features=1234, concurrent=concurrent)
+    frame = await layer.fetch(None, fetcher)
+    assert len(frame) == 1234 and frame["id"].is_unique
+    assert frame.attrs["truncated"] is True and frame.attrs["matched"] == N_POINTS
+    # the walk stopped at the cap: 3 pages of 500, not 40
+    assert frame.attrs["pages"] == 3
+
+
+async def test_unknown_collection_is_a_status_error(ogc_server, fetcher):
+    with pytest.raises(StatusError) as info:
+        await FeatureLayer(ogc_server.url, "nope").fetch(None, fetcher)
+    assert info.value.status == 404
+
+
+async def test_cancel_mid_walk_leaves_nothing_in_flight(make_ogc_server, tmp_path):
+    server = make_ogc_server(latency=0.4)
+    layer = FeatureLayer(server.url, "points", limit=PAGE_LIMIT)
+    async with Fetcher(cache_dir=tmp_path, per_host_limit=8) as fetcher:
+        first = asyncio.Event()
+
+        async def consume():
+            async for _page in layer.load(None, fetcher):
+                first.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(first.wait(), 30)
+        for _ in range(100):  # let the concurrent page requests get going
+            if fetcher.metrics.snapshot()["in_flight"] >= 4:
+                break
+            await asyncio.sleep(0.02)
+        assert fetcher.metrics.snapshot()["in_flight"] >= 4
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert fetcher.metrics.snapshot()["in_flight"] == 0
+        requested = fetcher.metrics.snapshot()["requests"]
+        server_seen = server.stats()["by_path"]["/collections/points/items"]
+        await asyncio.sleep(1.0)  # > 2x the server latency: nothing new may start
+        assert fetcher.metrics.snapshot()["in_flight"] == 0
+        assert fetcher.metrics.snapshot()["requests"] == requested
+        assert server.stats()["by_path"]["/collections/points/items"] == server_seen
+        assert server_seen < N_POINTS // PAGE_LIMIT  # the walk really was cut short
