@@ -16,6 +16,7 @@ event loop's lag both ways.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import multiprocessing
 import os
@@ -161,6 +162,7 @@ def _pool() -> concurrent.futures.ProcessPoolExecutor:
             ctx = multiprocessing.get_context("forkserver")
             workers = max(1, min(4, (os.cpu_count() or 2)))
             _POOL = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
+            atexit.register(shutdown_pool)  # before interpreter teardown, not during it
         return _POOL
 
 
