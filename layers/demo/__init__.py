@@ -1,1 +1,8 @@
-"""Embedded demo services that run on loopback (no internet needed)."""
+"""Embedded demo services that run on loopback (no internet needed).
+
+>>> from layers.demo import ensure_demo, start_demo   # cheap: nothing starts on import
+"""
+
+from .services import DemoServices, current_demo, ensure_demo, parse_duration, start_demo
+
+__all__ = ["DemoServices", "current_demo", "ensure_demo", "parse_duration", "start_demo"]

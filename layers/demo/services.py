@@ -1,0 +1,315 @@
+"""Start and stop the embedded demo services: once per process, shared, stopped at exit.
+
+Two child processes on ``127.0.0.1``, each in its own process group:
+
+* an OGC API Features server (pygeoapi, through :class:`~layers.demo.ogcserver.PygeoapiServer`)
+  over the demo data of :mod:`layers.demo.data`: ``countries`` (polygons), ``sensors``
+  (200 000 points) and ``borders`` (lines). Every collection is served by the in-memory
+  ``FrameProvider`` (a spatial index, stable offset paging with ``numberMatched``), not by
+  pygeoapi's GeoJSON provider that re-reads and filters the whole file on every request;
+* the basemap tile server of :mod:`layers.demo.tileserver`.
+
+:func:`ensure_demo` (async) and :func:`start_demo` (its sync twin, for the CLI) share one start:
+callers that arrive while the services start wait for the same start, and a cancelled caller
+does not cancel it. The services stop at interpreter exit (``atexit``) or on
+:meth:`DemoServices.stop`.
+
+Latency and fault injection, for seeing the async behaviour on a laptop, come from the
+arguments or, when those are None, from ``MAPSTREAM_DEMO_LATENCY`` (``"150ms"``, ``"0.2s"``)
+and ``MAPSTREAM_DEMO_FAIL_RATE`` (``"0.05"``): every request is delayed by the latency, and
+that fraction of item and tile requests is answered ``503`` (a seeded sequence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import json
+import os
+import random
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInputError, LayersError
+from .data import ensure_data
+from .ogcserver import PygeoapiServer
+from .tileserver import MAX_ZOOM, TileServer
+
+__all__ = ["DemoServices", "ensure_demo", "start_demo", "demo_resources", "parse_duration"]
+
+PAGE_LIMIT = 1000  # pygeoapi's default page size for the demo
+_FAULT_SEQUENCE = 20_000  # injected outcomes drawn for item requests (then all succeed)
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from ``"150ms"``, ``"0.2s"``, ``"2"`` or a number.
+
+    Raises
+    ------
+    BadInputError
+        Not a non-negative duration.
+
+    >>> parse_duration("150ms"), parse_duration("0.2s"), parse_duration("2"), parse_duration(0.5)
+    (0.15, 0.2, 2.0, 0.5)
+    >>> parse_duration("soon")
+    Traceback (most recent call last):
+    ...
+    layers.errors.BadInputError: expected a duration like 150ms or 0.2s, got 'soon'
+    """
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", str(text))
+        if not m:
+            raise BadInputError(f"expected a duration like 150ms or 0.2s, got {text!r}")
+        value = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    if value < 0:
+        raise BadInputError(f"a duration cannot be negative, got {text!r}")
+    return value
+
+
+def _parse_rate(text: str | float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise BadInputError(f"expected a failure rate between 0 and 1, got {text!r}")
+    return value
+
+
+def _settings(latency: float | str | None, fail_rate: float | str | None) -> tuple[float, float]:
+    env = os.environ
+    if latency is None:
+        latency = env.get("MAPSTREAM_DEMO_LATENCY") or 0.0
+    if fail_rate is None:
+        fail_rate = env.get("MAPSTREAM_DEMO_FAIL_RATE") or 0.0
+    return parse_duration(latency), _parse_rate(fail_rate)
+
+
+def demo_resources(paths: Mapping[str, Path]) -> dict[str, Any]:
+    """pygeoapi resource definitions for the demo data files ``paths`` (pure).
+
+    >>> sorted(demo_resources({"countries": Path("c"), "sensors": Path("s"), "borders": Path("b")}))
+    ['borders', 'countries', 'sensors']
+    """
+    provider = "layers.demo.ogcserver.FrameProvider"
+
+    def resource(title: str, description: str, path: Path, **extra: Any) -> dict[str, Any]:
+        return {
+            "type": "collection",
+            "title": title,
+            "description": description,
+            "keywords": ["mapstream", "demo"],
+            "extents": {"spatial": {"bbox": [-180, -90, 180, 90],
+                                    "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"},
+                        **extra.pop("extents", {})},
+            "providers": [{"type": "feature", "name": provider, "data": str(path),
+                           "id_field": "id", **extra}],
+        }
+
+    return {
+        "countries": resource("Countries", "Natural Earth 1:110m countries (public domain)",
+                              paths["countries"]),
+        "sensors": resource(
+            "Sensor readings", "200 000 synthetic sensor readings over land (seeded)",
+            paths["sensors"], time_field="when",
+            extents={"temporal": {"begin": "2024-01-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"}},
+        ),
+        "borders": resource("Borders", "Natural Earth country outlines as lines", paths["borders"]),
+    }
+
+
+@dataclass
+class DemoServices:
+    """The running demo services.
+
+    Attributes
+    ----------
+    ogc_url
+        Landing page of the OGC API Features server.
+    tiles_url
+        XYZ template of the basemap, ``http://127.0.0.1:PORT/tiles/{z}/{x}/{y}.png``.
+    max_zoom
+        The basemap's deepest zoom level.
+    startup_seconds
+        Wall time of the start (data generation on a first run included), until both servers
+        answered and every collection had served a first page.
+    latency, fail_rate
+        The injected delay (seconds) and failure fraction.
+    """
+
+    ogc_url: str
+    tiles_url: str
+    startup_seconds: float
+    latency: float = 0.0
+    fail_rate: float = 0.0
+    max_zoom: int = MAX_ZOOM
+    ogc: PygeoapiServer | None = field(default=None, repr=False)
+    tiles: TileServer | None = field(default=None, repr=False)
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the children (empty once stopped)."""
+        procs = [getattr(self.ogc, "_proc", None), getattr(self.tiles, "_proc", None)]
+        return [p.pid for p in procs if p is not None]
+
+    def stop(self) -> None:
+        """Stop both servers (idempotent); the next :func:`ensure_demo` starts new ones."""
+        global _current
+        with _lock:
+            if _current is self:
+                _current = None
+        for server in (self.ogc, self.tiles):
+            if server is not None:
+                server.stop()
+
+
+_lock = threading.Lock()
+_current: DemoServices | None = None
+_starting: concurrent.futures.Future[DemoServices] | None = None
+
+
+def _warm(url: str, collections: list[str], timeout: float) -> None:
+    # The provider loads its data on the first request: pay that during the start, not on
+    # the first page a user waits for.
+    def one(name: str) -> None:
+        with urllib.request.urlopen(f"{url}/collections/{name}/items?f=json&limit=1", timeout=timeout) as r:
+            json.loads(r.read())
+
+    with concurrent.futures.ThreadPoolExecutor(len(collections)) as pool:
+        list(pool.map(one, collections))
+
+
+def _launch(latency: float, fail_rate: float, data_dir: Path | None, timeout: float) -> DemoServices:
+    t0 = time.perf_counter()
+    paths = ensure_data(data_dir)
+    faults = None
+    if fail_rate:
+        rng = random.Random(7)
+        faults = {"/items": ["503" if rng.random() < fail_rate else "ok" for _ in range(_FAULT_SEQUENCE)]}
+    resources = demo_resources(paths)
+    ogc = PygeoapiServer(resources, title="mapstream demo", limit=PAGE_LIMIT,
+                         latency=latency, faults=faults)
+    tiles = TileServer(paths["countries"], latency=latency, fail_rate=fail_rate)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            tiles_started = pool.submit(tiles.start, timeout)
+            ogc.start(timeout)
+            tiles_started.result()
+            if not fail_rate:  # with faults, warming would eat injected failures
+                _warm(ogc.url, list(resources), timeout)
+    except BaseException:
+        ogc.stop()
+        tiles.stop()
+        raise
+    return DemoServices(
+        ogc_url=ogc.url, tiles_url=tiles.tiles_url, startup_seconds=time.perf_counter() - t0,
+        latency=latency, fail_rate=fail_rate, ogc=ogc, tiles=tiles,
+    )
+
+
+def _shared_start(latency: Any, fail_rate: Any, data_dir: Path | None, timeout: float) -> concurrent.futures.Future[DemoServices]:
+    global _starting
+    lat, rate = _settings(latency, fail_rate)
+    with _lock:
+        if _current is not None:
+            done: concurrent.futures.Future[DemoServices] = concurrent.futures.Future()
+            done.set_result(_current)
+            return done
+        if _starting is not None:
+            return _starting
+        fut: concurrent.futures.Future[DemoServices] = concurrent.futures.Future()
+        fut.set_running_or_notify_cancel()  # running: a waiter's cancel cannot cancel the start
+        _starting = fut
+
+    def run() -> None:
+        global _current, _starting
+        try:
+            services = _launch(lat, rate, data_dir, timeout)
+        except BaseException as exc:  # handed to every waiter
+            with _lock:
+                _starting = None
+            err = exc if isinstance(exc, LayersError) else LayersError(f"cannot start the demo services: {exc}")
+            err.__cause__ = exc if err is not exc else exc.__cause__
+            fut.set_exception(err)
+            return
+        with _lock:
+            _current, _starting = services, None
+        fut.set_result(services)
+
+    threading.Thread(target=run, name="mapstream-demo-start", daemon=True).start()
+    return fut
+
+
+async def ensure_demo(
+    *,
+    latency: float | str | None = None,
+    fail_rate: float | str | None = None,
+    data_dir: Path | None = None,
+    timeout: float = 120.0,
+) -> DemoServices:
+    """The process's demo services, started on first use without blocking the event loop.
+
+    Parameters
+    ----------
+    latency, fail_rate
+        Injected delay (seconds or ``"150ms"``) and failure fraction; None reads
+        ``MAPSTREAM_DEMO_LATENCY`` / ``MAPSTREAM_DEMO_FAIL_RATE``. Used by the first start
+        only: later callers share the running services.
+    data_dir
+        Where generated data is cached (default :func:`~layers.demo.data.demo_data_dir`).
+    timeout
+        Seconds each server may take to answer.
+
+    Raises
+    ------
+    BadInputError
+        A bad latency or failure rate.
+    LayersError
+        The services could not start (the cause is attached).
+    """
+    fut = _shared_start(latency, fail_rate, data_dir, timeout)
+    return await asyncio.shield(asyncio.wrap_future(fut))
+
+
+def start_demo(
+    *,
+    latency: float | str | None = None,
+    fail_rate: float | str | None = None,
+    data_dir: Path | None = None,
+    timeout: float = 120.0,
+) -> DemoServices:
+    """Sync twin of :func:`ensure_demo` (blocks until the services answer), for the CLI.
+
+    Raises
+    ------
+    BadInputError, LayersError
+        As :func:`ensure_demo`.
+    """
+    return _shared_start(latency, fail_rate, data_dir, timeout).result()
+
+
+def current_demo() -> DemoServices | None:
+    """The running services, if any (never starts them)."""
+    return _current
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    fut = _starting
+    if fut is not None:
+        try:
+            fut.result(timeout=130)
+        except BaseException:
+            pass
+    services = _current
+    if services is not None:
+        services.stop()

@@ -1,0 +1,345 @@
+"""The demo basemap: XYZ tiles rendered from Natural Earth, served on loopback by a child process.
+
+``GET /tiles/{z}/{x}/{y}.png`` answers a 256 px PNG (sea, land, borders) for zoom levels
+0 to :data:`MAX_ZOOM`, with real tile semantics: an ``ETag`` and a ``Last-Modified`` that only
+change with the data, ``304 Not Modified`` to a matching ``If-None-Match`` or
+``If-Modified-Since``, ``Cache-Control: no-cache`` (so clients revalidate and the 304 path is
+exercised), and ``404`` outside the zoom range or the tile grid. Rendered tiles are kept in a
+bounded in-memory LRU, so a tile is drawn once. ``GET /__stats`` answers the counters
+``{"requests", "rendered", "not_modified", "failed"}``.
+
+The server runs in its own process (:class:`TileServer` starts ``python -m
+layers.demo.tileserver``), with a thread per connection: rendering never blocks the caller's
+event loop. Optional ``latency`` (seconds per request) and ``fail_rate`` (fraction of tile
+requests answered 503, drawn from a seeded generator) make the async behaviour visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MAX_ZOOM", "TILE_PATH", "TileServer", "tile_bounds", "render_tile"]
+
+MAX_ZOOM = 10
+TILE_PATH = "/tiles/{z}/{x}/{y}.png"
+STYLE_VERSION = 1  # part of the ETag: bump when the drawing changes
+SEA = (170, 211, 223)
+LAND = (242, 239, 233)
+BORDER = (150, 140, 160)
+_HALF = 20037508.342789244
+_TILE_RE = re.compile(r"^/tiles/(\d+)/(\d+)/(\d+)\.png$")
+
+
+def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
+    """Web Mercator bounds (west, south, east, north) of XYZ tile ``z/x/y``.
+
+    >>> [round(v) for v in tile_bounds(0, 0, 0)]
+    [-20037508, -20037508, 20037508, 20037508]
+    >>> [round(v) for v in tile_bounds(1, 1, 0)]
+    [0, 0, 20037508, 20037508]
+    """
+    size = 2 * _HALF / (1 << z)
+    west = -_HALF + x * size
+    north = _HALF - y * size
+    return (west, north - size, west + size, north)
+
+
+def in_range(z: int, x: int, y: int, max_zoom: int = MAX_ZOOM) -> bool:
+    """Whether ``z/x/y`` is a tile this server has.
+
+    >>> in_range(0, 0, 0), in_range(2, 3, 3), in_range(2, 4, 0), in_range(MAX_ZOOM + 1, 0, 0)
+    (True, True, False, False)
+    """
+    return 0 <= z <= max_zoom and 0 <= x < (1 << z) and 0 <= y < (1 << z)
+
+
+class Basemap:
+    """Natural Earth countries in Web Mercator with a spatial index, ready to draw tiles."""
+
+    def __init__(self, path: str | Path) -> None:
+        import numpy as np
+        import pyogrio
+        import shapely
+
+        gdf = pyogrio.read_dataframe(path)
+        geoms = shapely.clip_by_rect(np.asarray(gdf.geometry.values), -180, -85.0511, 180, 85.0511)
+        self.geoms = gdf.set_geometry(geoms).to_crs(3857).geometry.to_numpy()
+        self.tree = shapely.STRtree(self.geoms)
+
+    def render(self, z: int, x: int, y: int, size: int = 256, supersample: int = 2) -> bytes:
+        """The PNG of tile ``z/x/y``."""
+        import shapely
+        from PIL import Image, ImageDraw
+
+        w, s, e, n = tile_bounds(z, x, y)
+        px = size * supersample
+        scale = px / (e - w)
+        pad = (e - w) * 0.02  # clip a little outside so outlines at the edge are drawn
+        img = Image.new("RGB", (px, px), SEA)
+        draw = ImageDraw.Draw(img)
+        hits = self.tree.query(shapely.box(w, s, e, n))
+        width = max(1, supersample)
+
+        def pixels(coords: Any) -> list[tuple[float, float]]:
+            return [((cx - w) * scale, (n - cy) * scale) for cx, cy in coords]
+
+        outlines = []
+        for i in hits:
+            clipped = shapely.clip_by_rect(self.geoms[i], w - pad, s - pad, e + pad, n + pad)
+            for poly in getattr(clipped, "geoms", [clipped]):
+                if poly.is_empty or poly.geom_type != "Polygon":
+                    continue
+                draw.polygon(pixels(poly.exterior.coords), fill=LAND)
+                for hole in poly.interiors:
+                    draw.polygon(pixels(hole.coords), fill=SEA)
+            outlines.append(shapely.clip_by_rect(self.geoms[i].boundary, w - pad, s - pad, e + pad, n + pad))
+        for line in outlines:
+            for part in getattr(line, "geoms", [line]):
+                if not part.is_empty and part.geom_type == "LineString":
+                    draw.line(pixels(part.coords), fill=BORDER, width=width)
+        if supersample > 1:
+            img = img.resize((size, size), Image.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=False)
+        return buf.getvalue()
+
+
+# --- the child process -------------------------------------------------------------------------
+
+
+class _State:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.basemap = Basemap(spec["data"])
+        mtime = os.stat(spec["data"]).st_mtime
+        self.last_modified = email.utils.formatdate(mtime, usegmt=True)
+        self.modified_ts = int(mtime)
+        self.tag = hashlib.sha1(f"{spec['data']}:{mtime}:{STYLE_VERSION}".encode()).hexdigest()[:12]
+        self.latency = float(spec.get("latency", 0.0))
+        self.fail_rate = float(spec.get("fail_rate", 0.0))
+        self.rng = random.Random(spec.get("seed", 0))
+        self.cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        self.cache_max = int(spec.get("cache_tiles", 4096))
+        self.lock = threading.Lock()
+        self.rendering: dict[tuple[int, int, int], threading.Lock] = {}
+        self.stats = {"requests": 0, "rendered": 0, "not_modified": 0, "failed": 0}
+
+    def count(self, key: str) -> None:
+        with self.lock:
+            self.stats[key] += 1
+
+    def tile(self, key: tuple[int, int, int]) -> bytes:
+        with self.lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+            gate = self.rendering.setdefault(key, threading.Lock())
+        with gate:  # one render per tile even when requested concurrently
+            with self.lock:
+                if key in self.cache:
+                    return self.cache[key]
+            png = self.basemap.render(*key)
+            with self.lock:
+                self.stats["rendered"] += 1
+                self.cache[key] = png
+                self.rendering.pop(key, None)
+                while len(self.cache) > self.cache_max:
+                    self.cache.popitem(last=False)
+            return png
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: _State
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        st = self.state
+        path = self.path.split("?", 1)[0]
+        if path == "/__stats":
+            with st.lock:
+                body = json.dumps(st.stats).encode()
+            return self._send(200, body, {"Content-Type": "application/json"})
+        st.count("requests")
+        if st.latency:
+            time.sleep(st.latency)
+        m = _TILE_RE.match(path)
+        if not m or not in_range(*(int(v) for v in m.groups())):
+            return self._send(404, b"no such tile", {"Content-Type": "text/plain"})
+        if st.fail_rate:
+            with st.lock:
+                fail = st.rng.random() < st.fail_rate
+            if fail:
+                st.count("failed")
+                return self._send(503, b"injected fault", {"Content-Type": "text/plain", "Retry-After": "0"})
+        z, x, y = (int(v) for v in m.groups())
+        etag = f'"{st.tag}-{z}-{x}-{y}"'
+        validators = {"ETag": etag, "Last-Modified": st.last_modified, "Cache-Control": "no-cache"}
+        inm = self.headers.get("If-None-Match")
+        ims = self.headers.get("If-Modified-Since")
+        fresh = False
+        if inm is not None:
+            fresh = etag in [t.strip() for t in inm.split(",")] or inm.strip() == "*"
+        elif ims is not None:
+            try:
+                fresh = email.utils.parsedate_to_datetime(ims).timestamp() >= st.modified_ts
+            except (TypeError, ValueError):
+                fresh = False
+        if fresh:
+            st.count("not_modified")
+            return self._send(304, b"", validators)
+        png = st.tile((z, x, y))
+        self._send(200, png, {"Content-Type": "image/png", **validators})
+
+
+def _serve(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    _Handler.state = _State(spec)
+    server = ThreadingHTTPServer(("127.0.0.1", int(spec.get("port", 0))), _Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    print(f"READY {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+class TileServer:
+    """The basemap tile server in a child process (its own process group) on ``127.0.0.1``.
+
+    Parameters
+    ----------
+    data
+        Polygons to draw (any file pyogrio reads; the demo passes its countries GeoPackage).
+    port
+        0 for a free port.
+    latency
+        Seconds added to every request.
+    fail_rate
+        Fraction of tile requests answered 503 (seeded, so runs repeat).
+
+    Raises
+    ------
+    RuntimeError
+        From :meth:`start`: the child exited or did not report its port in time.
+    """
+
+    def __init__(self, data: str | Path, *, port: int = 0, latency: float = 0.0, fail_rate: float = 0.0) -> None:
+        self.data = str(data)
+        self.port = port
+        self.latency = latency
+        self.fail_rate = fail_rate
+        self.url: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def tiles_url(self) -> str:
+        """The XYZ URL template, e.g. ``http://127.0.0.1:PORT/tiles/{z}/{x}/{y}.png``."""
+        return f"{self.url}{TILE_PATH}"
+
+    def start(self, timeout: float = 60.0) -> TileServer:
+        """Start the child and wait until it listens (idempotent)."""
+        if self._proc is not None:
+            return self
+        self._tmp = tempfile.TemporaryDirectory(prefix="mapstream-tiles-")
+        spec = Path(self._tmp.name) / "spec.json"
+        spec.write_text(json.dumps({"data": self.data, "port": self.port, "latency": self.latency,
+                                    "fail_rate": self.fail_rate}))
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        log = Path(self._tmp.name) / "stderr.log"
+        with open(log, "wb") as err:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "layers.demo.tileserver", str(spec)],
+                stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
+            )
+        line: list[bytes] = []
+        reader = threading.Thread(target=lambda: line.append(self._proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not line or not line[0].startswith(b"READY "):
+            text = log.read_text(errors="replace")[-2000:]
+            self.stop()
+            raise RuntimeError(f"tile server did not start: {text}")
+        self.url = f"http://127.0.0.1:{int(line[0].split()[1])}"
+        return self
+
+    async def astart(self, timeout: float = 60.0) -> TileServer:
+        """:meth:`start` without blocking the event loop."""
+        return await asyncio.to_thread(self.start, timeout)
+
+    def stats(self) -> dict[str, int]:
+        """The child's counters (``GET /__stats``)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/__stats", timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        """Kill the child's process group and remove its files (idempotent)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(5)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> TileServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])
