@@ -30,8 +30,10 @@ from .errors import ParseError
 
 __all__ = ["parse_feature_collection", "parse_off_loop", "FeatureCollectionMeta", "shutdown_pool"]
 
+#: Where :func:`parse_off_loop` parses by default: ``"auto"``, ``"thread"`` or ``"process"``.
+DEFAULT_EXECUTOR = "auto"
 #: Pages smaller than this are parsed in a thread (cheaper than a round trip to a process).
-INLINE_THREAD_BYTES = 256 * 1024
+INLINE_THREAD_BYTES = 32 * 1024
 
 CRS84 = ("OGC:CRS84", "EPSG:4326", "CRS84")
 
@@ -181,7 +183,7 @@ async def parse_off_loop(
     url: str | None = None,
     source_crs: str = "OGC:CRS84",
     datetime_columns: Sequence[str] = (),
-    executor: str = "auto",
+    executor: str | None = None,
 ) -> tuple[Any, FeatureCollectionMeta]:
     """:func:`parse_feature_collection` away from the event loop.
 
@@ -189,13 +191,14 @@ async def parse_off_loop(
     ----------
     executor
         ``"process"``, ``"thread"``, or ``"auto"`` (a thread below ``INLINE_THREAD_BYTES``,
-        the process pool above).
+        the process pool above); None for ``DEFAULT_EXECUTOR``.
 
     Raises
     ------
     ParseError
         As :func:`parse_feature_collection`; also when the parser process died.
     """
+    executor = executor or DEFAULT_EXECUTOR
     kwargs = {"url": url, "source_crs": source_crs, "datetime_columns": tuple(datetime_columns)}
     if executor == "thread" or (executor == "auto" and len(content) < INLINE_THREAD_BYTES):
         return await asyncio.to_thread(parse_feature_collection, content, **kwargs)
