@@ -305,11 +305,6 @@ async def _log_messages_of_keyed_fetch(tile_server, fetcher, monkeypatch, caplog
     return [(r.name, r.getMessage()) for r in caplog.records]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="httpx logs every request URL at INFO, key included; needs a redacting filter on the "
-    "'httpx' logger in layers.http (requested from the fetch-engine owner)",
-)
 async def test_api_key_never_reaches_httpx_logs(tile_server, fetcher, monkeypatch, caplog):
     logged = await _log_messages_of_keyed_fetch(tile_server, fetcher, monkeypatch, caplog, "k3y-2")
     assert logged and not any("k3y-2" in m for _, m in logged)
