@@ -1,0 +1,483 @@
+"""Layer catalogs: which layers a map offers, read from a YAML (or TOML) file and validated.
+
+A catalog is data. A newcomer gets the embedded demo catalog (``layers/catalogs/demo.yml``,
+services on loopback, no internet needed); a team points ``--catalog PATH`` or
+``MAPSTREAM_CATALOG`` at its own file::
+
+    title: My team's map
+    layers:
+      - name: osm
+        title: OpenStreetMap
+        kind: tiles                # tiles | wms | features
+        provider: OpenStreetMap.Mapnik   # an xyzservices name, or url: with {z}/{x}/{y}
+        concurrency: 2             # requests at once to this host
+        priority: 0                # preload order, lower first
+      - name: parcels
+        kind: features
+        url: https://features.example.org     # the OGC API landing page
+        collection: parcels
+        headers: {Authorization: "Bearer ${PARCELS_TOKEN}"}   # from the environment
+        style: {cmap: viridis, line_width: 0.5, opacity: 0.8}
+
+The URLs ``demo://ogc`` (OGC API Features) and ``demo://tiles`` (the basemap) name the embedded
+demo services; :func:`build_layer` starts them on first use.
+
+Validation happens on load (pydantic, unknown keys rejected): a wrong key, a bad URL, an unknown
+provider or a missing environment variable is one :class:`~layers.errors.CatalogError` naming
+the file, the layer and the key. Header values are secrets: they never appear in a repr, a
+``str`` or an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from .errors import BadInputError, CatalogError
+
+if TYPE_CHECKING:
+    from .features import FeatureLayer
+    from .http import Fetcher
+    from .tiles import TileLayer
+    from .wms import WMSLayer
+
+__all__ = [
+    "Catalog",
+    "LayerSpec",
+    "Style",
+    "build_layer",
+    "catalog_path",
+    "expand_env",
+    "load_catalog",
+    "DEMO_CATALOG",
+]
+
+CATALOG_DIR = Path(__file__).with_name("catalogs")
+DEMO_CATALOG = CATALOG_DIR / "demo.yml"
+DEMO_URLS = ("demo://ogc", "demo://tiles")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_REDACTED = "***"
+
+
+def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """Replace every ``${VAR}`` in ``value`` with the environment variable's value.
+
+    Raises
+    ------
+    KeyError
+        A referenced variable is not set (its name is the key).
+
+    >>> expand_env("Bearer ${TOKEN}", {"TOKEN": "abc"})
+    'Bearer abc'
+    >>> expand_env("${NOPE}", {})
+    Traceback (most recent call last):
+    ...
+    KeyError: 'NOPE'
+    """
+    env = os.environ if environ is None else environ
+    return _VAR.sub(lambda m: env[m.group(1)], value)
+
+
+def _check_url(url: str) -> str:
+    if url in DEMO_URLS:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or " " in url:
+        raise ValueError(f"bad URL {url!r}: expected http(s)://host/..., {DEMO_URLS[0]} or {DEMO_URLS[1]}")
+    return url
+
+
+class Style(BaseModel):
+    """How a layer is drawn.
+
+    >>> Style(cmap="viridis", opacity=0.5).opacity
+    0.5
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cmap: str | None = None
+    color: str | None = None
+    line_width: float = Field(1.0, gt=0)
+    point_size: float = Field(2.0, gt=0)
+    opacity: float = Field(1.0, ge=0, le=1)
+
+
+class LayerSpec(BaseModel):
+    """One layer of a catalog.
+
+    Attributes
+    ----------
+    name, title
+        Identifier (letters, digits, ``_.-``) and display name (the name by default).
+    kind
+        ``"tiles"``, ``"wms"`` or ``"features"``.
+    url
+        Tile URL template, WMS endpoint or OGC API landing page (or ``demo://...``).
+    provider
+        An xyzservices provider name (tiles only, instead of ``url``).
+    collection
+        OGC API collection id (features).
+    wms_layers
+        WMS layer names (wms).
+    priority
+        Preload order, lower first (default: position in the file).
+    visible
+        Shown when the map opens.
+    min_zoom, max_zoom
+        Zoom levels where the layer has data (``max_zoom`` None: the service's own).
+    concurrency
+        Requests at once to the layer's host (None: the fetcher's default).
+    headers
+        Extra request headers; values may reference ``${VAR}``. Never printed.
+    style
+        :class:`Style`.
+    max_features
+        Feature cap per load (features).
+    attribution
+        Credit line.
+
+    >>> spec = LayerSpec(name="t", kind="tiles", url="https://t.test/{z}/{x}/{y}.png",
+    ...                  headers={"Authorization": "Bearer s3cret"})
+    >>> "s3cret" in repr(spec) or "s3cret" in str(spec)
+    False
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    title: str = ""
+    kind: Literal["tiles", "wms", "features"]
+    url: str | None = None
+    provider: str | None = None
+    collection: str | None = None
+    wms_layers: list[str] | None = None
+    priority: int | None = None
+    visible: bool = True
+    min_zoom: int = Field(0, ge=0, le=30)
+    max_zoom: int | None = Field(None, ge=0, le=30)
+    concurrency: int | None = Field(None, ge=1, le=64)
+    headers: dict[str, str] = Field(default_factory=dict)
+    style: Style = Field(default_factory=Style)
+    max_features: int = Field(200_000, ge=1)
+    attribution: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v)
+
+    @field_validator("wms_layers", mode="before")
+    @classmethod
+    def _wms_layers(cls, v: Any) -> Any:
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str | None) -> str | None:
+        if v is not None:
+            import xyzservices
+
+            try:
+                xyzservices.providers.query_name(v)
+            except (ValueError, KeyError):
+                raise ValueError(f"unknown tile provider {v!r} (see xyzservices.providers)") from None
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            for var in _VAR.findall(value):
+                if var not in os.environ:
+                    raise ValueError(f"header {key!r} needs environment variable {var}, which is not set")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LayerSpec:
+        def need(key: str, why: str) -> None:
+            raise ValueError(f"{key}: {why}")
+
+        if self.kind == "tiles":
+            if (self.url is None) == (self.provider is None):
+                need("url", "a tiles layer needs exactly one of url (a {z}/{x}/{y} template) or provider")
+            if self.url is not None and self.url not in DEMO_URLS:
+                for part in ("{z}", "{x}"):
+                    if part not in self.url:
+                        need("url", f"tile URL template needs {part}: {self.url!r}")
+                if "{y}" not in self.url and "{-y}" not in self.url:
+                    need("url", f"tile URL template needs {{y}} or {{-y}}: {self.url!r}")
+        else:
+            if self.provider is not None:
+                need("provider", f"provider is for tiles layers, not {self.kind}")
+            if self.url is None:
+                need("url", f"a {self.kind} layer needs url")
+        if self.kind == "wms" and not self.wms_layers:
+            need("wms_layers", "a wms layer needs wms_layers (the WMS layer names)")
+        if self.kind == "features" and not self.collection:
+            need("collection", "a features layer needs collection")
+        if self.max_zoom is not None and self.max_zoom < self.min_zoom:
+            need("max_zoom", f"max_zoom {self.max_zoom} is below min_zoom {self.min_zoom}")
+        if self.url is not None and self.url in DEMO_URLS:
+            expected = "demo://tiles" if self.kind == "tiles" else "demo://ogc"
+            if self.url != expected:
+                need("url", f"a {self.kind} layer of the demo uses {expected}")
+        if not self.title:
+            object.__setattr__(self, "title", self.name)
+        return self
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():
+            if key == "headers":
+                value = {k: _REDACTED for k in value}
+            yield key, value
+
+    @property
+    def uses_demo(self) -> bool:
+        """Whether the layer is served by the embedded demo services."""
+        return self.url in DEMO_URLS
+
+    def resolved_headers(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Header values with ``${VAR}`` replaced (secrets: do not log the result).
+
+        Raises
+        ------
+        CatalogError
+            A referenced variable is no longer set.
+        """
+        try:
+            return {k: expand_env(v, environ) for k, v in self.headers.items()}
+        except KeyError as exc:
+            raise CatalogError(
+                f"layer {self.name!r}: key 'headers': environment variable {exc.args[0]} is not set"
+            ) from None
+
+
+class Catalog(BaseModel):
+    """A validated catalog.
+
+    Attributes
+    ----------
+    title
+        The map's title.
+    layers
+        :class:`LayerSpec` in priority order (lower first; ties keep file order).
+    path
+        The file it came from (None when built in code).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str = "mapstream"
+    description: str = ""
+    layers: list[LayerSpec] = Field(min_length=1)
+    _path: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _order(self) -> Catalog:
+        seen: set[str] = set()
+        for spec in self.layers:
+            if spec.name in seen:
+                raise ValueError(f"name: two layers are named {spec.name!r}")
+            seen.add(spec.name)
+        for index, spec in enumerate(self.layers):
+            if spec.priority is None:  # default: the position in the file
+                object.__setattr__(spec, "priority", index)
+        ranked = sorted(enumerate(self.layers), key=lambda p: (p[1].priority, p[0]))
+        object.__setattr__(self, "layers", [spec for _, spec in ranked])
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.layers]
+
+    @property
+    def uses_demo(self) -> bool:
+        """Whether any layer needs the embedded demo services."""
+        return any(spec.uses_demo for spec in self.layers)
+
+    def get(self, name: str) -> LayerSpec:
+        """The layer called ``name``.
+
+        Raises
+        ------
+        BadInputError
+            No such layer (the message lists the known names).
+        """
+        for spec in self.layers:
+            if spec.name == name:
+                return spec
+        raise BadInputError(f"no layer {name!r} in the catalog; known layers: {', '.join(self.names)}")
+
+
+def catalog_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The catalog file to use: ``path``, else ``$MAPSTREAM_CATALOG``, else the demo catalog.
+
+    >>> catalog_path("team.yml").name
+    'team.yml'
+    >>> catalog_path().name if not os.environ.get("MAPSTREAM_CATALOG") else "demo.yml"
+    'demo.yml'
+    """
+    if path is not None:
+        return Path(path)
+    env = os.environ.get("MAPSTREAM_CATALOG")
+    return Path(env) if env else DEMO_CATALOG
+
+
+def _read(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CatalogError(f"catalog {path}: cannot read the file: {reason}") from exc
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise CatalogError(f"catalog {path}: not valid TOML: {exc}") from exc
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise CatalogError(f"catalog {path}: not valid YAML{at}: {problem}") from exc
+
+
+def _message(path: Path, data: Any, exc: ValidationError) -> str:
+    # An unknown key explains the rest (a misspelt key is also a missing one): report it first.
+    errors = sorted(exc.errors(include_url=False, include_input=False),
+                    key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
+    loc = list(err["loc"])
+    where = f"catalog {path}"
+    in_layer = len(loc) >= 2 and loc[0] == "layers" and isinstance(loc[1], int)
+    if in_layer:
+        index = loc[1]
+        raw = data.get("layers")[index] if isinstance(data, dict) else None
+        name = raw.get("name") if isinstance(raw, dict) else None
+        where += f": layer {name!r}" if name else f": layer #{index + 1}"
+        loc = loc[2:]
+    text = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        text = "unknown key"
+        if len(loc) == 1:
+            allowed = LayerSpec.model_fields if in_layer else Catalog.model_fields
+            text += f" (allowed: {', '.join(allowed)})"
+    if not loc and ":" in text.split(" ")[0]:  # a model-level check names its key first
+        key, _, text = text.partition(": ")
+        loc = [key]
+    if loc:
+        where += f": key {'.'.join(str(p) for p in loc)!r}"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{where}: {text}{more}"
+
+
+def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
+    """Read and validate a catalog (see :func:`catalog_path` for which file).
+
+    Raises
+    ------
+    CatalogError
+        The file cannot be read or parsed, or does not validate. One message naming the file,
+        the layer and the key.
+
+    >>> catalog = load_catalog(DEMO_CATALOG)
+    >>> catalog.uses_demo, catalog.layers[0].kind
+    (True, 'tiles')
+    """
+    file = catalog_path(path)
+    data = _read(file)
+    if not isinstance(data, dict):
+        raise CatalogError(f"catalog {file}: expected a mapping with a 'layers' list, got {type(data).__name__}")
+    try:
+        catalog = Catalog.model_validate(data)
+    except ValidationError as exc:
+        raise CatalogError(_message(file, data, exc)) from None
+    catalog._path = file
+    return catalog
+
+
+def _prefixes(template: str, subdomains: list[str]) -> list[str]:
+    """URL prefixes (scheme://host/path up to the first placeholder) that a template requests.
+
+    >>> _prefixes("https://{s}.t.test/{z}/{x}/{y}.png", ["a", "b"])
+    ['https://a.t.test/', 'https://b.t.test/']
+    >>> _prefixes("http://h:8/tiles/{z}/{x}/{y}.png", ["a"])
+    ['http://h:8/tiles/']
+    """
+    names = [template.replace("{s}", s) for s in subdomains] if "{s}" in template else [template]
+    return sorted({n.split("{", 1)[0] for n in names})
+
+
+async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> TileLayer | WMSLayer | FeatureLayer:
+    """The engine layer for ``spec``, with the fetcher set up for its host.
+
+    Starts the demo services first (without blocking the event loop) when the spec uses them.
+    Applies ``spec.concurrency`` (``fetcher.set_host_limit``) and ``spec.headers``
+    (``fetcher.set_source_headers``, values read from the environment now).
+
+    Raises
+    ------
+    CatalogError
+        A header's environment variable is no longer set.
+    BadInputError
+        The layer class rejects the settings.
+    LayersError
+        The demo services could not start.
+    """
+    from .features import FeatureLayer
+    from .tiles import TileLayer
+    from .wms import WMSLayer
+
+    url = spec.url
+    demo_max_zoom = None
+    if spec.uses_demo:
+        from .demo import ensure_demo
+
+        services = await ensure_demo()
+        url = services.tiles_url if spec.kind == "tiles" else services.ogc_url
+        demo_max_zoom = services.max_zoom
+    zooms: dict[str, Any] = {"min_zoom": spec.min_zoom}
+    max_zoom = spec.max_zoom if spec.max_zoom is not None else demo_max_zoom
+    if max_zoom is not None:
+        zooms["max_zoom"] = max_zoom
+    layer: TileLayer | WMSLayer | FeatureLayer
+    if spec.kind == "tiles":
+        extra: dict[str, Any] = dict(zooms, name=spec.name)
+        if spec.attribution:
+            extra["attribution"] = spec.attribution
+        if spec.provider is not None:
+            # from_provider's first parameter is also called ``name``: set ours afterwards.
+            layer = TileLayer.from_provider(spec.provider, **{k: v for k, v in extra.items() if k != "name"})
+            layer.name = spec.name
+        else:
+            layer = TileLayer(url, **extra)
+        prefixes = _prefixes(layer.url_template, list(layer.subdomains))
+    elif spec.kind == "wms":
+        layer = WMSLayer(url, spec.wms_layers or [], attribution=spec.attribution, name=spec.name, **zooms)
+        prefixes = [url.split("?", 1)[0]]
+    else:
+        layer = FeatureLayer(url, spec.collection or "", max_features=spec.max_features, name=spec.name)
+        prefixes = [layer.url + "/"]
+    headers = spec.resolved_headers()
+    for prefix in prefixes:
+        if spec.concurrency is not None:
+            fetcher.set_host_limit(urlsplit(prefix).netloc, spec.concurrency)
+        if headers:
+            fetcher.set_source_headers(prefix, headers)
+    return layer
