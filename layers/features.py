@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import geopandas as gpd
 import orjson
+import pandas as pd
 
 from . import ogcapi
 from .errors import BadInputError, LayersError
@@ -37,8 +39,6 @@ from .types import Progress
 from .viewport import MAX_LAT, Viewport, lonlat_to_mercator
 
 if TYPE_CHECKING:
-    import geopandas as gpd
-
     from .http import Fetcher
 
 __all__ = ["FeatureLayer", "FeaturePage", "bbox_params", "split_box", "with_offset", "next_link"]
@@ -309,9 +309,6 @@ class FeatureLayer:
         FetchError, ParseError
             As :meth:`load`.
         """
-        import geopandas as gpd
-        import pandas as pd
-
         frames, errors, last = [], [], None
         async for page in self.load(viewport, fetcher):
             if len(page.frame):
@@ -319,7 +316,7 @@ class FeatureLayer:
             errors.extend(page.errors)
             last = page.progress
         if frames:
-            frame = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs="EPSG:3857")
+            frame = await asyncio.to_thread(_concat, frames)  # 100k rows: not on the loop
         else:
             frame = gpd.GeoDataFrame({"valid": pd.Series(dtype=bool)}, geometry=gpd.GeoSeries([], crs="EPSG:3857"))
         frame.attrs.update(
@@ -494,8 +491,6 @@ class _Walk:
         return out
 
     async def _drain(self, offset_urls: list[str], walkers: list[str]) -> AsyncIterator[FeaturePage]:
-        import geopandas as gpd
-
         # (is_walker, frame | None, url, errors, from_cache, chain_ended)
         queue: asyncio.Queue[tuple[bool, Any, str, tuple[LayersError, ...], bool, bool]] = asyncio.Queue()
         cap = self.layer.max_features
@@ -546,6 +541,10 @@ class _Walk:
             if complete or (self.total is not None and self.done > self.total):
                 self.total = self.done if complete else None
             yield self._page(frame, url, errors, complete)
+
+
+def _concat(frames: list[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs="EPSG:3857")
 
 
 def _offset_of(url: str, default: int) -> int:

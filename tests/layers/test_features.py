@@ -179,3 +179,16 @@ async def test_cancel_mid_walk_leaves_nothing_in_flight(make_ogc_server, tmp_pat
         assert fetcher.metrics.snapshot()["requests"] == requested
         assert server.stats()["by_path"]["/collections/points/items"] == server_seen
         assert server_seen < N_POINTS // PAGE_LIMIT  # the walk really was cut short
+
+
+async def test_antimeridian_view_and_part2_crs(ogc_server, fetcher, points):
+    layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT)
+    pages = [p async for p in layer.load(Viewport.from_lonlat((170, -10, -170, 10), 400), fetcher)]
+    ids = [i for p in pages for i in _ids(p.frame)]
+    lon, lat = points.geometry.x, points.geometry.y
+    want = points[((lon >= 170) | (lon <= -170)) & (lat >= -10) & (lat <= 10)]
+    assert len(ids) == len(set(ids)) and set(ids) == set(want["id"].tolist()) and ids
+    # the server offers Part 2 and EPSG:3857: we ask it to reproject for us
+    assert all("crs=http" in p.url for p in pages if len(p.frame))
+    europe = [p async for p in layer.load(Viewport.from_lonlat((-10, 35, 30, 60), 400), fetcher)]
+    assert "bbox-crs=" in europe[0].url
