@@ -345,8 +345,7 @@ class FeatureLayer:
         vp = Viewport.create((x - r, x + r), (y - r, y + r), 1, 1)
         frame = await self.fetch(vp, fetcher)
         if len(frame):
-            near = shapely.dwithin(frame.geometry.values._data, shapely.Point(x, y), r)
-            frame = frame[near]
+            frame = frame[frame.geometry.dwithin(shapely.Point(x, y), r).to_numpy()]
         return frame
 
     async def prefetch(self, viewport: Viewport | None, fetcher: Fetcher) -> Progress | None:
