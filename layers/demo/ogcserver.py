@@ -25,7 +25,11 @@ share it::
     with PygeoapiServer(resources, limit=500) as server:
         print(server.url)        # http://127.0.0.1:PORT
 
-Any pygeoapi provider works (``SQLiteGPKG`` or ``OGR`` for big GeoPackages). This module also
+Any pygeoapi provider can be named. Note that on this project's environment pygeoapi's stock
+``OGR`` provider needs GDAL's Python bindings (``osgeo``, not installed) and ``SQLiteGPKG`` needs
+``mod_spatialite`` (not installed, and this Python's sqlite3 cannot load extensions), so use
+``FrameProvider`` for GeoPackages: it reads them with pyogrio and indexes them with an STRtree
+(memory: the whole layer; fine up to a few hundred thousand features). This module also
 ships :class:`FrameProvider`, a small in-memory provider over any file pyogrio reads, that
 supports what the stock file providers lack: ``datetime`` on a ``time_field``, CQL2 ``filter``
 (text and JSON, evaluated by pygeofilter), ``properties`` equality filters, sorting by id and
