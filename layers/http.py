@@ -31,10 +31,10 @@ or the server's ``Retry-After`` (capped), while the host's retry budget lasts.
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import logging
 import threading
 import time
-import urllib.request
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +81,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 TRANSPORTS = ("aiohttp", "httpcore")
 
 _DEFAULT = object()
+_NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
 
 
 class _RedactingFilter(logging.Filter):
@@ -233,8 +234,9 @@ class Fetcher:
     -----
     Proxies and CA bundles come from the environment (``HTTPS_PROXY``, ``NO_PROXY``,
     ``SSL_CERT_FILE``, ``SSL_CERT_DIR``) with both named transports: httpx's ``trust_env`` for
-    ``"httpcore"``; for ``"aiohttp"`` the SSL context is httpx's (which reads ``SSL_CERT_FILE``)
-    and the session has ``trust_env=True`` (which reads the proxy variables).
+    ``"httpcore"``; for ``"aiohttp"`` (:mod:`layers._aiohttp`) the SSL context is httpx's
+    (which reads ``SSL_CERT_FILE``) and the session reads the proxy variables when any is set.
+    Cookies are never stored: send them as source headers.
     A transport *instance* bypasses environment proxies (httpx's rule).
     """
 
@@ -341,21 +343,9 @@ class Fetcher:
         if t == "httpcore":
             return None  # httpx builds its own, honouring proxies from the environment
         if t == "aiohttp":
-            import aiohttp
-            from httpx_aiohttp import AiohttpTransport
+            from ._aiohttp import AiohttpTransport
 
-            ssl_context = httpx.create_ssl_context(trust_env=True)
-
-            # aiohttp's trust_env looks proxies up on every request (it halves throughput):
-            # only pay for it when the environment names a proxy.
-            trust_env = bool(urllib.request.getproxies())
-
-            def session() -> aiohttp.ClientSession:
-                # limit=0: no pool cap; our limiters admit requests.
-                conn = aiohttp.TCPConnector(limit=0, ssl=ssl_context, keepalive_timeout=30)
-                return aiohttp.ClientSession(connector=conn, trust_env=trust_env)
-
-            return AiohttpTransport(client=session)
+            return AiohttpTransport()
         if isinstance(t, httpx.AsyncBaseTransport):
             return t
         if callable(t):
@@ -382,6 +372,9 @@ class Fetcher:
                     ),
                     follow_redirects=True,
                     trust_env=True,
+                    # No cookie jar: one process-wide client must not carry a source's
+                    # cookies to later requests (credentials go in source headers).
+                    cookies=http.cookiejar.CookieJar(_NO_COOKIES),
                 )
                 state = _LoopState(loop, client, Limiter(self.global_limit))
                 self._loops[loop] = state

@@ -389,3 +389,16 @@ async def test_secrets_in_urls_never_reach_the_logs(fault_server, fetcher, caplo
     assert any("/logged" in m for m in messages)  # httpx did log the request...
     assert not any("S3CRET-LOG" in m for m in messages)  # ...without the key
     assert "S3CRET-LOG" not in str(info.value)
+
+
+async def test_url_reaches_the_server_exactly_as_encoded(fault_server, fetcher):
+    await fetcher.get(fault_server.base + "/enc", params={"filter": "kind = 'a/b'", "p": "x,y"})
+    await fetcher.get(fault_server.base + "/enc2?a=%2F%27")
+    # the request targets exactly as the server saw them
+    assert fault_server.raw_paths == ["/enc?filter=kind+%3D+%27a%2Fb%27&p=x%2Cy", "/enc2?a=%2F%27"]
+
+
+async def test_cookies_are_never_replayed(fault_server, fetcher):
+    await fetcher.get(fault_server.url("/ck", set_cookie="session=abc; Path=/"), cache=False)
+    await fetcher.get(fault_server.url("/ck2"), cache=False)
+    assert "Cookie" not in fault_server.headers_of("/ck2")[0]

@@ -76,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         owner = self.server.owner
-        hit = owner._enter(parts.path, self.command, self.headers)
+        hit = owner._enter(parts.path, self.command, self.headers, self.path)
         try:
             self._answer(parts.path, q, hit, send_body)
         finally:
@@ -158,6 +158,7 @@ class FaultServer:
         self._stop = threading.Event()
         self.hits: Counter[str] = Counter()
         self.requests: list[tuple[str, str, Any]] = []
+        self.raw_paths: list[str] = []  # request targets exactly as received
         self.current = 0
         self.peak = 0
         self.connections = 0
@@ -203,10 +204,12 @@ class FaultServer:
         with self._lock:
             self.hits.clear()
             self.requests.clear()
+            self.raw_paths.clear()
             self.peak = self.current
 
-    def _enter(self, path: str, method: str, headers: Any) -> int:
+    def _enter(self, path: str, method: str, headers: Any, raw: str = "") -> int:
         with self._lock:
+            self.raw_paths.append(raw)
             self.hits[path] += 1
             self.requests.append((path, method, headers))
             self.times.append((path, time.monotonic()))
