@@ -52,10 +52,11 @@ def request_counts(fetcher: Any) -> tuple[int, int]:
     return int(snap.get("requests", 0)), int(snap.get("bytes", 0))
 
 
-def _spec_headers(spec: Any, layer: Any = None) -> dict[str, str] | None:
-    # The layer's own headers first: the cache key includes them, so the app (which requests
-    # through the layer) must find what the CLI stored.
-    headers = getattr(layer, "headers", None) or getattr(spec, "headers", None)
+def _layer_headers(layer: Any) -> dict[str, str] | None:
+    # Exactly what the layer sends itself: the cache key includes the headers, so the app
+    # (which requests through the layer) finds what the CLI stored. A catalog's own headers
+    # reach the fetcher through build_layer (set_source_headers), not here.
+    headers = getattr(layer, "headers", None)
     return dict(headers) if headers else None
 
 
@@ -117,7 +118,7 @@ async def prefetch_tiles(
     Ctrl-C (cancellation) it holds a partial count.
     """
     zooms = list(zooms)
-    headers = _spec_headers(spec, layer)
+    headers = _layer_headers(layer)
     has_fresh = getattr(fetcher, "cache_has_fresh", None)
     req0, bytes0 = request_counts(fetcher)
     bar.set_total(count_tiles(bbox, zooms))
@@ -277,7 +278,7 @@ class ProbeResult:
 def _probe_url(layer: Any, spec: Any) -> tuple[str, dict[str, Any] | None, tuple[int, ...]]:
     """What to request to see that a layer works: a tile, a GetMap, or one item."""
     if spec.kind in ("tiles", "wms"):
-        lo = getattr(spec, "min_zoom", None) or 0
+        lo = getattr(layer, "min_zoom", None) or getattr(spec, "min_zoom", None) or 0
         # A tiny box at the origin: one to four tiles whatever the zoom.
         tiles = layer.tiles_for_bbox((-0.001, -0.001, 0.001, 0.001), lo)
         return layer.tile_url(tiles[0]), None, TILE_ABSENT
@@ -310,7 +311,7 @@ async def probe_layer(spec: Any, fetcher: Any, build_layer: Any, *, timeout: flo
             url, params, allow = _probe_url(layer, spec)
             result.url = url
             start = time.perf_counter()
-            r = await fetcher.get(url, params=params, headers=_spec_headers(spec, layer), allow_status=allow, cache=False)
+            r = await fetcher.get(url, params=params, headers=_layer_headers(layer), allow_status=allow, cache=False)
     except TimeoutError:
         result.latency = time.perf_counter() - start
         result.error = f"no answer within {timeout:g}s"

@@ -168,9 +168,21 @@ def prefetch(layer, bbox, zoom, concurrency, max_tiles, catalog_path, cache_dir,
 
     async def go():
         from layers.catalog import build_layer
+        from layers.errors import BadInputError
 
         async with _fetcher(cache_dir, concurrency) as fetcher:
             lay = await build_layer(spec, fetcher)
+            if tiled:
+                # The built layer knows the service's real range (e.g. the demo's max zoom).
+                inside, dropped = zoom_levels(lay, levels)
+                if not inside:
+                    raise BadInputError(
+                        f"layer {spec.name!r} has zoom levels {lay.min_zoom}-{lay.max_zoom}, "
+                        f"none in {levels[0]}-{levels[-1]}"
+                    )
+                if dropped:
+                    click.echo(f"skipping zoom levels outside the layer's range: {dropped}", err=True)
+                levels[:] = inside
             bar = ProgressBar(stats, desc=spec.name, enabled=not quiet)
             try:
                 if tiled:
