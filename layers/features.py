@@ -461,7 +461,7 @@ class _Walk:
                 offset_urls.extend(with_offset(nxt, o) for o in range(start, end, step))  # type: ignore[misc]
                 if matched > end:
                     self.truncated = True
-            elif layer.paging in ("auto", "split") and "bbox" in queries[i] and "bbox-crs" not in queries[i]:
+            elif layer.paging in ("auto", "split") and "bbox" in queries[i]:
                 walkers.extend(self._split_urls(queries[i]))
                 if self.seen is None:
                     self.seen = set(frame["id"].tolist()) if "id" in frame.columns else set()
@@ -482,10 +482,11 @@ class _Walk:
                 yield page
 
     def _split_urls(self, query: dict[str, str]) -> list[str]:
+        # The bbox in whatever CRS it was sent (bbox-crs stays in the query).
         box = tuple(float(v) for v in query["bbox"].split(","))
         out = []
         for sub in split_box(box, self.layer.split):  # type: ignore[arg-type]
-            q = {**query, "bbox": ",".join(f"{v:.9g}" for v in sub)}
+            q = {**query, "bbox": ",".join(f"{v:.12g}" for v in sub)}
             out.append(f"{self.layer.items_url}?{urlencode(q, safe=',:/')}")
         return out
 

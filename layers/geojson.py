@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import concurrent.futures
 import multiprocessing
 import os
@@ -160,6 +161,8 @@ def parse_feature_collection(
 
 _POOL: concurrent.futures.ProcessPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
+_POOL_BROKEN = False
+logger = logging.getLogger(__name__)
 
 
 def _pool() -> concurrent.futures.ProcessPoolExecutor:
@@ -205,16 +208,27 @@ async def parse_off_loop(
         As :func:`parse_feature_collection`; also when the parser process died.
     """
     executor = executor or DEFAULT_EXECUTOR
+    global _POOL_BROKEN
     kwargs = {"url": url, "source_crs": source_crs, "datetime_columns": tuple(datetime_columns)}
-    if executor == "thread" or (executor == "auto" and len(content) < INLINE_THREAD_BYTES):
+    if (
+        executor == "thread"
+        or (executor == "auto" and (_POOL_BROKEN or len(content) < INLINE_THREAD_BYTES))
+    ):
         return await asyncio.to_thread(parse_feature_collection, content, **kwargs)
     loop = asyncio.get_running_loop()
-    fut = loop.run_in_executor(_pool(), _parse_in_child, content, kwargs)
     try:
-        return await fut
+        return await loop.run_in_executor(_pool(), _parse_in_child, content, kwargs)
     except concurrent.futures.process.BrokenProcessPool as exc:
+        # The workers could not start or died (e.g. a script without an
+        # ``if __name__ == "__main__":`` guard, which multiprocessing re-imports). Parsing still
+        # has to work: fall back to threads for the rest of the process, and say so once.
         shutdown_pool()
-        raise ParseError(f"parser process died: {exc}", url=url) from exc
+        if executor == "process":
+            raise ParseError(f"parser process died: {exc}", url=url) from exc
+        if not _POOL_BROKEN:
+            _POOL_BROKEN = True
+            logger.warning("GeoJSON parser processes unavailable (%s); parsing in threads", exc)
+        return await asyncio.to_thread(parse_feature_collection, content, **kwargs)
 
 
 def _parse_in_child(content: bytes, kwargs: dict[str, Any]) -> tuple[Any, FeatureCollectionMeta]:

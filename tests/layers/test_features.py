@@ -47,7 +47,12 @@ async def test_every_feature_exactly_once(ogc_server, fetcher, kwargs):
     assert [p.progress.complete for p in pages] == [False] * (len(pages) - 1) + [True]
     assert pages[-1].progress.features == N_POINTS and not pages[-1].progress.truncated
     assert all(not p.errors for p in pages)
-    if "split" not in kwargs.get("paging", ""):
+    if kwargs.get("paging") == "split":
+        # 1 whole-box page + 9 sub-boxes walked separately: more, smaller requests than paging
+        # the box, and the whole-box page's features reappear in sub-boxes: de-dup did the rest
+        assert pages[-1].progress.done > N_POINTS // PAGE_LIMIT + 1
+        assert any(0 < len(p.frame) < PAGE_LIMIT for p in pages[1:-1])
+    else:
         # a server may end with an empty page after a next link (pygeoapi does)
         assert pages[-1].progress.done in (N_POINTS // PAGE_LIMIT, N_POINTS // PAGE_LIMIT + 1)
         assert pages[-1].progress.matched == N_POINTS
