@@ -83,3 +83,21 @@ async def test_off_loop_errors_cross_the_process_boundary():
     with pytest.raises(ParseError) as info:
         await parse_off_loop(b"{" * 10, url="http://h/bad", executor="process")
     assert info.value.url == "http://h/bad"
+
+
+async def test_broken_process_pool_falls_back_to_threads(monkeypatch):
+    import concurrent.futures
+
+    import layers.geojson as gj
+
+    class Broken(concurrent.futures.Executor):
+        def submit(self, *args, **kwargs):
+            raise concurrent.futures.process.BrokenProcessPool("workers could not start")
+
+    monkeypatch.setattr(gj, "_pool", lambda: Broken())
+    monkeypatch.setattr(gj, "_POOL_BROKEN", False)
+    body = fc([feat(1, {"type": "Point", "coordinates": [1, 2]}, v=1)] * 2000)
+    gdf, _ = await parse_off_loop(body, url="http://h", executor="auto")
+    assert len(gdf) == 2000 and gj._POOL_BROKEN
+    with pytest.raises(ParseError, match="parser process died"):
+        await parse_off_loop(body, url="http://h", executor="process")  # explicit: no fallback
