@@ -3,6 +3,9 @@
 >>> from layers.demo import ensure_demo, start_demo   # cheap: nothing starts on import
 """
 
+from ._watchdog import watch_parent
 from .services import DemoServices, current_demo, ensure_demo, parse_duration, start_demo
 
 __all__ = ["DemoServices", "current_demo", "ensure_demo", "parse_duration", "start_demo"]
+
+watch_parent()  # in a demo child only: exit when the starter dies (see _watchdog)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, LayersError
+from ._watchdog import ENV as WATCHDOG_ENV
 from .data import ensure_data
 from .ogcserver import PygeoapiServer
 from .tileserver import MAX_ZOOM, TileServer
@@ -196,9 +197,10 @@ def _launch(latency: float, fail_rate: float, data_dir: Path | None, timeout: fl
         rng = random.Random(7)
         faults = {"/items": ["503" if rng.random() < fail_rate else "ok" for _ in range(_FAULT_SEQUENCE)]}
     resources = demo_resources(paths)
+    parent = {WATCHDOG_ENV: str(os.getpid())}  # children exit if we die without atexit
     ogc = PygeoapiServer(resources, title="mapstream demo", limit=PAGE_LIMIT,
-                         latency=latency, faults=faults)
-    tiles = TileServer(paths["countries"], latency=latency, fail_rate=fail_rate)
+                         latency=latency, faults=faults, env=parent)
+    tiles = TileServer(paths["countries"], latency=latency, fail_rate=fail_rate, env=parent)
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             tiles_started = pool.submit(tiles.start, timeout)

@@ -250,6 +250,8 @@ class TileServer:
         Seconds added to every request.
     fail_rate
         Fraction of tile requests answered 503 (seeded, so runs repeat).
+    env
+        Extra environment variables for the child.
 
     Raises
     ------
@@ -257,8 +259,17 @@ class TileServer:
         From :meth:`start`: the child exited or did not report its port in time.
     """
 
-    def __init__(self, data: str | Path, *, port: int = 0, latency: float = 0.0, fail_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        data: str | Path,
+        *,
+        port: int = 0,
+        latency: float = 0.0,
+        fail_rate: float = 0.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data = str(data)
+        self.env = dict(env or {})
         self.port = port
         self.latency = latency
         self.fail_rate = fail_rate
@@ -283,7 +294,7 @@ class TileServer:
         spec = Path(self._tmp.name) / "spec.json"
         spec.write_text(json.dumps({"data": self.data, "port": self.port, "latency": self.latency,
                                     "fail_rate": self.fail_rate}))
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         log = Path(self._tmp.name) / "stderr.log"

@@ -224,3 +224,30 @@ def test_services_start_shared_stop_and_leave_nothing_at_exit(tmp_path):
         time.sleep(0.1)
     alive = [p for p in out["pids_again"] if psutil.pid_exists(p)]
     assert not alive, f"left running after exit: {alive}"
+
+
+@pytest.mark.slow
+def test_children_exit_when_the_starter_is_killed(tmp_path):
+    import os
+    import signal
+
+    script = "import json, time\nfrom layers.demo import start_demo\n" \
+             "print(json.dumps(start_demo().pids), flush=True)\ntime.sleep(300)\n"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    try:
+        pids = json.loads(proc.stdout.readline())
+        assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+        os.kill(proc.pid, signal.SIGKILL)  # no atexit: the children's watchdog must act
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in pids if psutil.pid_exists(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()

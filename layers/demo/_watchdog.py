@@ -1,0 +1,31 @@
+"""Demo children exit when the process that started them dies (even by SIGKILL or SIGTERM).
+
+``atexit`` stops the demo services on a normal exit; a parent killed by a signal runs no
+``atexit``. The starter passes its pid in ``MAPSTREAM_DEMO_PARENT``; a child that finds it at
+import of :mod:`layers.demo` (both servers run as ``python -m layers.demo.<server>``) watches
+its parent and exits once it is gone, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+ENV = "MAPSTREAM_DEMO_PARENT"
+
+
+def watch_parent(interval: float = 0.5) -> bool:
+    """Start watching if this process is a demo child; True when a watch started."""
+    value = os.environ.pop(ENV, None)  # popped: nothing this process starts inherits it
+    if not value or not value.isdigit() or os.getppid() != int(value):
+        return False
+    parent = int(value)
+
+    def run() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(0)
+
+    threading.Thread(target=run, name="mapstream-demo-watchdog", daemon=True).start()
+    return True
