@@ -39,6 +39,7 @@ def features_catalog(path, url, name="points"):
     return write_catalog(path, [{"name": name, "title": name, "kind": "features", "url": url, "collection": "points"}])
 
 
+@pytest.mark.slow
 def test_prefetch_twice_then_the_app_cache_serves_it(tile_server, tmp_path, env, cache_dir):  # noqa: F811
     catalog = tiles_catalog(tmp_path / "c.yml", tile_server.url)
     args = ["prefetch", "base", "--bbox", EUROPE, "--zoom", "0-5", "--catalog", str(catalog), "--concurrency", "4"]
@@ -75,6 +76,7 @@ asyncio.run(main())
     assert len(tile_server.requests) == EUROPE_TILES_0_5
 
 
+@pytest.mark.slow
 def test_export_of_a_paged_layer_as_a_process(ogc_server, tmp_path, env):  # noqa: F811
     catalog = features_catalog(tmp_path / "c.yml", ogc_server.url)
     out = tmp_path / "points.parquet"
@@ -177,6 +179,7 @@ def test_ctrl_c_during_prefetch_prints_a_partial_summary(tile_server, tmp_path, 
     assert 0 < done < 98
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_export_leaves_no_file(make_ogc_server, tmp_path, env):  # noqa: F811
     server = make_ogc_server(latency=0.5)
     catalog = features_catalog(tmp_path / "c.yml", server.url)
