@@ -127,6 +127,10 @@ def shade_features(
     point_size = int(_style(style, "point_size", 3))
     line_width = int(max(1, round(float(_style(style, "line_width", 1)))))
     cmap = _style(style, "cmap", None)
+    if isinstance(cmap, str):
+        import matplotlib
+
+        cmap = matplotlib.colormaps[cmap] if cmap in matplotlib.colormaps else [cmap]
     canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=(xmin, xmax), y_range=(ymin, ymax))
     geoms = frame.geometry
     kinds = geoms.geom_type.fillna("")

@@ -1,0 +1,54 @@
+"""The app factory shared by ``panel serve app`` and notebooks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    catalog: Any = None,
+    *,
+    fetcher: Any = None,
+    build_layer: Callable[..., Any] | None = None,
+    height: int = 600,
+) -> Any:
+    """A new map session: a :class:`~app.views.MapApp` (a Panel viewer).
+
+    Nothing is loaded until the page is shown: ``pn.state.onload`` then starts the visible
+    layers in priority order, and the demo services start in the background when the catalog
+    uses them. In a notebook, display the result; ``await app.layer(name)`` gives an engine
+    layer for top-level ``await``.
+
+    Parameters
+    ----------
+    catalog
+        A ``layers.catalog.Catalog``, a path to a catalog file, or None (``MAPSTREAM_CATALOG``,
+        else the embedded demo catalog).
+    fetcher
+        The fetcher for all layers (default: the process-wide ``shared_fetcher()``).
+    build_layer
+        Replaces ``layers.catalog.build_layer`` (tests).
+    height
+        Minimum height of the map in pixels.
+
+    Raises
+    ------
+    CatalogError
+        The catalog cannot be read or is invalid.
+    """
+    import panel as pn
+
+    from layers.catalog import load_catalog
+
+    from .views import MapApp
+
+    if catalog is None or isinstance(catalog, (str, os.PathLike)):
+        catalog = load_catalog(catalog)
+    with_notifications = pn.state.curdoc is not None
+    if with_notifications:
+        pn.extension(notifications=True)
+    return MapApp(catalog, fetcher=fetcher, build_layer=build_layer, height=height)
