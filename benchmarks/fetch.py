@@ -6,7 +6,8 @@ scaling up 25 requests; ``--quick`` skips the slow httpcore high-concurrency cas
 Prints one line per case: measured time, ideal time, ratio to ideal, speed-up over the
 sequential baseline; then requests per second at zero latency for the engine (both
 transports), a bare ``httpx.AsyncClient`` (default transport) and a bare
-``aiohttp.ClientSession``; and the event-loop lag seen during the engine's runs.
+``aiohttp.ClientSession`` (and bare httpx on the engine's aiohttp transport, to separate the
+engine's cost from httpx's); and the event-loop lag seen during the engine's runs.
 
 The server (aiohttp.web, one port per "host") runs in a child process so that the client's
 GIL does not pace it; each request sleeps ``?ms=`` milliseconds before answering.
@@ -95,12 +96,12 @@ async def _engine_run(urls: list[str], **settings) -> float:
         return await _timed(asyncio.gather(*(f.get(u) for u in urls)))
 
 
-async def _bare_httpx(urls: list[str], conc: int) -> float:
+async def _bare_httpx(urls: list[str], conc: int, transport=None) -> float:
     import httpx
 
     sem = asyncio.Semaphore(conc)
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    async with httpx.AsyncClient(limits=limits) as client:
+    async with httpx.AsyncClient(limits=limits, transport=transport) as client:
 
         async def one(u: str) -> None:
             async with sem:
@@ -109,6 +110,12 @@ async def _bare_httpx(urls: list[str], conc: int) -> float:
 
         await asyncio.gather(*(one(u) for u in urls[:conc]))  # warm-up: open connections
         return await _timed(asyncio.gather(*(one(u) for u in urls)))
+
+
+async def _bare_httpx_aio(urls: list[str], conc: int) -> float:
+    from layers._aiohttp import AiohttpTransport
+
+    return await _bare_httpx(urls, conc, transport=AiohttpTransport())
 
 
 async def _bare_aiohttp(urls: list[str], conc: int) -> float:
@@ -173,6 +180,7 @@ async def main(full: bool, quick: bool) -> None:
                 ("engine (aiohttp transport)", lambda: _engine_rps(urls, conc, "aiohttp")),
                 ("engine (httpcore transport)", lambda: _engine_rps(urls, conc, "httpcore")),
                 ("bare httpx.AsyncClient", lambda: _bare_httpx(urls, conc)),
+                ("bare httpx on our aiohttp transport", lambda: _bare_httpx_aio(urls, conc)),
                 ("bare aiohttp.ClientSession", lambda: _bare_aiohttp(urls, conc)),
             ]
             rps = {}
@@ -181,7 +189,7 @@ async def main(full: bool, quick: bool) -> None:
             base = rps["bare aiohttp.ClientSession"]
             for name, value in rps.items():
                 print(
-                    f"zero latency, concurrency {conc:>3}: {name:<28} {value:8.0f} req/s"
+                    f"zero latency, concurrency {conc:>3}: {name:<36} {value:8.0f} req/s"
                     f"  ({base / value:4.2f}x the time of bare aiohttp)",
                     flush=True,
                 )
