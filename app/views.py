@@ -210,10 +210,10 @@ class MapApp(pn.viewable.Viewer):
         rows = []
         for spec in sorted(self.specs.values(), key=lambda s: s.priority):
             name = spec.name
-            toggle = pn.widgets.Checkbox(name=str(spec.title or name), value=name in self.state.visible)
+            toggle = pn.widgets.Checkbox(label=str(spec.title or name), value=name in self.state.visible)
             toggle.param.watch(lambda ev, n=name: self.set_visible(n, ev.new), "value")
             status = pn.pane.Str("idle", styles={"font-size": "smaller", "color": "#555"}, margin=(0, 10))
-            retry = pn.widgets.Button(name="Retry", button_type="warning", visible=False, width=70, height=28)
+            retry = pn.widgets.Button(label="Retry", color="warning", visible=False, width=70, height=28)
             retry.on_click(lambda ev, n=name: self._schedule(lambda: self.retry(n)))
             self._toggles[name], self._status_panes[name], self._retry[name] = toggle, status, retry
             rows.append(pn.Column(toggle, pn.Row(status, retry), margin=(0, 0, 6, 0)))

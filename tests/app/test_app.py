@@ -1,0 +1,164 @@
+"""Component tests of the map session (MapApp) with fake layers: no browser, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+from app import create_app
+from app.views import MapApp
+from layers.viewport import Viewport
+
+from .fakes import FakeFeatures, FakeTiles, builder, catalog, spec
+
+
+def _vp(i: int) -> Viewport:
+    x = i * 100_000.0
+    return Viewport.create((x, x + 1_000_000), (0, 600_000), 500, 300)
+
+
+def _app(layers, specs, **kw):
+    return create_app(catalog(*specs), fetcher=object(), build_layer=builder(layers), **kw)
+
+
+async def test_single_viewport_loads_every_visible_layer_with_status():
+    tiles, feats = FakeTiles(), FakeFeatures()
+    app = _app({"base": tiles, "pts": feats},
+               [spec("base"), spec("pts", "features", 1, style={"color": "#00ff00", "point_size": 4})])
+    assert isinstance(app, MapApp)
+    await asyncio.gather(*app.set_viewport(_vp(0)))
+    assert app.state.status("base").text() .startswith("done: 3 tiles")
+    assert app.state.status("pts").text().startswith("done: 100 features, 2 pages")
+    assert app.applied["base"][-1] == (_vp(0), True)
+    assert app.applied["pts"][-1] == (_vp(0), True)
+    assert app._images["base"].opaque_pixels == 64
+    assert app._images["pts"].opaque_pixels > 50  # points drawn by datashader
+    assert app._pipes["pts"].data is app._images["pts"]  # pushed through the Pipe
+    await app.aclose()
+
+
+async def test_burst_of_viewports_only_the_last_is_applied():
+    tiles, feats = FakeTiles(frames=4, delay=0.01), FakeFeatures(pages=3, delay=0.01)
+    app = _app({"base": tiles, "pts": feats}, [spec("base"), spec("pts", "features", 1)])
+    tasks = []
+    for i in range(25):
+        tasks += app.set_viewport(_vp(i))
+        await asyncio.sleep(0.003)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    final = _vp(24)
+    for name in ("base", "pts"):
+        applied = app.applied[name]
+        assert applied[-1] == (final, True)
+        # nothing of an earlier view was applied after the final view's first result
+        first_final = next(i for i, (vp, _) in enumerate(applied) if vp == final)
+        assert all(vp == final for vp, _ in applied[first_final:])
+        # only the final view completed: superseded loads were cancelled before their end
+        assert [vp for vp, complete in applied if complete] == [final]
+    assert tiles.finished == [final]
+    assert app._loaders["base"].cancelled >= 20
+    assert app.state.status("base").state == "done"
+    await app.aclose()
+
+
+async def test_hidden_layer_is_cancelled_cleared_and_reloaded_when_shown():
+    tiles = FakeTiles(frames=50, delay=0.01)
+    app = _app({"base": tiles, "top": FakeTiles(frames=1)}, [spec("base"), spec("top", priority=1)])
+    tasks = app.set_viewport(_vp(0))
+    await asyncio.sleep(0.05)
+    app.set_visible("base", False)
+    assert app.state.status("base").state == "hidden"
+    assert app._images["base"] is None and app._pipes["base"].data is None
+    await asyncio.sleep(0)
+    assert tasks[0].cancelled() or tasks[0].done()
+    assert "base" not in app.state.visible
+    n = len(app.applied["base"])
+    await asyncio.sleep(0.05)
+    assert len(app.applied["base"]) == n  # nothing applied while hidden
+    tiles.frames = 1
+    app.set_visible("base", True)
+    await app._loaders["base"].task
+    assert app.applied["base"][-1] == (_vp(0), True)
+    assert app._toggles["base"].value is True
+    await app.aclose()
+
+
+async def test_failing_layer_shows_error_and_retry_while_others_work():
+    bad = FakeTiles(fail=True)
+    app = _app({"base": FakeTiles(), "bad": bad}, [spec("base"), spec("bad", priority=1)])
+    await asyncio.gather(*app.set_viewport(_vp(0)))
+    st = app.state.status("bad")
+    assert st.state == "error" and "refused" in st.error
+    assert app._retry["bad"].visible and not app._retry["base"].visible
+    assert "error: upstream refused" in app._status_panes["bad"].object
+    assert app.state.status("base").state == "done"
+    bad.fail = False
+    await app.retry("bad")
+    assert app.state.status("bad").state == "done"
+    assert not app._retry["bad"].visible
+    await app.aclose()
+
+
+async def test_inspect_queries_visible_feature_layers_and_escapes_values():
+    feats = FakeFeatures()
+    app = _app({"base": FakeTiles(), "pts": feats}, [spec("base"), spec("pts", "features", 1)])
+    await app.inspect(10.0, 50.0)
+    out = app.state.inspect_html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out
+    assert "<script>" not in out
+    await app.aclose()
+
+
+async def test_close_cancels_tasks_and_stops_applying():
+    tiles = FakeTiles(frames=100, delay=0.01)
+    app = _app({"base": tiles}, [spec("base")])
+    tasks = app.set_viewport(_vp(0))
+    await asyncio.sleep(0.03)
+    await app.aclose()
+    assert all(t.done() for t in tasks)
+    n = len(app.applied["base"])
+    await asyncio.sleep(0.03)
+    assert len(app.applied["base"]) == n
+    assert app.set_viewport(_vp(1)) == []
+
+
+async def test_many_sessions_leave_no_task_or_app_behind():
+    import weakref
+
+    refs = []
+    baseline = len(asyncio.all_tasks())
+    for i in range(15):
+        app = _app({"base": FakeTiles(frames=20, delay=0.005)}, [spec("base")])
+        app.set_viewport(_vp(i))
+        await asyncio.sleep(0.01)
+        await app.aclose()
+        refs.append(weakref.ref(app))
+        del app
+    await asyncio.sleep(0.02)
+    gc.collect()
+    assert len(asyncio.all_tasks()) <= baseline
+    alive = sum(r() is not None for r in refs)
+    assert alive <= 1, f"{alive} closed sessions still referenced"
+
+
+def test_metrics_view_reads_the_engine_metrics():
+    class F:
+        class metrics:
+            @staticmethod
+            def snapshot():
+                return {"requests": 7, "latency_p95": 0.123, "cache_hits": 3, "cache_misses": 1}
+
+    app = create_app(catalog(spec("base")), fetcher=F(), build_layer=builder({"base": FakeTiles()}))
+    snap = app.refresh_metrics()
+    assert snap["requests"] == 7
+    text = app.metrics_pane.object
+    assert "requests: 7" in text and "123 ms" in text and "75%" in text
+
+
+@pytest.mark.parametrize("visible", [True, False])
+def test_catalog_visibility_sets_toggles(visible):
+    app = create_app(catalog(spec("a"), spec("b", priority=1, visible=visible)), fetcher=object(),
+                     build_layer=builder({}))
+    assert app._toggles["b"].value is visible
+    assert ("b" in app.state.visible) is visible
