@@ -3,7 +3,8 @@
 :class:`PygeoapiServer` writes a pygeoapi configuration from plain resource definitions (the
 ``resources:`` section of a pygeoapi config, as a dict), starts pygeoapi's Flask app under
 werkzeug's threaded server at ``127.0.0.1`` in its own process group, waits until it answers and
-kills the whole group on :meth:`~PygeoapiServer.stop`. Tests, benchmarks and the embedded demo
+kills the whole group on :meth:`~PygeoapiServer.stop` (the child also exits by itself when its
+parent dies, so a killed test run leaves no server behind). Tests, benchmarks and the embedded demo
 share it::
 
     resources = {
@@ -168,6 +169,7 @@ class PygeoapiServer:
                     "latency": self.latency,
                     "faults": self.faults,
                     "dir": self._tmp.name,
+                    "parent": os.getpid(),
                 }
             )
         )
@@ -320,6 +322,15 @@ def _serve(spec_path: str) -> None:
     app = _middleware(APP.wsgi_app, float(spec["latency"]), spec["faults"])
     server = make_server("127.0.0.1", port, app, threaded=True, fd=sock.fileno())
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+    def orphan_watch() -> None:
+        # If the parent dies without stop() (killed test run), do not outlive it.
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != spec["parent"]:
+                os._exit(0)
+
+    threading.Thread(target=orphan_watch, daemon=True).start()
     print(f"READY {port}", flush=True)
     # Nobody reads our stdout after READY: a full pipe would block the server on its next print.
     devnull = os.open(os.devnull, os.O_WRONLY)
