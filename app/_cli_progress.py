@@ -26,7 +26,10 @@ class RunStats:
     done
         Units finished, whatever their outcome (fetched, cached, skipped, failed).
     fetched
-        Units that needed a network request.
+        Units downloaded (a full response from the network).
+    revalidated
+        Units the cache held but had to confirm with the server (a conditional request
+        answered 304: a request, but no download).
     cached
         Units already in the cache and fresh (no request).
     missing
@@ -43,6 +46,7 @@ class RunStats:
     total: int | None = None
     done: int = 0
     fetched: int = 0
+    revalidated: int = 0
     cached: int = 0
     missing: int = 0
     failed: int = 0
@@ -80,6 +84,8 @@ def format_summary(stats: RunStats, *, action: str = "prefetch") -> str:
         f"{action} {state}: {stats.done}/{total} {stats.unit} in {stats.elapsed:.1f}s: "
         f"{stats.fetched} fetched, {stats.cached} already cached, {stats.failed} failed"
     ]
+    if stats.revalidated:
+        lines[0] += f", {stats.revalidated} revalidated (304, not downloaded again)"
     extra = []
     if stats.missing:
         extra.append(f"{stats.missing} absent on the server (404/204)")

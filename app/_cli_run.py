@@ -142,7 +142,9 @@ async def prefetch_tiles(
             return
         if r.status in TILE_ABSENT:
             stats.missing += 1
-        if r.from_cache and not r.revalidated:
+        if r.revalidated:
+            stats.revalidated += 1
+        elif r.from_cache:
             stats.cached += 1
         else:
             stats.fetched += 1

@@ -149,6 +149,7 @@ def prefetch(layer, bbox, zoom, concurrency, max_tiles, catalog_path, cache_dir,
     if tiled and zoom is None:
         raise click.UsageError(f"--zoom is required for {spec.kind} layer {spec.name!r} (e.g. --zoom 3-9)")
     levels: list[int] = []
+    n = 0
     if tiled:
         levels, outside = zoom_levels(spec, zoom)
         if not levels:
@@ -164,7 +165,7 @@ def prefetch(layer, bbox, zoom, concurrency, max_tiles, catalog_path, cache_dir,
                 f"{n} tiles at zoom {levels[0]}-{levels[-1]} is more than --max-tiles {max_tiles}: "
                 "narrow the bbox or the zoom range, or raise --max-tiles"
             )
-    stats = RunStats(unit="tiles" if tiled else "pages")
+    stats = RunStats(unit="tiles" if tiled else "pages", total=n if tiled else None)
 
     async def go():
         from layers.catalog import build_layer
@@ -316,8 +317,8 @@ def check(catalog_path, cache_dir, timeout, as_json) -> None:
 
 
 @main.command()
-@click.option("--latency", type=DURATION, default="0ms", show_default=True, help="Delay added to every response, e.g. 150ms.")
-@click.option("--fail-rate", type=FRACTION, default="0", show_default=True, help="Fraction of requests answered 503, e.g. 0.05.")
+@click.option("--latency", type=DURATION, default=None, help="Delay added to every response, e.g. 150ms [env MAPSTREAM_DEMO_LATENCY; default 0].")
+@click.option("--fail-rate", type=FRACTION, default=None, help="Fraction of tile and item requests answered 503, e.g. 0.05 [env MAPSTREAM_DEMO_FAIL_RATE; default 0].")
 def demo(latency, fail_rate) -> None:
     """Run the embedded demo services (OGC API Features and XYZ tiles) until Ctrl-C."""
     import signal
