@@ -456,3 +456,16 @@ async def test_prefetch_concurrency_speeds_up_a_slow_server(tile_server, tmp_pat
     with capsys.disabled():
         print(f"\nprefetch of 34 tiles at 50 ms: concurrency 1 / concurrency 8 = {ratio:.1f}x")
     assert ratio > 2.0  # ideal is about 8; generous for a busy machine
+
+
+async def test_resume_against_a_no_cache_server_revalidates_without_downloading(tmp_path):
+    from tests.support.cli import ValidatorTileServer
+
+    with ValidatorTileServer(max_age=0) as server:  # every reuse must be confirmed (304)
+        _, first = await _prefetch(server.url, tmp_path, range(0, 5))
+        n = first.total
+        assert (first.fetched, first.revalidated, server.hits) == (n, 0, n)
+        _, second = await _prefetch(server.url, tmp_path, range(0, 5))
+    assert (second.fetched, second.revalidated, second.cached) == (0, n, 0)
+    assert server.not_modified == n and second.requests == n
+    assert "revalidated (304, not downloaded again)" in format_summary(second)
