@@ -179,10 +179,11 @@ _starting: concurrent.futures.Future[DemoServices] | None = None
 
 
 def _warm(url: str, collections: list[str], timeout: float) -> None:
-    # The provider loads its data on the first request: pay that during the start, not on
-    # the first page a user waits for.
+    # The provider loads its data and builds its spatial index on the first requests: pay
+    # that during the start, not on the first page a user waits for.
     def one(name: str) -> None:
-        with urllib.request.urlopen(f"{url}/collections/{name}/items?f=json&limit=1", timeout=timeout) as r:
+        query = "f=json&limit=1&bbox=-180,-90,180,90"
+        with urllib.request.urlopen(f"{url}/collections/{name}/items?{query}", timeout=timeout) as r:
             json.loads(r.read())
 
     with concurrent.futures.ThreadPoolExecutor(len(collections)) as pool:
