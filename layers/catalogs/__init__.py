@@ -1,0 +1,1 @@
+"""Catalog files shipped with mapstream (data only: see :mod:`layers.catalog`)."""
