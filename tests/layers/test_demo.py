@@ -169,18 +169,28 @@ CHILD = textwrap.dedent(
     import psutil
     from layers.demo import ensure_demo, start_demo
 
+    lag = [0.0]
+
+    async def ticker():
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lag[0] = max(lag[0], time.perf_counter() - t0 - 0.01)
+
     async def main():
+        tick = asyncio.create_task(ticker())
         # a cancelled caller does not cancel the start; concurrent callers share it
         first = asyncio.create_task(ensure_demo())
         await asyncio.sleep(0.05)
         first.cancel()
         got = await asyncio.gather(*(ensure_demo() for _ in range(3)))
+        tick.cancel()
         return got
 
     got = asyncio.run(main())
     s = got[0]
     out = {"shared": all(g is s for g in got), "children": len(psutil.Process().children()),
-           "pids": s.pids, "startup": s.startup_seconds}
+           "pids": s.pids, "startup": s.startup_seconds, "lag": lag[0]}
     statuses, times = [], []
     for i in range(30):
         t0 = time.perf_counter()
@@ -215,6 +225,8 @@ def test_services_start_shared_stop_and_leave_nothing_at_exit(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shared"] and out["children"] == 2 and len(out["pids"]) == 2
     assert out["startup"] > 0
+    # the event loop kept running during the start (a blocking start would stall it for all of it)
+    assert out["lag"] < max(0.5, out["startup"] / 3), out
     assert out["failed"] + out["ok"] == 30 and 5 <= out["failed"] <= 25  # about half
     assert out["fastest"] >= 0.1  # the injected latency
     assert out["after_stop"] == []
