@@ -37,7 +37,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import BadInputError, CatalogError
 
@@ -48,6 +56,7 @@ if TYPE_CHECKING:
     from .wms import WMSLayer
 
 __all__ = [
+    "DEMO_CATALOG",
     "Catalog",
     "LayerSpec",
     "Style",
@@ -55,7 +64,6 @@ __all__ = [
     "catalog_path",
     "expand_env",
     "load_catalog",
-    "DEMO_CATALOG",
 ]
 
 CATALOG_DIR = Path(__file__).with_name("catalogs")
@@ -89,7 +97,9 @@ def _check_url(url: str) -> str:
         return url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or " " in url:
-        raise ValueError(f"bad URL {url!r}: expected http(s)://host/..., {DEMO_URLS[0]} or {DEMO_URLS[1]}")
+        raise ValueError(
+            f"bad URL {url!r}: expected http(s)://host/..., {DEMO_URLS[0]} or {DEMO_URLS[1]}"
+        )
     return url
 
 
@@ -187,7 +197,9 @@ class LayerSpec(BaseModel):
             try:
                 xyzservices.providers.query_name(v)
             except (ValueError, KeyError):
-                raise ValueError(f"unknown tile provider {v!r} (see xyzservices.providers)") from None
+                raise ValueError(
+                    f"unknown tile provider {v!r} (see xyzservices.providers)"
+                ) from None
         return v
 
     @field_validator("headers")
@@ -196,7 +208,9 @@ class LayerSpec(BaseModel):
         for key, value in v.items():
             for var in _VAR.findall(value):
                 if var not in os.environ:
-                    raise ValueError(f"header {key!r} needs environment variable {var}, which is not set")
+                    raise ValueError(
+                        f"header {key!r} needs environment variable {var}, which is not set"
+                    )
         return v
 
     @model_validator(mode="after")
@@ -206,7 +220,10 @@ class LayerSpec(BaseModel):
 
         if self.kind == "tiles":
             if (self.url is None) == (self.provider is None):
-                need("url", "a tiles layer needs exactly one of url (a {z}/{x}/{y} template) or provider")
+                need(
+                    "url",
+                    "a tiles layer needs exactly one of url (a {z}/{x}/{y} template) or provider",
+                )
             if self.url is not None and self.url not in DEMO_URLS:
                 for part in ("{z}", "{x}"):
                     if part not in self.url:
@@ -317,7 +334,9 @@ class Catalog(BaseModel):
         for spec in self.layers:
             if spec.name == name:
                 return spec
-        raise BadInputError(f"no layer {name!r} in the catalog; known layers: {', '.join(self.names)}")
+        raise BadInputError(
+            f"no layer {name!r} in the catalog; known layers: {', '.join(self.names)}"
+        )
 
 
 def catalog_path(path: str | os.PathLike[str] | None = None) -> Path:
@@ -360,8 +379,10 @@ def _read(path: Path) -> Any:
 
 def _message(path: Path, data: Any, exc: ValidationError) -> str:
     # An unknown key explains the rest (a misspelt key is also a missing one): report it first.
-    errors = sorted(exc.errors(include_url=False, include_input=False),
-                    key=lambda e: e["type"] != "extra_forbidden")
+    errors = sorted(
+        exc.errors(include_url=False, include_input=False),
+        key=lambda e: e["type"] != "extra_forbidden",
+    )
     err = errors[0]
     loc = list(err["loc"])
     where = f"catalog {path}"
@@ -383,7 +404,11 @@ def _message(path: Path, data: Any, exc: ValidationError) -> str:
         loc = [key]
     if loc:
         where += f": key {'.'.join(str(p) for p in loc)!r}"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    more = (
+        f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        if len(errors) > 1
+        else ""
+    )
     return f"{where}: {text}{more}"
 
 
@@ -403,7 +428,9 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
     file = catalog_path(path)
     data = _read(file)
     if not isinstance(data, dict):
-        raise CatalogError(f"catalog {file}: expected a mapping with a 'layers' list, got {type(data).__name__}")
+        raise CatalogError(
+            f"catalog {file}: expected a mapping with a 'layers' list, got {type(data).__name__}"
+        )
     try:
         catalog = Catalog.model_validate(data)
     except ValidationError as exc:
@@ -463,16 +490,22 @@ async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> TileLayer | WMSLayer
             extra["attribution"] = spec.attribution
         if spec.provider is not None:
             # from_provider's first parameter is also called ``name``: set ours afterwards.
-            layer = TileLayer.from_provider(spec.provider, **{k: v for k, v in extra.items() if k != "name"})
+            layer = TileLayer.from_provider(
+                spec.provider, **{k: v for k, v in extra.items() if k != "name"}
+            )
             layer.name = spec.name
         else:
             layer = TileLayer(url, **extra)
         prefixes = _prefixes(layer.url_template, list(layer.subdomains))
     elif spec.kind == "wms":
-        layer = WMSLayer(url, spec.wms_layers or [], attribution=spec.attribution, name=spec.name, **zooms)
+        layer = WMSLayer(
+            url, spec.wms_layers or [], attribution=spec.attribution, name=spec.name, **zooms
+        )
         prefixes = [url.split("?", 1)[0]]
     else:
-        layer = FeatureLayer(url, spec.collection or "", max_features=spec.max_features, name=spec.name)
+        layer = FeatureLayer(
+            url, spec.collection or "", max_features=spec.max_features, name=spec.name
+        )
         prefixes = [layer.url + "/"]
     headers = spec.resolved_headers()
     for prefix in prefixes:

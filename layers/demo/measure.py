@@ -30,7 +30,9 @@ def _page_seconds(url: str, query: str, pages: int) -> float:
     times = []
     for _ in range(pages):
         t0 = time.perf_counter()
-        with urllib.request.urlopen(f"{url}/collections/sensors/items?f=json&{query}", timeout=600) as r:
+        with urllib.request.urlopen(
+            f"{url}/collections/sensors/items?f=json&{query}", timeout=600
+        ) as r:
             r.read()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -38,13 +40,17 @@ def _page_seconds(url: str, query: str, pages: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=0, help="points for the GeoJSON copy (0: all)")
+    parser.add_argument(
+        "--points", type=int, default=0, help="points for the GeoJSON copy (0: all)"
+    )
     parser.add_argument("--pages", type=int, default=3)
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
     services = start_demo(latency=0, fail_rate=0)
-    print(f"demo start-up: {services.startup_seconds:.2f} s (start_demo returned after {time.perf_counter() - t0:.2f} s)")
+    print(
+        f"demo start-up: {services.startup_seconds:.2f} s (start_demo returned after {time.perf_counter() - t0:.2f} s)"
+    )
     import pyogrio
 
     from .data import ensure_data

@@ -43,13 +43,13 @@ from .data import ensure_data
 from .ogcserver import PygeoapiServer
 from .tileserver import MAX_ZOOM, TileServer
 
-__all__ = ["DemoServices", "ensure_demo", "start_demo", "demo_resources", "parse_duration"]
+__all__ = ["DemoServices", "demo_resources", "ensure_demo", "parse_duration", "start_demo"]
 
 PAGE_LIMIT = 1000  # pygeoapi's default page size for the demo
 _FAULT_SEQUENCE = 20_000  # injected outcomes drawn for item requests (then all succeed)
 
 
-def parse_duration(text: str | float | int) -> float:
+def parse_duration(text: str | float) -> float:
     """Seconds from ``"150ms"``, ``"0.2s"``, ``"2"`` or a number.
 
     Raises
@@ -109,19 +109,27 @@ def demo_resources(paths: Mapping[str, Path]) -> dict[str, Any]:
             "title": title,
             "description": description,
             "keywords": ["mapstream", "demo"],
-            "extents": {"spatial": {"bbox": [-180, -90, 180, 90],
-                                    "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"},
-                        **extra.pop("extents", {})},
-            "providers": [{"type": "feature", "name": provider, "data": str(path),
-                           "id_field": "id", **extra}],
+            "extents": {
+                "spatial": {
+                    "bbox": [-180, -90, 180, 90],
+                    "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84",
+                },
+                **extra.pop("extents", {}),
+            },
+            "providers": [
+                {"type": "feature", "name": provider, "data": str(path), "id_field": "id", **extra}
+            ],
         }
 
     return {
-        "countries": resource("Countries", "Natural Earth 1:110m countries (public domain)",
-                              paths["countries"]),
+        "countries": resource(
+            "Countries", "Natural Earth 1:110m countries (public domain)", paths["countries"]
+        ),
         "sensors": resource(
-            "Sensor readings", "200 000 synthetic sensor readings over land (seeded)",
-            paths["sensors"], time_field="when",
+            "Sensor readings",
+            "200 000 synthetic sensor readings over land (seeded)",
+            paths["sensors"],
+            time_field="when",
             extents={"temporal": {"begin": "2024-01-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"}},
         ),
         "borders": resource("Borders", "Natural Earth country outlines as lines", paths["borders"]),
@@ -183,24 +191,36 @@ def _warm(url: str, collections: list[str], timeout: float) -> None:
     # that during the start, not on the first page a user waits for.
     def one(name: str) -> None:
         query = "f=json&limit=1&bbox=-180,-90,180,90"
-        with urllib.request.urlopen(f"{url}/collections/{name}/items?{query}", timeout=timeout) as r:
+        with urllib.request.urlopen(
+            f"{url}/collections/{name}/items?{query}", timeout=timeout
+        ) as r:
             json.loads(r.read())
 
     with concurrent.futures.ThreadPoolExecutor(len(collections)) as pool:
         list(pool.map(one, collections))
 
 
-def _launch(latency: float, fail_rate: float, data_dir: Path | None, timeout: float) -> DemoServices:
+def _launch(
+    latency: float, fail_rate: float, data_dir: Path | None, timeout: float
+) -> DemoServices:
     t0 = time.perf_counter()
     paths = ensure_data(data_dir)
     faults = None
     if fail_rate:
         rng = random.Random(7)
-        faults = {"/items": ["503" if rng.random() < fail_rate else "ok" for _ in range(_FAULT_SEQUENCE)]}
+        faults = {
+            "/items": ["503" if rng.random() < fail_rate else "ok" for _ in range(_FAULT_SEQUENCE)]
+        }
     resources = demo_resources(paths)
     parent = {WATCHDOG_ENV: str(os.getpid())}  # children exit if we die without atexit
-    ogc = PygeoapiServer(resources, title="mapstream demo", limit=PAGE_LIMIT,
-                         latency=latency, faults=faults, env=parent)
+    ogc = PygeoapiServer(
+        resources,
+        title="mapstream demo",
+        limit=PAGE_LIMIT,
+        latency=latency,
+        faults=faults,
+        env=parent,
+    )
     tiles = TileServer(paths["countries"], latency=latency, fail_rate=fail_rate, env=parent)
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -214,12 +234,19 @@ def _launch(latency: float, fail_rate: float, data_dir: Path | None, timeout: fl
         tiles.stop()
         raise
     return DemoServices(
-        ogc_url=ogc.url, tiles_url=tiles.tiles_url, startup_seconds=time.perf_counter() - t0,
-        latency=latency, fail_rate=fail_rate, ogc=ogc, tiles=tiles,
+        ogc_url=ogc.url,
+        tiles_url=tiles.tiles_url,
+        startup_seconds=time.perf_counter() - t0,
+        latency=latency,
+        fail_rate=fail_rate,
+        ogc=ogc,
+        tiles=tiles,
     )
 
 
-def _shared_start(latency: Any, fail_rate: Any, data_dir: Path | None, timeout: float) -> concurrent.futures.Future[DemoServices]:
+def _shared_start(
+    latency: Any, fail_rate: Any, data_dir: Path | None, timeout: float
+) -> concurrent.futures.Future[DemoServices]:
     global _starting
     lat, rate = _settings(latency, fail_rate)
     with _lock:
@@ -237,10 +264,14 @@ def _shared_start(latency: Any, fail_rate: Any, data_dir: Path | None, timeout: 
         global _current, _starting
         try:
             services = _launch(lat, rate, data_dir, timeout)
-        except BaseException as exc:  # handed to every waiter
+        except Exception as exc:  # noqa: BLE001 (handed to every waiter)
             with _lock:
                 _starting = None
-            err = exc if isinstance(exc, LayersError) else LayersError(f"cannot start the demo services: {exc}")
+            err = (
+                exc
+                if isinstance(exc, LayersError)
+                else LayersError(f"cannot start the demo services: {exc}")
+            )
             err.__cause__ = exc if err is not exc else exc.__cause__
             fut.set_exception(err)
             return
@@ -308,11 +339,8 @@ def current_demo() -> DemoServices | None:
 @atexit.register
 def _stop_at_exit() -> None:
     fut = _starting
-    if fut is not None:
-        try:
-            fut.result(timeout=130)
-        except BaseException:
-            pass
+    if fut is not None:  # a start under way: let it finish, then stop what it started
+        concurrent.futures.wait([fut], timeout=130)
     services = _current
     if services is not None:
         services.stop()

@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_ZOOM", "TILE_PATH", "TileServer", "tile_bounds", "render_tile"]
+__all__ = ["MAX_ZOOM", "TILE_PATH", "Basemap", "TileServer", "in_range", "tile_bounds"]
 
 MAX_ZOOM = 10
 TILE_PATH = "/tiles/{z}/{x}/{y}.png"
@@ -110,7 +110,9 @@ class Basemap:
                 draw.polygon(pixels(poly.exterior.coords), fill=LAND)
                 for hole in poly.interiors:
                     draw.polygon(pixels(hole.coords), fill=SEA)
-            outlines.append(shapely.clip_by_rect(self.geoms[i].boundary, w - pad, s - pad, e + pad, n + pad))
+            outlines.append(
+                shapely.clip_by_rect(self.geoms[i].boundary, w - pad, s - pad, e + pad, n + pad)
+            )
         for line in outlines:
             for part in getattr(line, "geoms", [line]):
                 if not part.is_empty and part.geom_type == "LineString":
@@ -206,7 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
                 fail = st.rng.random() < st.fail_rate
             if fail:
                 st.count("failed")
-                return self._send(503, b"injected fault", {"Content-Type": "text/plain", "Retry-After": "0"})
+                return self._send(
+                    503, b"injected fault", {"Content-Type": "text/plain", "Retry-After": "0"}
+                )
         z, x, y = (int(v) for v in m.groups())
         etag = f'"{st.tag}-{z}-{x}-{y}"'
         validators = {"ETag": etag, "Last-Modified": st.last_modified, "Cache-Control": "no-cache"}
@@ -292,8 +296,16 @@ class TileServer:
             return self
         self._tmp = tempfile.TemporaryDirectory(prefix="mapstream-tiles-")
         spec = Path(self._tmp.name) / "spec.json"
-        spec.write_text(json.dumps({"data": self.data, "port": self.port, "latency": self.latency,
-                                    "fail_rate": self.fail_rate}))
+        spec.write_text(
+            json.dumps(
+                {
+                    "data": self.data,
+                    "port": self.port,
+                    "latency": self.latency,
+                    "fail_rate": self.fail_rate,
+                }
+            )
+        )
         env = {**os.environ, **self.env}
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -301,10 +313,15 @@ class TileServer:
         with open(log, "wb") as err:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "layers.demo.tileserver", str(spec)],
-                stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+                start_new_session=True,
             )
         line: list[bytes] = []
-        reader = threading.Thread(target=lambda: line.append(self._proc.stdout.readline()), daemon=True)
+        reader = threading.Thread(
+            target=lambda: line.append(self._proc.stdout.readline()), daemon=True
+        )
         reader.start()
         reader.join(timeout)
         if not line or not line[0].startswith(b"READY "):

@@ -51,7 +51,12 @@ def test_demo_catalog_is_the_default(monkeypatch):
     assert [s.name for s in catalog.layers] == ["basemap", "countries", "sensors", "borders"]
     assert [s.priority for s in catalog.layers] == sorted(s.priority for s in catalog.layers)
     kinds = {s.name: s.kind for s in catalog.layers}
-    assert kinds == {"basemap": "tiles", "countries": "features", "sensors": "features", "borders": "features"}
+    assert kinds == {
+        "basemap": "tiles",
+        "countries": "features",
+        "sensors": "features",
+        "borders": "features",
+    }
     assert catalog.get("sensors").max_features >= 200_000
     assert catalog.get("sensors").style.cmap and catalog.get("countries").style.opacity < 1
     assert not catalog.get("borders").visible
@@ -83,7 +88,9 @@ def test_unknown_layer_lists_the_known_names(tmp_path):
 
 def test_toml_catalog(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('title = "t"\n[[layers]]\nname = "base"\nkind = "tiles"\nprovider = "OpenStreetMap.Mapnik"\n')
+    path.write_text(
+        'title = "t"\n[[layers]]\nname = "base"\nkind = "tiles"\nprovider = "OpenStreetMap.Mapnik"\n'
+    )
     assert load_catalog(path).get("base").provider == "OpenStreetMap.Mapnik"
 
 
@@ -96,12 +103,23 @@ def test_toml_catalog(tmp_path):
         ({**TILES, "colour": "red"}, "colour", "unknown key"),
         ({**FEATURES, "url": "ftp://f.test"}, "url", "bad URL 'ftp://f.test'"),
         ({**FEATURES, "url": "not a url"}, "url", "bad URL"),
-        ({"name": "base", "kind": "tiles", "provider": "No.Such"}, "provider", "unknown tile provider 'No.Such'"),
-        ({**TILES, "headers": {"Authorization": "Bearer ${MAPSTREAM_TEST_UNSET}"}}, "headers",
-         "MAPSTREAM_TEST_UNSET, which is not set"),
+        (
+            {"name": "base", "kind": "tiles", "provider": "No.Such"},
+            "provider",
+            "unknown tile provider 'No.Such'",
+        ),
+        (
+            {**TILES, "headers": {"Authorization": "Bearer ${MAPSTREAM_TEST_UNSET}"}},
+            "headers",
+            "MAPSTREAM_TEST_UNSET, which is not set",
+        ),
         ({**TILES, "url": "https://t.test/{x}/{y}.png"}, "url", "needs {z}"),
         ({**FEATURES, "collection": None}, "collection", "needs collection"),
-        ({"name": "w", "kind": "wms", "url": "https://w.test/wms"}, "wms_layers", "needs wms_layers"),
+        (
+            {"name": "w", "kind": "wms", "url": "https://w.test/wms"},
+            "wms_layers",
+            "needs wms_layers",
+        ),
         ({**TILES, "kind": "vector"}, "kind", "'tiles', 'wms' or 'features'"),
         ({**FEATURES, "style": {"opacity": 3}}, "style.opacity", "less than or equal to 1"),
         ({**FEATURES, "style": {"width": 3}}, "style.width", "unknown key"),
@@ -109,7 +127,9 @@ def test_toml_catalog(tmp_path):
         ({**TILES, "concurrency": 0}, "concurrency", "greater than or equal to 1"),
     ],
 )
-def test_bad_layer_is_one_message_naming_file_layer_and_key(tmp_path, monkeypatch, layer, key, words):
+def test_bad_layer_is_one_message_naming_file_layer_and_key(
+    tmp_path, monkeypatch, layer, key, words
+):
     monkeypatch.delenv("MAPSTREAM_TEST_UNSET", raising=False)
     layer = {k: v for k, v in layer.items() if v is not None}
     path = write(tmp_path, [FEATURES if layer["name"] != "pts" else TILES, layer])
@@ -142,7 +162,9 @@ def test_duplicate_names_and_unreadable_files(tmp_path):
     with pytest.raises(CatalogError, match="key 'name': two layers are named 'base'"):
         load_catalog(write(tmp_path, [TILES, TILES]))
     missing = tmp_path / "missing.yml"
-    with pytest.raises(CatalogError, match=f"catalog {missing}: cannot read the file: No such file"):
+    with pytest.raises(
+        CatalogError, match=f"catalog {missing}: cannot read the file: No such file"
+    ):
         load_catalog(missing)
     with pytest.raises(CatalogError, match="cannot read the file"):
         load_catalog(tmp_path)  # a directory
@@ -153,11 +175,18 @@ def test_duplicate_names_and_unreadable_files(tmp_path):
 
 def test_header_values_are_never_printed(tmp_path, monkeypatch):
     monkeypatch.setenv("MAPSTREAM_TEST_TOKEN", "t0ps3cret")
-    layer = {**FEATURES, "headers": {"Authorization": "Bearer ${MAPSTREAM_TEST_TOKEN}", "X-Key": "literal-k3y"}}
+    layer = {
+        **FEATURES,
+        "headers": {"Authorization": "Bearer ${MAPSTREAM_TEST_TOKEN}", "X-Key": "literal-k3y"},
+    }
     catalog = load_catalog(write(tmp_path, [layer]))
     spec = catalog.get("pts")
     for text in (repr(spec), str(spec), repr(catalog), str(catalog)):
-        assert "t0ps3cret" not in text and "literal-k3y" not in text and "MAPSTREAM_TEST_TOKEN" not in text
+        assert (
+            "t0ps3cret" not in text
+            and "literal-k3y" not in text
+            and "MAPSTREAM_TEST_TOKEN" not in text
+        )
         assert "Authorization" in text
     assert spec.resolved_headers() == {"Authorization": "Bearer t0ps3cret", "X-Key": "literal-k3y"}
     # A later error in the same file does not echo the header either.
@@ -169,11 +198,21 @@ def test_header_values_are_never_printed(tmp_path, monkeypatch):
 
 async def test_build_layer_applies_concurrency_and_headers_read_now(monkeypatch):
     monkeypatch.setenv("MAPSTREAM_TEST_TOKEN", "first")
-    spec = LayerSpec(**{**FEATURES, "concurrency": 3, "headers": {"Authorization": "Bearer ${MAPSTREAM_TEST_TOKEN}"}})
+    spec = LayerSpec(
+        **{
+            **FEATURES,
+            "concurrency": 3,
+            "headers": {"Authorization": "Bearer ${MAPSTREAM_TEST_TOKEN}"},
+        }
+    )
     monkeypatch.setenv("MAPSTREAM_TEST_TOKEN", "rotated")
     rec = Recorder()
     layer = await build_layer(spec, rec)
-    assert isinstance(layer, FeatureLayer) and layer.collection == "points" and layer.url == "https://f.test/api"
+    assert (
+        isinstance(layer, FeatureLayer)
+        and layer.collection == "points"
+        and layer.url == "https://f.test/api"
+    )
     assert rec.limits == {"f.test": 3}
     assert rec.headers == {"https://f.test/api/": {"Authorization": "Bearer rotated"}}
     monkeypatch.delenv("MAPSTREAM_TEST_TOKEN")

@@ -44,7 +44,9 @@ def demo():
     yield services
     pids = services.pids
     services.stop()
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert not any(
+        psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids
+    )
 
 
 # ------------------------------------------------------------------ data
@@ -219,7 +221,13 @@ def test_services_start_shared_stop_and_leave_nothing_at_exit(tmp_path):
         "MAPSTREAM_DEMO_FAIL_RATE": "0.5",
     }
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path
+        [sys.executable, "-c", CHILD],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -243,11 +251,16 @@ def test_children_exit_when_the_starter_is_killed(tmp_path):
     import os
     import signal
 
-    script = "import json, time\nfrom layers.demo import start_demo\n" \
-             "print(json.dumps(start_demo().pids), flush=True)\ntime.sleep(300)\n"
+    script = (
+        "import json, time\nfrom layers.demo import start_demo\n"
+        "print(json.dumps(start_demo().pids), flush=True)\ntime.sleep(300)\n"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
     )
     try:
         pids = json.loads(proc.stdout.readline())
