@@ -76,6 +76,17 @@ def zoom_levels(spec: Any, zooms: Iterable[int]) -> tuple[list[int], list[int]]:
     return inside, outside
 
 
+def effective_concurrency(spec: Any, requested: int) -> int:
+    """Requests at once to a layer's host: ``requested``, capped by the catalog's limit.
+
+    >>> from types import SimpleNamespace as NS
+    >>> effective_concurrency(NS(concurrency=2), 16), effective_concurrency(NS(concurrency=None), 16)
+    (2, 16)
+    """
+    cap = getattr(spec, "concurrency", None)
+    return min(requested, cap) if cap else requested
+
+
 def iter_tile_urls(layer: Any, bbox: tuple[float, float, float, float], zooms: Iterable[int]):
     """Every tile URL of ``bbox`` at each zoom, in zoom order (one list per zoom at a time)."""
     for z in zooms:
@@ -129,8 +140,9 @@ async def prefetch_tiles(
         host = urlsplit(url).netloc
         if host not in hosts:
             hosts.add(host)
-            # The per-host limit must not cap the concurrency the user asked for.
-            fetcher.set_host_limit(host, max(concurrency, getattr(spec, "concurrency", 0) or 0))
+            # The fetcher's default per-host limit must not cap what the user asked for, but a
+            # catalog's own limit (a usage policy, e.g. OpenStreetMap's 2) is never exceeded.
+            fetcher.set_host_limit(host, effective_concurrency(spec, concurrency))
         try:
             # cache_has_fresh reads a file: off the loop.
             if has_fresh is not None and await asyncio.to_thread(has_fresh, url, headers=headers):

@@ -141,7 +141,7 @@ def prefetch(layer, bbox, zoom, concurrency, max_tiles, catalog_path, cache_dir,
     summary (also after Ctrl-C).
     """
     from ._cli_progress import ProgressBar, RunStats, format_summary
-    from ._cli_run import count_tiles, prefetch_features, prefetch_tiles, zoom_levels
+    from ._cli_run import count_tiles, effective_concurrency, prefetch_features, prefetch_tiles, zoom_levels
 
     catalog = _load_catalog(catalog_path)
     spec = _get_spec(catalog, layer)
@@ -165,6 +165,11 @@ def prefetch(layer, bbox, zoom, concurrency, max_tiles, catalog_path, cache_dir,
                 f"{n} tiles at zoom {levels[0]}-{levels[-1]} is more than --max-tiles {max_tiles}: "
                 "narrow the bbox or the zoom range, or raise --max-tiles"
             )
+    if effective_concurrency(spec, concurrency) < concurrency:
+        click.echo(
+            f"the catalog limits {spec.name!r} to {spec.concurrency} requests at once: using {spec.concurrency}",
+            err=True,
+        )
     stats = RunStats(unit="tiles" if tiled else "pages", total=n if tiled else None)
 
     async def go():

@@ -469,3 +469,20 @@ async def test_resume_against_a_no_cache_server_revalidates_without_downloading(
     assert (second.fetched, second.revalidated, second.cached) == (0, n, 0)
     assert server.not_modified == n and second.requests == n
     assert "revalidated (304, not downloaded again)" in format_summary(second)
+
+
+async def test_prefetch_never_exceeds_the_catalogs_host_limit(tmp_path):
+    from types import SimpleNamespace as Spec
+
+    from tests.support.cli import ConcurrencyProbe
+
+    with ConcurrencyProbe(delay=0.05) as server:
+        layer = TileLayer(server.url + "/{z}/{x}/{y}.png")
+        for cap, requested, allowed in ((2, 8, range(1, 3)), (None, 6, range(3, 7))):
+            server.reset()
+            stats = RunStats()
+            bar = ProgressBar(stats, desc="t", enabled=False)
+            async with Fetcher(cache_dir=tmp_path / f"c{cap}") as fetcher:
+                await prefetch_tiles(layer, Spec(concurrency=cap), fetcher, BBOX, range(0, 5), concurrency=requested, stats=stats, bar=bar)
+            assert stats.fetched == 18
+            assert server.peak in allowed, (cap, requested, server.peak)

@@ -119,3 +119,61 @@ class ValidatorTileServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+class ConcurrencyProbe:
+    """A loopback tile server that records the peak number of requests in flight at once."""
+
+    def __init__(self, delay: float = 0.05) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        owner = self
+        self.delay = delay
+        self.active = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                import time
+
+                from tests.support.tileserver import render
+
+                with owner._lock:
+                    owner.active += 1
+                    owner.peak = max(owner.peak, owner.active)
+                try:
+                    time.sleep(owner.delay)
+                    body = render((1, 2, 3, 255), 256, "png")
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                finally:
+                    with owner._lock:
+                        owner.active -= 1
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.peak = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def __enter__(self) -> ConcurrencyProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
