@@ -150,9 +150,19 @@ def ensure_data(directory: Path | None = None) -> dict[str, Path]:
     Raises
     ------
     OSError
-        The directory cannot be created or written.
+        ``directory`` cannot be created or written (without ``directory``, a per-user temporary
+        directory is used when the cache directory is not writable).
     """
-    directory = Path(directory) if directory is not None else demo_data_dir()
+    if directory is None:
+        directory = demo_data_dir()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            writable = os.access(directory, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:  # e.g. a read-only home on a shared server
+            directory = Path(tempfile.gettempdir()) / f"mapstream-demo-{os.getuid()}"
+    directory = Path(directory)
     countries = None
 
     def get_countries() -> Any:
