@@ -235,3 +235,34 @@ def test_demo_serves_until_ctrl_c_and_leaves_nothing_running(tmp_path, env):
     assert _wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10)
     with pytest.raises(httpx.TransportError):
         httpx.get(urls["OGC API Features"], timeout=5)
+
+
+def test_check_json_and_export_force_in_process(tile_server, ogc_server, tmp_path, monkeypatch):  # noqa: F811
+    import json
+
+    from click.testing import CliRunner
+
+    from app import cli
+
+    monkeypatch.setenv("MAPSTREAM_CACHE_DIR", str(tmp_path / "cache"))
+    catalog = write_catalog(
+        tmp_path / "c.yml",
+        [
+            {"name": "base", "kind": "tiles", "url": tile_server.url + "/{z}/{x}/{y}.png"},
+            {"name": "points", "kind": "features", "url": ogc_server.url, "collection": "points"},
+        ],
+    )
+    runner = CliRunner()
+    result = runner.invoke(cli.main, ["check", "--catalog", str(catalog), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [(r["layer"], r["status"], r["http_status"]) for r in rows] == [("base", "up", 200), ("points", "up", 200)]
+
+    out = tmp_path / "p.geojson"
+    out.write_text("old")
+    args = ["export", "points", "--bbox", "0,0,10,10", "-o", str(out), "--catalog", str(catalog), "-q"]
+    assert runner.invoke(cli.main, args).exit_code == 2 and out.read_text() == "old"
+    result = runner.invoke(cli.main, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    got = gpd.read_file(out)
+    assert len(got) > 0 and f"wrote {len(got)} features" in result.output
