@@ -273,6 +273,12 @@ def export(layer, bbox, output, fmt, crs, force, catalog_path, cache_dir, quiet)
     writer = done["writer"]
     click.echo(format_summary(stats, action="export"))
     click.echo(f"wrote {writer.rows} features to {output} ({fmt})")
+    if stats.truncated:
+        click.echo(
+            f"warning: stopped at the layer's feature cap (max_features {spec.max_features} in the "
+            "catalog): the file holds only part of the layer",
+            err=True,
+        )
     if writer.dropped_columns:
         click.echo(
             f"columns absent from the first page were dropped: {', '.join(sorted(writer.dropped_columns))}",

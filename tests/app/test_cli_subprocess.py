@@ -266,3 +266,21 @@ def test_check_json_and_export_force_in_process(tile_server, ogc_server, tmp_pat
     assert result.exit_code == 0, result.output
     got = gpd.read_file(out)
     assert len(got) > 0 and f"wrote {len(got)} features" in result.output
+
+
+def test_export_says_when_the_feature_cap_truncated_it(ogc_server, tmp_path, monkeypatch):  # noqa: F811
+    from click.testing import CliRunner
+
+    from app import cli
+
+    monkeypatch.setenv("MAPSTREAM_CACHE_DIR", str(tmp_path / "cache"))
+    catalog = write_catalog(
+        tmp_path / "c.yml",
+        [{"name": "points", "kind": "features", "url": ogc_server.url, "collection": "points", "max_features": 700}],
+    )
+    out = tmp_path / "p.parquet"
+    result = CliRunner().invoke(cli.main, ["export", "points", "-o", str(out), "--catalog", str(catalog), "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(gpd.read_parquet(out)) == 700
+    assert "truncated by the layer's feature cap" in result.output
+    assert "max_features 700" in result.output
