@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import html
 import time
+from functools import partial
 from collections.abc import Callable
 from typing import Any
 
@@ -57,20 +58,26 @@ def _lag_monitor() -> LoopLagMonitor | None:
     return mon
 
 
-def rgb_element(data: Image | None) -> gv.RGB:
-    """A ``gv.RGB`` in Web Mercator for an :class:`~app.render.Image` (transparent when None)."""
+def rgb_element(data: Image | None, placeholder: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> gv.RGB:
+    """A ``gv.RGB`` in Web Mercator for an :class:`~app.render.Image`.
+
+    None gives a transparent image over ``placeholder`` (the initial view, so that the plot's
+    initial ranges are the initial view).
+    """
     if data is None:
-        rgba = np.zeros((1, 1, 4), dtype=np.uint8)
-        bounds = (0.0, 0.0, 1.0, 1.0)
+        rgba = np.zeros((2, 2, 4), dtype=np.uint8)  # one pixel has no inferable bounds
+        bounds = placeholder
     else:
         rgba, bounds = data.rgba, data.bounds
+        if rgba.shape[0] < 2 or rgba.shape[1] < 2:
+            rgba = np.repeat(np.repeat(rgba, 2, axis=0), 2, axis=1)
     h, w = rgba.shape[:2]
     x0, y0, x1, y1 = bounds
     xs = np.linspace(x0, x1, w, endpoint=False) + (x1 - x0) / (2 * w)
     ys = np.linspace(y0, y1, h, endpoint=False) + (y1 - y0) / (2 * h)
     flipped = rgba[::-1]  # row 0 at the bottom for increasing ys
-    data = (xs, ys, *(flipped[..., i] for i in range(4)))
-    return gv.RGB(data, vdims=["R", "G", "B", "A"], crs=ccrs.GOOGLE_MERCATOR)
+    data_ = (xs, ys, *(flipped[..., i] for i in range(4)))
+    return gv.RGB(data_, vdims=["R", "G", "B", "A"], crs=ccrs.GOOGLE_MERCATOR)
 
 
 def escape_properties(title: str, rows: list[dict[str, Any]], limit: int = 10) -> str:
@@ -179,7 +186,7 @@ class MapApp(pn.viewable.Viewer):
         x0, y0, x1, y1 = self._initial_bounds()
         self._dmaps = {}
         for name in self._ordered_names():
-            dmap = hv.DynamicMap(rgb_element, streams=[self._pipes[name]])
+            dmap = hv.DynamicMap(partial(rgb_element, placeholder=(x0, y0, x1, y1)), streams=[self._pipes[name]])
             self._dmaps[name] = dmap
         names = self._ordered_names()
         first = self._dmaps[names[0]] if names else hv.DynamicMap(rgb_element, streams=[hv.streams.Pipe(data=None)])
