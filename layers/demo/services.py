@@ -29,6 +29,7 @@ import json
 import os
 import random
 import re
+import socket
 import threading
 import time
 import urllib.request
@@ -200,6 +201,48 @@ def _warm(url: str, collections: list[str], timeout: float) -> None:
         list(pool.map(one, collections))
 
 
+#: Ports the demo prefers, so that every process (the app, ``mapstream prefetch``) uses the same
+#: URLs and therefore the same HTTP cache entries; a busy port falls back to a free one.
+DEFAULT_PORTS = (47801, 47802)
+
+
+def demo_ports(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """The (OGC API, tiles) ports to try first: ``MAPSTREAM_DEMO_PORTS="OGC,TILES"`` or defaults.
+
+    ``0,0`` asks for any free ports.
+
+    >>> demo_ports({"MAPSTREAM_DEMO_PORTS": "9001, 9002"})
+    (9001, 9002)
+    >>> demo_ports({})
+    (47801, 47802)
+
+    Raises
+    ------
+    BadInputError
+        The variable is not two port numbers.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get("MAPSTREAM_DEMO_PORTS", "").strip()
+    if not text:
+        return DEFAULT_PORTS
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(p.isdigit() and int(p) < 65536 for p in parts):
+        raise BadInputError(f"MAPSTREAM_DEMO_PORTS must be two ports like '47801,47802', got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _port_is_free(port: int) -> bool:
+    if port == 0:
+        return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _launch(
     latency: float, fail_rate: float, data_dir: Path | None, timeout: float
 ) -> DemoServices:
@@ -213,22 +256,47 @@ def _launch(
         }
     resources = demo_resources(paths)
     parent = {WATCHDOG_ENV: str(os.getpid())}  # children exit if we die without atexit
-    ogc = PygeoapiServer(
-        resources,
-        title="mapstream demo",
-        limit=PAGE_LIMIT,
-        latency=latency,
-        faults=faults,
-        env=parent,
-    )
-    tiles = TileServer(paths["countries"], latency=latency, fail_rate=fail_rate, env=parent)
+
+    def servers(ogc_port: int, tiles_port: int) -> tuple[PygeoapiServer, TileServer]:
+        ogc = PygeoapiServer(
+            resources,
+            title="mapstream demo",
+            limit=PAGE_LIMIT,
+            latency=latency,
+            faults=faults,
+            env=parent,
+            port=ogc_port,
+        )
+        tiles = TileServer(
+            paths["countries"], latency=latency, fail_rate=fail_rate, env=parent, port=tiles_port
+        )
+        return ogc, tiles
+
+    def start(ogc: PygeoapiServer, tiles: TileServer) -> None:
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                tiles_started = pool.submit(tiles.start, timeout)
+                ogc.start(timeout)
+                tiles_started.result()
+        except BaseException:
+            ogc.stop()
+            tiles.stop()
+            raise
+
+    preferred = demo_ports()
+    ports = tuple(p if _port_is_free(p) else 0 for p in preferred)
+    ogc, tiles = servers(*ports)
     try:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            tiles_started = pool.submit(tiles.start, timeout)
-            ogc.start(timeout)
-            tiles_started.result()
-            if not fail_rate:  # with faults, warming would eat injected failures
-                _warm(ogc.url, list(resources), timeout)
+        start(ogc, tiles)
+    except LayersError:
+        if ports == (0, 0):
+            raise
+        # Lost a race for a preferred port: any free port serves, only the cache is colder.
+        ogc, tiles = servers(0, 0)
+        start(ogc, tiles)
+    try:
+        if not fail_rate:  # with faults, warming would eat injected failures
+            _warm(ogc.url, list(resources), timeout)
     except BaseException:
         ogc.stop()
         tiles.stop()

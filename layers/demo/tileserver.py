@@ -3,8 +3,9 @@
 ``GET /tiles/{z}/{x}/{y}.png`` answers a 256 px PNG (sea, land, borders) for zoom levels
 0 to :data:`MAX_ZOOM`, with real tile semantics: an ``ETag`` and a ``Last-Modified`` that only
 change with the data, ``304 Not Modified`` to a matching ``If-None-Match`` or
-``If-Modified-Since``, ``Cache-Control: no-cache`` (so clients revalidate and the 304 path is
-exercised), and ``404`` outside the zoom range or the tile grid. Rendered tiles are kept in a
+``If-Modified-Since``, ``Cache-Control: max-age`` of :data:`MAX_AGE` (a cache serves a tile
+fresh for ten minutes, so a resumed prefetch or a pan back costs no request, then revalidates
+and the 304 path is exercised), and ``404`` outside the zoom range or the tile grid. Rendered tiles are kept in a
 bounded in-memory LRU, so a tile is drawn once. ``GET /__stats`` answers the counters
 ``{"requests", "rendered", "not_modified", "failed"}``.
 
@@ -39,6 +40,8 @@ from typing import Any
 __all__ = ["MAX_ZOOM", "TILE_PATH", "Basemap", "TileServer", "in_range", "tile_bounds"]
 
 MAX_ZOOM = 10
+#: Seconds a client may reuse a tile without revalidating it.
+MAX_AGE = 600
 TILE_PATH = "/tiles/{z}/{x}/{y}.png"
 STYLE_VERSION = 1  # part of the ETag: bump when the drawing changes
 SEA = (170, 211, 223)
@@ -213,7 +216,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
         z, x, y = (int(v) for v in m.groups())
         etag = f'"{st.tag}-{z}-{x}-{y}"'
-        validators = {"ETag": etag, "Last-Modified": st.last_modified, "Cache-Control": "no-cache"}
+        validators = {"ETag": etag, "Last-Modified": st.last_modified, "Cache-Control": f"max-age={MAX_AGE}"}
         inm = self.headers.get("If-None-Match")
         ims = self.headers.get("If-Modified-Since")
         fresh = False
