@@ -284,3 +284,17 @@ def test_export_says_when_the_feature_cap_truncated_it(ogc_server, tmp_path, mon
     assert len(gpd.read_parquet(out)) == 700
     assert "truncated by the layer's feature cap" in result.output
     assert "max_features 700" in result.output
+
+
+@pytest.mark.slow
+def test_prefetch_of_the_demo_catalog_warms_the_next_process(env):
+    # Each process starts its own demo services; they prefer the same ports, so the URLs, and
+    # with them the cache entries, are the same from one process to the next.
+    args = ["prefetch", "basemap", "--bbox", EUROPE, "--zoom", "0-5"]
+    first = run_mapstream(args, env=env)
+    assert first.returncode == 0, first.stderr
+    assert f"{EUROPE_TILES_0_5} fetched, 0 already cached, 0 failed" in first.stdout
+    second = run_mapstream(args, env=env)
+    assert second.returncode == 0, second.stderr
+    assert f"0 fetched, {EUROPE_TILES_0_5} already cached" in second.stdout
+    assert "0 HTTP requests" in second.stdout
