@@ -394,6 +394,12 @@ def _frame_provider_class() -> Any:
             super().__init__(provider_def)
             self.id_field = provider_def.get("id_field", "id")
             self.gdf = load(self.data, self.id_field, self.time_field)
+            # A layer of points answers a bbox with a bounds test on coordinate arrays (about
+            # 1 ms for 200 000 points) instead of an R-tree query with a predicate (~100 ms).
+            geoms = self.gdf.geometry.values
+            self._xy = None
+            if len(geoms) and bool((shapely.get_type_id(geoms) == 0).all()):
+                self._xy = (shapely.get_x(geoms), shapely.get_y(geoms))
             self.get_fields()
 
         def get_fields(self) -> dict[str, Any]:
@@ -435,7 +441,12 @@ def _frame_provider_class() -> Any:
                   q=None, filterq=None, **kwargs):
             gdf = self.gdf
             mask = np.ones(len(gdf), dtype=bool)
-            if bbox:
+            if bbox and self._xy is not None:
+                x, y = self._xy
+                x0, x1 = sorted(bbox[0:3:2] if len(bbox) == 4 else (bbox[0], bbox[3]))
+                y0, y1 = sorted(bbox[1:4:2] if len(bbox) == 4 else (bbox[1], bbox[4]))
+                mask &= (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+            elif bbox:
                 hits = gdf.sindex.query(shapely.box(*bbox[:4]), predicate="intersects")
                 sub = np.zeros(len(gdf), dtype=bool)
                 sub[hits] = True
