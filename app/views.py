@@ -219,7 +219,8 @@ class MapApp(pn.viewable.Viewer):
             name = spec.name
             toggle = pn.widgets.Checkbox(label=str(spec.title or name), value=name in self.state.visible)
             toggle.param.watch(lambda ev, n=name: self.set_visible(n, ev.new), "value")
-            status = pn.pane.Str("idle", styles={"font-size": "smaller", "color": "#555"}, margin=(0, 10))
+            status = pn.pane.Str("idle", styles={"font-size": "smaller", "color": "#555"}, margin=(0, 10),
+                                 css_classes=["mapstream-status", f"status-{name}"])
             retry = pn.widgets.Button(label="Retry", color="warning", visible=False, width=70, height=28)
             retry.on_click(lambda ev, n=name: self._schedule(lambda: self.retry(n)))
             self._toggles[name], self._status_panes[name], self._retry[name] = toggle, status, retry
