@@ -1,0 +1,125 @@
+"""The served app in headless Chromium, on the embedded demo: pixels on the canvas, not only DOM.
+
+One server for the module (demo layers, the heavy 200 000-point layer hidden, plus a layer
+pointed at a closed loopback port) and one under ``--prefix``. Every server is stopped at
+teardown together with the demo services it started.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from layers.catalog import DEMO_CATALOG
+
+from .served import (
+    OCEAN, collect_errors, drag, fraction_blank, fraction_near, fraction_purple, free_port, launch, plot_pixels,
+    served_app, status_lines, wait_status, wait_until,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+BASEMAP, COUNTRIES, BROKEN = "basemap", "countries", "broken"
+
+
+@pytest.fixture(scope="module")
+def catalog_file(tmp_path_factory):
+    data = yaml.safe_load(DEMO_CATALOG.read_text())
+    for layer in data["layers"]:
+        if layer["name"] == "sensors":
+            layer["visible"] = False  # 200 000 points: the benchmark covers it, not every test
+    dead = free_port()  # nothing listens there: connections are refused
+    data["layers"].append({
+        "name": "broken", "title": "Broken tiles", "kind": "tiles", "priority": 9,
+        "url": f"http://127.0.0.1:{dead}/{{z}}/{{x}}/{{y}}.png",
+    })
+    path = tmp_path_factory.mktemp("catalog") / "catalog.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(catalog_file):
+    with served_app(catalog_file) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    pg = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors = collect_errors(pg)
+    pg.goto(app_url)
+    pg.wait_for_selector("canvas", timeout=60_000)
+    yield pg
+    pg.close()
+    assert errors == [], f"JavaScript console errors: {errors}"
+
+
+def _loaded(page):
+    wait_status(page, BASEMAP, "done")
+    wait_status(page, COUNTRIES, "done")
+    return wait_until(page, lambda: (p := plot_pixels(page)) is not None and fraction_purple(p) > 0.05 and p,
+                      what="countries drawn")
+
+
+def test_renders_basemap_and_priority_layers_and_reports_a_failing_layer(page):
+    pixels = _loaded(page)
+    assert fraction_near(pixels, OCEAN) > 0.2, "basemap water not on the canvas"
+    assert fraction_purple(pixels) > 0.05, "countries not on the canvas"
+    assert fraction_blank(pixels) < 0.05
+    # the layer on a dead port shows its error and a retry button; the others still work
+    err = wait_status(page, BROKEN, "error")
+    assert "127.0.0.1" in err or "refused" in err.lower() or "connect" in err.lower()
+    assert page.get_by_role("button", name="Retry").count() == 1
+    assert status_lines(page)[BASEMAP].startswith("done")
+
+
+def test_pan_loads_new_data_and_a_burst_ends_on_the_final_view(page):
+    _loaded(page)
+    drag(page, -350)  # pan east: the right part of the view has no basemap until new tiles load
+    wait_until(page, lambda: fraction_blank(plot_pixels(page)) < 0.05, what="new tiles after the pan")
+    wait_status(page, BASEMAP, "done")
+    for dx, dy in [(120, 40), (-200, 0), (150, -60), (-180, 80), (220, -30), (-300, 0)]:
+        drag(page, dx, dy, steps=2)  # a burst, faster than loads complete
+    wait_status(page, BASEMAP, "done", timeout=120)
+    wait_status(page, COUNTRIES, "done", timeout=120)
+    final = wait_until(page, lambda: (p := plot_pixels(page)) is not None and fraction_blank(p) < 0.05 and p,
+                       what="the final view fully drawn")
+    assert fraction_near(final, OCEAN) > 0.05
+    assert fraction_purple(final) > 0.02
+    page.wait_for_timeout(1500)  # nothing stale arrives afterwards
+    assert fraction_blank(plot_pixels(page)) < 0.05
+
+
+def test_toggling_a_layer_hides_and_shows_it(page):
+    _loaded(page)
+    page.get_by_text("Countries", exact=True).click()
+    wait_until(page, lambda: fraction_purple(plot_pixels(page)) < 0.005, what="countries hidden")
+    assert fraction_near(plot_pixels(page), OCEAN) > 0.2  # basemap still there
+    page.get_by_text("Countries", exact=True).click()
+    wait_until(page, lambda: fraction_purple(plot_pixels(page)) > 0.05, what="countries shown again")
+
+
+def test_app_works_under_a_prefix(browser):
+    with served_app(prefix="/foo") as url:
+        assert "/foo/app" in url
+        pg = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors = collect_errors(pg)
+        try:
+            pg.goto(url)
+            pg.wait_for_selector("canvas", timeout=60_000)
+            wait_status(pg, BASEMAP, "done")
+            wait_until(pg, lambda: fraction_near(plot_pixels(pg), OCEAN) > 0.2, what="basemap under /foo")
+        finally:
+            pg.close()
+        assert errors == []
