@@ -289,7 +289,9 @@ def test_export_says_when_the_feature_cap_truncated_it(ogc_server, tmp_path, mon
 @pytest.mark.slow
 def test_prefetch_of_the_demo_catalog_warms_the_next_process(env):
     # Each process starts its own demo services; they prefer the same ports, so the URLs, and
-    # with them the cache entries, are the same from one process to the next.
+    # with them the cache entries, are the same from one process to the next. The test picks
+    # its own preferred ports: the defaults may be taken by a demo running on this machine.
+    env = {**env, "MAPSTREAM_DEMO_PORTS": ",".join(map(str, _free_ports(2)))}
     args = ["prefetch", "basemap", "--bbox", EUROPE, "--zoom", "0-5"]
     first = run_mapstream(args, env=env)
     assert first.returncode == 0, first.stderr
@@ -298,3 +300,16 @@ def test_prefetch_of_the_demo_catalog_warms_the_next_process(env):
     assert second.returncode == 0, second.stderr
     assert f"0 fetched, {EUROPE_TILES_0_5} already cached" in second.stdout
     assert "0 HTTP requests" in second.stdout
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:  # all bound at once: n distinct ports
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
