@@ -7,13 +7,14 @@ teardown together with the demo services it started.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
 
 from layers.catalog import DEMO_CATALOG
 
 from .served import (
-    OCEAN, collect_errors, drag, fraction_blank, fraction_near, fraction_purple, free_port, launch, plot_pixels,
+    OCEAN, collect_errors, drag, fraction_blank, fraction_near, fraction_purple, free_port, launch, plot_box, plot_pixels,
     served_app, status_lines, wait_status, wait_until,
 )
 
@@ -86,9 +87,16 @@ def test_renders_basemap_and_priority_layers_and_reports_a_failing_layer(page):
 
 def test_pan_loads_new_data_and_a_burst_ends_on_the_final_view(page):
     _loaded(page)
-    drag(page, -350)  # pan east: the right part of the view has no basemap until new tiles load
+    box = plot_box(page)
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -400)  # zoom in, so that pans stay inside the world
+    wait_until(page, lambda: fraction_blank(plot_pixels(page)) < 0.05, what="tiles after zooming in")
+    wait_status(page, BASEMAP, "done")
+    before = plot_pixels(page)
+    drag(page, -600)  # pan east by more than the mosaic's margin: the right part needs new tiles
     wait_until(page, lambda: fraction_blank(plot_pixels(page)) < 0.05, what="new tiles after the pan")
     wait_status(page, BASEMAP, "done")
+    assert np.abs(plot_pixels(page) - before).sum(-1).mean() > 5  # the view shows other data
     for dx, dy in [(120, 40), (-200, 0), (150, -60), (-180, 80), (220, -30), (-300, 0)]:
         drag(page, dx, dy, steps=2)  # a burst, faster than loads complete
     wait_status(page, BASEMAP, "done", timeout=120)
@@ -103,10 +111,10 @@ def test_pan_loads_new_data_and_a_burst_ends_on_the_final_view(page):
 
 def test_toggling_a_layer_hides_and_shows_it(page):
     _loaded(page)
-    page.get_by_text("Countries", exact=True).click()
+    page.locator("input[type=checkbox]").nth(1).click()  # Countries (priority order)
     wait_until(page, lambda: fraction_purple(plot_pixels(page)) < 0.005, what="countries hidden")
     assert fraction_near(plot_pixels(page), OCEAN) > 0.2  # basemap still there
-    page.get_by_text("Countries", exact=True).click()
+    page.locator("input[type=checkbox]").nth(1).click()  # Countries (priority order)
     wait_until(page, lambda: fraction_purple(plot_pixels(page)) > 0.05, what="countries shown again")
 
 
