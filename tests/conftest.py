@@ -22,6 +22,18 @@ def pytest_unconfigure(config):
         shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _restore_mapstream_environment():
+    # Code under test may set MAPSTREAM_* variables in-process (``mapstream serve`` exports
+    # MAPSTREAM_CATALOG before it execs panel): one test's settings never leak into the next.
+    before = {k: v for k, v in os.environ.items() if k.startswith("MAPSTREAM_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MAPSTREAM_")]:
+        if key not in before:
+            del os.environ[key]
+    os.environ.update(before)
+
+
 def pytest_collection_modifyitems(config, items):
     if os.path.exists("/usr/bin/chromium"):
         return
