@@ -225,12 +225,16 @@ class MapApp(pn.viewable.Viewer):
             retry.on_click(lambda ev, n=name: self._schedule(lambda: self.retry(n)))
             self._toggles[name], self._status_panes[name], self._retry[name] = toggle, status, retry
             rows.append(pn.Column(toggle, pn.Row(status, retry), margin=(0, 0, 6, 0)))
-        self.metrics_pane = pn.pane.Markdown("", styles={"font-size": "smaller"})
+        self.metrics_pane = pn.pane.Markdown("", styles={"font-size": "smaller"}, css_classes=["mapstream-metrics"])
+        #: Loads completed (done or error) in this session; shown so that tests can wait on it.
+        self.completed = 0
+        self.completed_pane = pn.pane.Str("loads completed: 0", css_classes=["mapstream-completed"],
+                                          styles={"font-size": "smaller", "color": "#777"})
         self.inspect_pane = pn.pane.HTML("<i>Click the map to inspect the visible layers.</i>", max_height=400,
                                          styles={"overflow-y": "auto"})
         attributions = [html.escape(str(s.attribution)) for s in self.specs.values() if getattr(s, "attribution", None)]
         self.sidebar = pn.Column(
-            "## Layers", *rows, "### Inspect", self.inspect_pane, "### Engine", self.metrics_pane,
+            "## Layers", *rows, "### Inspect", self.inspect_pane, "### Engine", self.metrics_pane, self.completed_pane,
             pn.pane.HTML("<small>" + " · ".join(attributions) + "</small>") if attributions else None,
             width=300,
         )
@@ -379,6 +383,9 @@ class MapApp(pn.viewable.Viewer):
             pipe.send(image)
 
     def _set_status(self, name: str, **values: Any) -> None:
+        if values.get("state") in ("done", "error"):
+            self.completed += 1
+            self.completed_pane.object = f"loads completed: {self.completed}"
         st = self.state.update_status(name, **values)
         pane = self._status_panes.get(name)
         if pane is not None:
