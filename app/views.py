@@ -244,6 +244,8 @@ class MapApp(pn.viewable.Viewer):
         if self._hooked:
             return self.layout
         self._hooked = True
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
         if pn.state.curdoc is not None and self._doc is None:
             self._doc = pn.state.curdoc
         pn.state.onload(self._preload)
