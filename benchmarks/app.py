@@ -26,10 +26,15 @@ def _completed(page) -> int:
 
 
 def _requests(page) -> int:
-    page.wait_for_timeout(1300)  # the metrics view refreshes every second
-    text = page.locator(".mapstream-metrics").first.evaluate("e => (e.shadowRoot || e).textContent")
-    m = re.search(r"requests: (\d+)", text)
-    return int(m.group(1)) if m else -1
+    """Upstream requests so far, from the metrics view (refreshed every second)."""
+    page.wait_for_timeout(1300)
+    for _ in range(20):
+        text = page.locator(".mapstream-metrics").first.evaluate("e => (e.shadowRoot || e).textContent")
+        m = re.search(r"requests: (\d+)", text or "")
+        if m:
+            return int(m.group(1))
+        page.wait_for_timeout(250)
+    raise RuntimeError("no request count in the metrics view")
 
 
 def _wait_visible_done(page, baseline: int, layers: int, timeout: float = 180) -> float:
