@@ -44,10 +44,12 @@ def create_app(
 
     from layers.catalog import load_catalog
 
+    from .render import warm_up
     from .views import MapApp
 
     if catalog is None or isinstance(catalog, (str, os.PathLike)):
         catalog = load_catalog(catalog)
+    warm_up()  # datashader's first compile runs while the page and the basemap load
     with_notifications = pn.state.curdoc is not None
     if with_notifications:
         pn.extension(notifications=True)

@@ -14,7 +14,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Image", "empty_image", "mosaic_image", "shade_features", "shade_features_async", "to_rgba"]
+__all__ = [
+    "Image",
+    "empty_image",
+    "mosaic_image",
+    "shade_features",
+    "shade_features_async",
+    "to_rgba",
+    "warm_up",
+]
 
 _DEFAULT_COLOR = "#d62728"
 
@@ -181,3 +189,40 @@ async def shade_features_async(
         As :func:`shade_features`.
     """
     return await asyncio.to_thread(shade_features, frame, bounds, width, height, style)
+
+
+_warm_lock = __import__("threading").Lock()
+_warm_thread: Any = None
+
+
+def warm_up() -> None:
+    """Compile datashader's kernels once per process, in a background thread.
+
+    Datashader JIT-compiles its aggregation kernels (numba) on first use, which costs seconds;
+    doing it while the page, the basemap and the demo services start keeps that cost off the
+    first feature layer's time to screen. Returns at once; idempotent.
+    """
+    global _warm_thread
+    import threading
+
+    with _warm_lock:
+        if _warm_thread is not None:
+            return
+        _warm_thread = threading.Thread(target=_warm, name="mapstream-datashader-warm-up", daemon=True)
+        _warm_thread.start()
+
+
+def _warm() -> None:
+    import geopandas as gpd
+    import shapely
+
+    geoms = [  # two points on one pixel: counts differ, so shading has a span to scale
+        shapely.Point(0, 0),
+        shapely.Point(0, 0),
+        shapely.Point(1, 1),
+        shapely.LineString([(0, 0), (1, 1)]),
+        shapely.box(0, 0, 1, 1),
+    ]
+    frame = gpd.GeoDataFrame({"v": [1.0, 2.0, 3.0, 4.0, 5.0]}, geometry=geoms, crs="EPSG:3857")
+    for style in ({"color": "#000000"}, {"cmap": "viridis"}):
+        shade_features(frame, (-1.0, -1.0, 2.0, 2.0), 8, 8, style)

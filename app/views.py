@@ -232,7 +232,9 @@ class MapApp(pn.viewable.Viewer):
                                           styles={"font-size": "smaller", "color": "#777"})
         self.inspect_pane = pn.pane.HTML("<i>Click the map to inspect the visible layers.</i>", max_height=400,
                                          styles={"overflow-y": "auto"})
-        attributions = [html.escape(str(s.attribution)) for s in self.specs.values() if getattr(s, "attribution", None)]
+        attributions = list(dict.fromkeys(  # each source credited once
+            html.escape(str(s.attribution)) for s in self.specs.values() if getattr(s, "attribution", None)
+        ))
         self.sidebar = pn.Column(
             "## Layers", *rows, "### Inspect", self.inspect_pane, "### Engine", self.metrics_pane, self.completed_pane,
             pn.pane.HTML("<small>" + " · ".join(attributions) + "</small>") if attributions else None,
