@@ -15,7 +15,8 @@ The tree::
     │   ├── TransportError      connection refused, reset, truncated body, TLS, ...
     │   ├── ResponseTooLargeError  the body exceeded the fetcher's size limit
     │   └── RetriesExhaustedError  retries used up; ``last_error`` is the final failure
-    └── ParseError              a response that could not be decoded or parsed (keeps URL)
+    ├── ParseError              a response that could not be decoded or parsed (keeps URL)
+    └── ServiceError            an embedded demo service that would not start
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "ResponseTooLargeError",
     "RetriesExhaustedError",
     "ParseError",
+    "ServiceError",
 ]
 
 
@@ -102,3 +104,7 @@ class ParseError(LayersError):
     def __init__(self, message: str, *, url: str | None = None) -> None:
         super().__init__(message if url is None else f"{message} ({url})")
         self.url = url
+
+
+class ServiceError(LayersError):
+    """An embedded (demo) service that failed to start; the message quotes its stderr."""

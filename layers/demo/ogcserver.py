@@ -47,20 +47,19 @@ pygeoapi is imported only in the child: importing this module is cheap.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ._child import ChildServer
 
 __all__ = ["PygeoapiServer", "pygeoapi_config"]
 
@@ -104,7 +103,7 @@ def pygeoapi_config(
     }
 
 
-class PygeoapiServer:
+class PygeoapiServer(ChildServer):
     """pygeoapi on ``127.0.0.1`` in a child process (its own process group).
 
     Parameters
@@ -126,10 +125,13 @@ class PygeoapiServer:
 
     Raises
     ------
-    RuntimeError
+    ServiceError
         From :meth:`start`: the child exited or did not answer within ``timeout`` seconds
         (the child's stderr is included).
     """
+
+    module = "layers.demo.ogcserver"
+    label = "pygeoapi"
 
     def __init__(
         self,
@@ -142,119 +144,37 @@ class PygeoapiServer:
         latency: float = 0.0,
         faults: Mapping[str, list[str]] | None = None,
     ) -> None:
+        super().__init__(port=port, env=env)
         self.resources = dict(resources)
         self.title = title
         self.limit = limit
-        self.port = port
-        self.env = dict(env or {})
         self.latency = latency
         self.faults = {k: list(v) for k, v in (faults or {}).items()}
-        self.url: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
-    def start(self, timeout: float = 60.0) -> PygeoapiServer:
-        """Start the child and wait until its landing page answers (idempotent)."""
-        if self._proc is not None:
-            return self
-        self._tmp = tempfile.TemporaryDirectory(prefix="pygeoapi-")
-        spec = Path(self._tmp.name) / "spec.json"
-        spec.write_text(
-            json.dumps(
-                {
-                    "resources": self.resources,
-                    "title": self.title,
-                    "limit": self.limit,
-                    "port": self.port,
-                    "latency": self.latency,
-                    "faults": self.faults,
-                    "dir": self._tmp.name,
-                    "parent": os.getpid(),
-                }
-            )
-        )
-        env = {**os.environ, **self.env}
-        # The child must import this package even when the caller is not run from the repo.
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "layers.demo.ogcserver", str(spec)],
-            stdout=subprocess.PIPE,
-            stderr=open(Path(self._tmp.name) / "stderr.log", "wb"),
-            env=env,
-            start_new_session=True,  # its own process group: stop() kills all of it
-        )
-        line: list[bytes] = []
-        reader = threading.Thread(target=lambda: line.append(self._proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not line or not line[0].startswith(b"READY "):
-            err = self._stderr()
-            self.stop()
-            raise RuntimeError(f"pygeoapi did not start: {err[-2000:]}")
-        self.url = f"http://127.0.0.1:{int(line[0].split()[1])}"
+    def spec(self, workdir: str) -> dict[str, Any]:
+        return {
+            "resources": self.resources,
+            "title": self.title,
+            "limit": self.limit,
+            "latency": self.latency,
+            "faults": self.faults,
+            "dir": workdir,
+            "parent": os.getpid(),
+        }
+
+    def wait_ready(self, timeout: float) -> None:
+        # pygeoapi reports its port before its app is importable: wait for the landing page.
         deadline = time.monotonic() + timeout
         while True:
             try:
                 with urllib.request.urlopen(self.url + "/?f=json", timeout=5) as r:
                     if r.status == 200:
-                        return self
+                        return
             except OSError:
                 pass
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                err = self._stderr()
-                self.stop()
-                raise RuntimeError(f"pygeoapi did not answer: {err[-2000:]}")
+            if self._proc is None or self._proc.poll() is not None or time.monotonic() > deadline:
+                self._fail("did not answer")
             time.sleep(0.05)
-
-    async def astart(self, timeout: float = 60.0) -> PygeoapiServer:
-        """:meth:`start` without blocking the event loop."""
-        return await asyncio.to_thread(self.start, timeout)
-
-    def stats(self) -> dict[str, Any]:
-        """The child's request counters (``GET /__stats``)."""
-        with urllib.request.urlopen(f"{self.url}/__stats", timeout=10) as r:
-            return json.loads(r.read())
-
-    def _stderr(self) -> str:
-        if self._tmp is None:
-            return ""
-        try:
-            return (Path(self._tmp.name) / "stderr.log").read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """Kill the child's whole process group and remove its files (idempotent)."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            if proc.stdout is not None:
-                proc.stdout.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> PygeoapiServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> PygeoapiServer:
-        return await self.astart()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.stop)
 
 
 # --- in the child ------------------------------------------------------------------------------

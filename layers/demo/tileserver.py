@@ -17,7 +17,6 @@ requests answered 503, drawn from a seeded generator) make the async behaviour v
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import hashlib
 import io
@@ -27,15 +26,15 @@ import random
 import re
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from ._child import ChildServer
 
 __all__ = ["MAX_ZOOM", "TILE_PATH", "Basemap", "TileServer", "in_range", "tile_bounds"]
 
@@ -244,7 +243,7 @@ def _serve(spec_path: str) -> None:
     server.serve_forever()
 
 
-class TileServer:
+class TileServer(ChildServer):
     """The basemap tile server in a child process (its own process group) on ``127.0.0.1``.
 
     Parameters
@@ -262,9 +261,12 @@ class TileServer:
 
     Raises
     ------
-    RuntimeError
+    ServiceError
         From :meth:`start`: the child exited or did not report its port in time.
     """
+
+    module = "layers.demo.tileserver"
+    label = "tile server"
 
     def __init__(
         self,
@@ -275,101 +277,18 @@ class TileServer:
         fail_rate: float = 0.0,
         env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__(port=port, env=env)
         self.data = str(data)
-        self.env = dict(env or {})
-        self.port = port
         self.latency = latency
         self.fail_rate = fail_rate
-        self.url: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
 
     @property
     def tiles_url(self) -> str:
         """The XYZ URL template, e.g. ``http://127.0.0.1:PORT/tiles/{z}/{x}/{y}.png``."""
         return f"{self.url}{TILE_PATH}"
 
-    def start(self, timeout: float = 60.0) -> TileServer:
-        """Start the child and wait until it listens (idempotent)."""
-        if self._proc is not None:
-            return self
-        self._tmp = tempfile.TemporaryDirectory(prefix="mapstream-tiles-")
-        spec = Path(self._tmp.name) / "spec.json"
-        spec.write_text(
-            json.dumps(
-                {
-                    "data": self.data,
-                    "port": self.port,
-                    "latency": self.latency,
-                    "fail_rate": self.fail_rate,
-                }
-            )
-        )
-        env = {**os.environ, **self.env}
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        log = Path(self._tmp.name) / "stderr.log"
-        with open(log, "wb") as err:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "layers.demo.tileserver", str(spec)],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=env,
-                start_new_session=True,
-            )
-        line: list[bytes] = []
-        reader = threading.Thread(
-            target=lambda: line.append(self._proc.stdout.readline()), daemon=True
-        )
-        reader.start()
-        reader.join(timeout)
-        if not line or not line[0].startswith(b"READY "):
-            text = log.read_text(errors="replace")[-2000:]
-            self.stop()
-            raise RuntimeError(f"tile server did not start: {text}")
-        self.url = f"http://127.0.0.1:{int(line[0].split()[1])}"
-        return self
-
-    async def astart(self, timeout: float = 60.0) -> TileServer:
-        """:meth:`start` without blocking the event loop."""
-        return await asyncio.to_thread(self.start, timeout)
-
-    def stats(self) -> dict[str, int]:
-        """The child's counters (``GET /__stats``)."""
-        import urllib.request
-
-        with urllib.request.urlopen(f"{self.url}/__stats", timeout=10) as r:
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        """Kill the child's process group and remove its files (idempotent)."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(5)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            if proc.stdout is not None:
-                proc.stdout.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> TileServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def spec(self, workdir: str) -> dict[str, Any]:
+        return {"data": self.data, "latency": self.latency, "fail_rate": self.fail_rate}
 
 
 if __name__ == "__main__":
