@@ -519,8 +519,17 @@ class _Walk:
                     return
                 url = nxt
 
+        # Keep about as many page requests outstanding as the host takes at once, not all of
+        # them: a layer with 200 pages would otherwise queue them all in the fetcher ahead of
+        # every request another layer (a higher-priority one) makes to the same server.
+        window = asyncio.Semaphore(self.fetcher.host_limit(self.layer.items_url))
+
+        async def windowed(coro: Any) -> None:
+            async with window:
+                await coro
+
         for url in offset_urls:
-            self._spawn(one(url))
+            self._spawn(windowed(one(url)))
         for url in walkers:
             self._spawn(walk(url))
         left_offsets, left_walkers = len(offset_urls), len(walkers)

@@ -387,6 +387,18 @@ class Fetcher:
         hostname = netloc.rsplit("@", 1)[-1].rsplit(":", 1)[0]
         return self.host_limits.get(netloc, self.host_limits.get(hostname, self.per_host_limit))
 
+    def host_limit(self, url: str) -> int:
+        """The number of concurrent requests allowed to the host of ``url``.
+
+        A caller that plans many requests to one host (a layer's pages) keeps about this many
+        outstanding, so it saturates the host's slots without queueing everything at once ahead
+        of other layers' requests.
+
+        >>> Fetcher(cache_dir=None, host_limits={"tiles.test": 2}).host_limit("http://tiles.test/1/0/0.png")
+        2
+        """
+        return self._limit_for(httpx.URL(url).netloc.decode("ascii").lower())
+
     def set_host_limit(self, host: str, limit: int) -> None:
         """Allow ``limit`` concurrent requests to ``host`` (``"name"`` or ``"name:port"``).
 
