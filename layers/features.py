@@ -519,10 +519,11 @@ class _Walk:
                     return
                 url = nxt
 
-        # Keep about as many page requests outstanding as the host takes at once, not all of
-        # them: a layer with 200 pages would otherwise queue them all in the fetcher ahead of
-        # every request another layer (a higher-priority one) makes to the same server.
-        window = asyncio.Semaphore(self.fetcher.host_limit(self.layer.items_url))
+        # Keep twice as many pages outstanding as the host takes at once (while half of them
+        # parse, the other half fetch), not all of them: a layer with 200 pages would otherwise
+        # queue them all in the fetcher ahead of every request that another layer (a
+        # higher-priority one) makes to the same server.
+        window = asyncio.Semaphore(2 * self.fetcher.host_limit(self.layer.items_url))
 
         async def windowed(coro: Any) -> None:
             async with window:
