@@ -525,12 +525,12 @@ class _Walk:
         # higher-priority one) makes to the same server.
         window = asyncio.Semaphore(2 * self.fetcher.host_limit(self.layer.items_url))
 
-        async def windowed(coro: Any) -> None:
+        async def windowed(url: str) -> None:
             async with window:
-                await coro
+                await one(url)
 
         for url in offset_urls:
-            self._spawn(windowed(one(url)))
+            self._spawn(windowed(url))
         for url in walkers:
             self._spawn(walk(url))
         left_offsets, left_walkers = len(offset_urls), len(walkers)
