@@ -43,6 +43,7 @@ def create_app(
     import panel as pn
 
     from layers.catalog import load_catalog
+    from layers.geojson import warm_pool
 
     from .render import warm_up
     from .views import MapApp
@@ -50,6 +51,7 @@ def create_app(
     if catalog is None or isinstance(catalog, (str, os.PathLike)):
         catalog = load_catalog(catalog)
     warm_up()  # datashader's first compile runs while the page and the basemap load
+    warm_pool()  # so do the GeoJSON parser processes' start-up
     with_notifications = pn.state.curdoc is not None
     if with_notifications:
         pn.extension(notifications=True)

@@ -169,12 +169,34 @@ def _pool() -> concurrent.futures.ProcessPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            # forkserver: never fork a process that runs threads and an event loop.
+            # forkserver: never fork a process that runs threads and an event loop. The server
+            # imports this module (geopandas, shapely, pyproj) once and forks the workers from
+            # it ready to parse; its default, importing ``__main__``, would load the host
+            # program (``panel serve``: Panel and Bokeh) and leave each worker to import the
+            # parser's dependencies again, tens of seconds on a busy 2-core machine.
             ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload([__name__])
             workers = max(1, min(4, (os.cpu_count() or 2)))
             _POOL = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
             atexit.register(shutdown_pool)  # before interpreter teardown, not during it
         return _POOL
+
+
+def warm_pool() -> None:
+    """Start the parser processes now, in the background, so the first big page does not wait.
+
+    Returns at once; the app calls it when a session is created. Idempotent.
+    """
+    if _POOL_BROKEN:
+        return
+    pool = _pool()
+    workers = getattr(pool, "_max_workers", 1)
+    for _ in range(workers):  # each submit may start a worker, up to the pool's size
+        pool.submit(_noop)
+
+
+def _noop() -> None:
+    return None
 
 
 def shutdown_pool() -> None:
