@@ -32,7 +32,7 @@ def setup_mapstream() -> dict[str, Any]:
     True
     """
     command = [
-        sys.executable, "-m", "panel", "serve", str(APP_DIR),
+        sys.executable, "-m", "panel", "serve", str(APP_DIR), "--warm",
         "--port={port}",
         "--prefix={base_url}mapstream",
         "--allow-websocket-origin=*",

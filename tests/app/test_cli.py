@@ -120,7 +120,7 @@ def test_serve_execs_panel_with_the_catalog(tmp_path, monkeypatch):
     argv = seen["argv"]
     assert argv[1:4] == ["-m", "panel", "serve"]
     assert Path(argv[4]) == Path(cli.__file__).resolve().parent
-    assert argv[5:] == ["--port", "5099", "--args", "--catalog", str(catalog.resolve())]
+    assert argv[5:] == ["--warm", "--port", "5099", "--args", "--catalog", str(catalog.resolve())]
     assert cli.os.environ["MAPSTREAM_CATALOG"] == str(catalog.resolve())
 
 

@@ -33,7 +33,7 @@ def free_port() -> int:
 def served_app(catalog: str | None = None, prefix: str | None = None, env: dict | None = None, timeout: float = 90):
     """Run ``panel serve app`` on a free loopback port; yield the app URL; stop it (and its demo)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "panel", "serve", "app", "--address", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "panel", "serve", "app", "--warm", "--address", "127.0.0.1", "--port", str(port),
            "--allow-websocket-origin", f"127.0.0.1:{port}", "--num-procs", "1"]
     if prefix:
         cmd += ["--prefix", prefix]
