@@ -82,11 +82,20 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     >>> str(default_cache_dir({"XDG_CACHE_HOME": "/c"}))
     '/c/mapstream/http'
     """
+    return user_cache_dir("http", "MAPSTREAM_CACHE_DIR", environ)
+
+
+def user_cache_dir(name: str, override: str, environ: Mapping[str, str] | None = None) -> Path:
+    """``$override`` if set, else ``$XDG_CACHE_HOME/mapstream/NAME`` (``~/.cache`` by default).
+
+    >>> str(user_cache_dir("demo", "X_DIR", {"HOME": "/h", "XDG_CACHE_HOME": "/c"}))
+    '/c/mapstream/demo'
+    """
     env = os.environ if environ is None else environ
-    if env.get("MAPSTREAM_CACHE_DIR"):
-        return Path(env["MAPSTREAM_CACHE_DIR"])
+    if env.get(override):
+        return Path(env[override])
     base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mapstream" / "http"
+    return Path(base) / "mapstream" / name
 
 
 def cache_key(method: str, url: str, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:

@@ -16,7 +16,7 @@ import math
 from typing import NamedTuple
 
 from .errors import BadInputError
-from .viewport import ORIGIN_SHIFT, lonlat_to_mercator
+from .viewport import ORIGIN_SHIFT, lonlat_bbox_to_mercator
 
 __all__ = [
     "Tile",
@@ -164,39 +164,6 @@ def tile_range(bounds: tuple[float, float, float, float], zoom: int) -> tuple[ra
     y0 = max(0, math.floor((ORIGIN_SHIFT - north) / span + _EPS / span))
     y1 = min(n, math.ceil((ORIGIN_SHIFT - south) / span - _EPS / span))
     return range(x0, max(x1, x0 + 1)), range(y0, max(y1, y0 + 1))
-
-
-def lonlat_bbox_to_mercator(
-    bbox: tuple[float, float, float, float],
-) -> tuple[float, float, float, float]:
-    """A (west, south, east, north) box in degrees as EPSG:3857 metres.
-
-    ``east < west`` means the box crosses the antimeridian: east is carried past 180 degrees.
-    Latitudes are clamped to Web Mercator's limit.
-
-    Raises
-    ------
-    BadInputError
-        Not four finite numbers, or south >= north, or latitudes outside [-90, 90].
-
-    >>> [round(v) for v in lonlat_bbox_to_mercator((170, -10, -170, 10))]
-    [18924313, -1118890, 21150703, 1118890]
-    """
-    try:
-        west, south, east, north = (float(v) for v in bbox)
-    except (TypeError, ValueError) as exc:
-        raise BadInputError(
-            f"bbox must be four numbers (west, south, east, north): {bbox!r}"
-        ) from exc
-    if not all(math.isfinite(v) for v in (west, south, east, north)):
-        raise BadInputError(f"bbox must be finite: {bbox!r}")
-    if not (-90 <= south < north <= 90):
-        raise BadInputError(f"bbox south/north must satisfy -90 <= south < north <= 90: {bbox!r}")
-    if east < west:
-        east += 360.0
-    x0, y0 = lonlat_to_mercator(west, south)
-    x1, y1 = lonlat_to_mercator(east, north)
-    return (x0, y0, x1, y1)
 
 
 def tiles_in_bbox(bounds: tuple[float, float, float, float], zoom: int) -> list[Tile]:

@@ -11,7 +11,13 @@ from typing import NamedTuple
 
 from .errors import BadInputError
 
-__all__ = ["Viewport", "ORIGIN_SHIFT", "lonlat_to_mercator", "mercator_to_lonlat"]
+__all__ = [
+    "Viewport",
+    "ORIGIN_SHIFT",
+    "lonlat_bbox_to_mercator",
+    "lonlat_to_mercator",
+    "mercator_to_lonlat",
+]
 
 #: Half the width of the Web Mercator world, in metres (EPSG:3857).
 ORIGIN_SHIFT = 20037508.342789244
@@ -42,6 +48,39 @@ def mercator_to_lonlat(x: float, y: float) -> tuple[float, float]:
     lon = x * 180.0 / ORIGIN_SHIFT
     lat = math.degrees(2.0 * math.atan(math.exp(y * math.pi / ORIGIN_SHIFT)) - math.pi / 2.0)
     return lon, lat
+
+
+def lonlat_bbox_to_mercator(
+    bbox: tuple[float, float, float, float],
+) -> tuple[float, float, float, float]:
+    """A (west, south, east, north) box in degrees as EPSG:3857 metres.
+
+    ``east < west`` means the box crosses the antimeridian: east is carried past 180 degrees.
+    Latitudes are clamped to Web Mercator's limit.
+
+    Raises
+    ------
+    BadInputError
+        Not four finite numbers, or south >= north, or latitudes outside [-90, 90].
+
+    >>> [round(v) for v in lonlat_bbox_to_mercator((170, -10, -170, 10))]
+    [18924313, -1118890, 21150703, 1118890]
+    """
+    try:
+        west, south, east, north = (float(v) for v in bbox)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(
+            f"bbox must be four numbers (west, south, east, north): {bbox!r}"
+        ) from exc
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        raise BadInputError(f"bbox must be finite: {bbox!r}")
+    if not (-90 <= south < north <= 90):
+        raise BadInputError(f"bbox south/north must satisfy -90 <= south < north <= 90: {bbox!r}")
+    if east < west:
+        east += 360.0
+    x0, y0 = lonlat_to_mercator(west, south)
+    x1, y1 = lonlat_to_mercator(east, north)
+    return (x0, y0, x1, y1)
 
 
 class Viewport(NamedTuple):
@@ -107,13 +146,7 @@ class Viewport(NamedTuple):
         >>> vp.height, round(vp.x_range[1])
         (512, 20037508)
         """
-        west, south, east, north = (float(v) for v in bbox)
-        if not (-90 <= south < north <= 90):
-            raise BadInputError(f"bbox south/north must satisfy -90 <= south < north <= 90: {bbox}")
-        if east < west:
-            east += 360.0
-        x0, y0 = lonlat_to_mercator(west, south)
-        x1, y1 = lonlat_to_mercator(east, north)
+        x0, y0, x1, y1 = lonlat_bbox_to_mercator(bbox)
         if height is None:
             height = max(1, round(width * (y1 - y0) / (x1 - x0))) if x1 > x0 else width
         return cls.create((x0, x1), (y0, y1), width, height)

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..cache import user_cache_dir
+
 __all__ = [
     "COUNTRIES_FILE",
     "DATA_VERSION",
@@ -44,11 +46,7 @@ def demo_data_dir(environ: dict[str, str] | None = None) -> Path:
     >>> str(demo_data_dir({"XDG_CACHE_HOME": "/c"}))
     '/c/mapstream/demo'
     """
-    env = os.environ if environ is None else environ
-    if env.get("MAPSTREAM_DEMO_DATA"):
-        return Path(env["MAPSTREAM_DEMO_DATA"])
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mapstream" / "demo"
+    return user_cache_dir("demo", "MAPSTREAM_DEMO_DATA", environ)
 
 
 def read_countries() -> Any:

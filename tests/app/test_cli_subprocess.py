@@ -14,8 +14,6 @@ from tests.support.cli import ROOT, cli_env, dead_port, one_line_error, run_maps
 from tests.support.ogc import make_ogc_server, ogc_data, ogc_server  # noqa: F401 (fixtures)
 from tests.support.tileserver import tile_server  # noqa: F401 (fixture)
 
-pytest.importorskip("layers.catalog", reason="layers.catalog has not landed yet")
-
 EUROPE = "-10,35,30,60"  # 1+2+2+4+9+16 = 34 tiles at zooms 0-5
 EUROPE_TILES_0_5 = 34
 EXPORT_BOX = "-60,-40,60,40"
@@ -207,9 +205,6 @@ def test_demo_serves_until_ctrl_c_and_leaves_nothing_running(tmp_path, env):
     import httpx
     import psutil
 
-    demo = pytest.importorskip("layers.demo")
-    if not hasattr(demo, "start_demo"):
-        pytest.skip("layers.demo.start_demo has not landed yet")
     proc = _start(["demo", "--latency", "10ms"], env)
     try:
         urls = {}
