@@ -21,10 +21,13 @@ is small enough to keep here, tested.
 
 File format: a 4-byte big-endian length, a JSON metadata object, then the body. Files are
 written to a temporary name and renamed (atomic on POSIX), so readers never see half an entry.
+The directory is bounded in bytes (``$MAPSTREAM_CACHE_MAX_BYTES``, default 1 GiB): see
+:class:`DiskCache` for the eviction order and what is safe when several processes share it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -38,19 +41,25 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import BadInputError
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_BYTES_ENV",
     "CacheEntry",
     "DiskCache",
+    "DiskUsage",
     "MemoryLRU",
+    "PruneResult",
     "cache_key",
     "default_cache_dir",
     "freshness_lifetime",
+    "max_bytes_from_env",
     "parse_cache_control",
+    "parse_size",
     "redact_text",
     "redact_url",
 ]
@@ -315,35 +324,155 @@ def refresh_entry(entry: CacheEntry, headers: Iterable[tuple[str, str]], ttl: fl
     )
 
 
+#: Default bound of the disk cache: room for tens of thousands of tiles, small on any disk.
+DEFAULT_MAX_BYTES = 1 << 30
+
+#: The environment variable that overrides :data:`DEFAULT_MAX_BYTES` (e.g. ``500M``, ``2G``).
+MAX_BYTES_ENV = "MAPSTREAM_CACHE_MAX_BYTES"
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, *, name: str = "size") -> int:
+    """Bytes from ``"4096"``, ``"500M"``, ``"2G"``, ``"1.5GiB"``: K, M, G, T are powers of 1024.
+
+    Parameters
+    ----------
+    text
+        A non-negative number, optionally followed by a unit (case-insensitive; ``B``, ``iB``
+        accepted after it).
+    name
+        What the value is, for the error message (the setting or environment variable).
+
+    Raises
+    ------
+    BadInputError
+        If ``text`` is not a size; the message names ``name``.
+
+    >>> parse_size("4096"), parse_size("500M"), parse_size("2g"), parse_size(" 1.5 GiB ")
+    (4096, 524288000, 2147483648, 1610612736)
+    >>> parse_size("lots", name="MAPSTREAM_CACHE_MAX_BYTES")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    layers.errors.BadInputError: MAPSTREAM_CACHE_MAX_BYTES='lots' is not a size: ...
+    """
+    m = _SIZE_RE.fullmatch(text.strip())
+    if m is None:
+        raise BadInputError(
+            f"{name}={text!r} is not a size: use a number of bytes, optionally with K, M, G or T "
+            "(powers of 1024), e.g. 500M or 2G"
+        )
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def max_bytes_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """``$MAPSTREAM_CACHE_MAX_BYTES`` in bytes, or :data:`DEFAULT_MAX_BYTES` if unset or empty.
+
+    Raises
+    ------
+    BadInputError
+        If the variable is set to something that is not a size (the message names it).
+
+    >>> max_bytes_from_env({}) == DEFAULT_MAX_BYTES
+    True
+    >>> max_bytes_from_env({"MAPSTREAM_CACHE_MAX_BYTES": "200M"})
+    209715200
+    """
+    env = os.environ if environ is None else environ
+    value = env.get(MAX_BYTES_ENV, "").strip()
+    return parse_size(value, name=MAX_BYTES_ENV) if value else DEFAULT_MAX_BYTES
+
+
+class DiskUsage(NamedTuple):
+    """Entries and bytes (file sizes: metadata and body) in a disk cache."""
+
+    entries: int
+    nbytes: int
+
+
+class PruneResult(NamedTuple):
+    """What :meth:`DiskCache.prune` removed and what it kept."""
+
+    removed: DiskUsage
+    kept: DiskUsage
+
+
+class _File(NamedTuple):
+    mtime_ns: int
+    size: int
+    path: str
+
+
 class DiskCache:
-    """Responses on disk, one file per key. Methods are blocking: call them off the loop.
+    """Responses on disk, one file per key, bounded in bytes. Methods are blocking: call them off
+    the loop.
+
+    The bound is kept by evicting least-recently-used entries, with recency the file's
+    modification time: a store writes the file and a hit touches it (``os.utime``). The file
+    system is the index, so the app and ``mapstream prefetch`` can share one directory with no
+    lock and no index to drift from the files or to rebuild after a crash (atime is not used:
+    ``noatime``/``relatime`` mounts do not keep it).
+
+    Eviction is amortised: each object keeps an estimate of the total (its last scan plus its
+    own writes) and scans the directory only when that estimate passes ``max_bytes``, then
+    evicts down to :attr:`LOW_WATER` of it, so a scan is due once per tenth of the bound
+    written, not per store. A writing object also rescans every :attr:`RESCAN_SECONDS` to see
+    what other processes wrote; with several writers the total can exceed the bound by about
+    what the others write in that window, until the next scan. Expired entries without
+    validators are evicted first (they can never be served again), then the least recently
+    used. An entry deleted by another process is a miss; a file is replaced atomically, so a
+    reader never sees half an entry.
 
     Parameters
     ----------
     directory
         Where entries live; created on first write.
+    max_bytes
+        The bound: bytes, or a size string such as ``"500M"``. Default
+        ``$MAPSTREAM_CACHE_MAX_BYTES``, else :data:`DEFAULT_MAX_BYTES` (1 GiB). ``0`` stores
+        nothing. An entry larger than the bound is not stored.
+
+    Raises
+    ------
+    BadInputError
+        If ``max_bytes`` (or the environment variable) is not a non-negative size.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    #: After an eviction the total is at most this fraction of ``max_bytes``.
+    LOW_WATER = 0.9
+    #: A writer rescans at least this often to notice other processes' writes.
+    RESCAN_SECONDS = 30.0
+    #: A temporary file older than this was left by a process that died while writing.
+    STALE_TMP_SECONDS = 3600.0
+
+    def __init__(
+        self, directory: str | os.PathLike[str], max_bytes: int | str | None = None
+    ) -> None:
         self.directory = Path(directory)
+        self.max_bytes = max_bytes_from_env() if max_bytes is None else _as_size(max_bytes)
+        self._lock = threading.Lock()  # guards the estimate below
+        self._evicting = threading.Lock()  # one scan-and-evict at a time per object
+        self._estimate: int | None = None  # bytes on disk; None until the first scan
+        self._written = 0  # bytes written (net) since the current scan began
+        self._scanned_at = 0.0
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.entry"
 
     def load(self, key: str) -> CacheEntry | None:
-        """The entry for ``key``, or ``None`` if absent or unreadable (a corrupt file is removed)."""
+        """The entry for ``key``, or ``None`` if absent or unreadable (a corrupt file is removed).
+
+        A hit counts as a use: it refreshes the entry's place in the eviction order.
+        """
         path = self._path(key)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
         try:
-            (n,) = struct.unpack(">I", data[:4])
-            meta = json.loads(data[4 : 4 + n])
-            body = data[4 + n :]
-            if len(body) != meta["size"]:
-                raise ValueError("size mismatch")
-            return CacheEntry(
+            meta, body = _decode(data)
+            entry = CacheEntry(
                 url=meta["url"],
                 status=meta["status"],
                 headers=[tuple(p) for p in meta["headers"]],
@@ -357,11 +486,18 @@ class DiskCache:
             # A corrupt entry is a miss, and is removed so it is not read again.
             path.unlink(missing_ok=True)
             return None
+        try:
+            os.utime(path)
+        except OSError:
+            pass  # deleted meanwhile, or a read-only cache: the hit stands, recency is lost
+        return entry
 
     def store(self, key: str, entry: CacheEntry) -> None:
-        """Write ``entry`` atomically (temporary file, then rename)."""
+        """Write ``entry`` atomically (temporary file, then rename), evicting if over the bound.
+
+        An entry larger than the whole bound is not stored (and the old one is removed).
+        """
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = json.dumps(
             {
                 "url": entry.url,
@@ -374,30 +510,199 @@ class DiskCache:
                 "size": len(entry.body),
             }
         ).encode()
+        size = 4 + len(meta) + len(entry.body)
+        if size > self.max_bytes:
+            self.delete(key)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(struct.pack(">I", len(meta)))
                 fh.write(meta)
                 fh.write(entry.body)
+            old = _size_or_zero(path)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self._account(size - old)
+        self._evict_if_due()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        """Remove the entry for ``key`` if there is one."""
+        path = self._path(key)
+        size = _size_or_zero(path)
+        path.unlink(missing_ok=True)
+        self._account(-size)
+
+    def size(self) -> DiskUsage:
+        """Entries and bytes on disk now (scans the directory)."""
+        files = self._scan()
+        usage = DiskUsage(len(files), sum(f.size for f in files))
+        with self._lock:
+            self._estimate, self._written = usage.nbytes, 0
+            self._scanned_at = time.monotonic()
+        return usage
 
     def __len__(self) -> int:
-        """Number of entries on disk."""
-        if not self.directory.exists():
-            return 0
-        return sum(1 for _ in self.directory.glob("*/*.entry"))
+        """Number of entries on disk (scans the directory)."""
+        return len(self._scan())
+
+    def prune(self, max_bytes: int | str | None = None) -> PruneResult:
+        """Remove expired entries without validators, then the least recently used until the
+        total is at most ``max_bytes`` (default: this cache's bound).
+
+        Raises
+        ------
+        BadInputError
+            If ``max_bytes`` is not a non-negative size.
+        """
+        target = self.max_bytes if max_bytes is None else _as_size(max_bytes)
+        with self._evicting:
+            return self._scan_and_evict(target, over=-1)
 
     def clear(self) -> None:
         """Remove every entry."""
-        for p in self.directory.glob("*/*.entry"):
-            p.unlink(missing_ok=True)
+        for f in self._scan():
+            with contextlib.suppress(OSError):
+                os.unlink(f.path)
+        with self._lock:
+            self._estimate, self._written = 0, 0
+
+    # -- eviction --------------------------------------------------------------------------
+
+    def _account(self, delta: int) -> None:
+        with self._lock:
+            if self._estimate is not None:
+                self._estimate += delta
+            self._written += delta
+
+    def _evict_if_due(self) -> None:
+        with self._lock:
+            due = (
+                self._estimate is None
+                or self._estimate > self.max_bytes
+                or time.monotonic() - self._scanned_at >= self.RESCAN_SECONDS
+            )
+        # If another thread of this process is already evicting, it will see our write.
+        if due and self._evicting.acquire(blocking=False):
+            try:
+                self._scan_and_evict(int(self.max_bytes * self.LOW_WATER), over=self.max_bytes)
+            finally:
+                self._evicting.release()
+
+    def _scan_and_evict(self, target: int, over: int) -> PruneResult:
+        # Scan; if the total exceeds ``over``, evict the dead, then the least recently used
+        # until it is at most ``target``. Caller holds self._evicting.
+        with self._lock:
+            self._written = 0
+        files = self._scan()
+        total = sum(f.size for f in files)
+        entries, removed, removed_bytes = len(files), 0, 0
+        if total > over:
+            now = time.time()
+            dead, alive = [], []
+            for f in files:
+                (dead if _is_dead(f.path, now) else alive).append(f)
+            alive.sort()  # oldest use first
+            for i, f in enumerate(dead + alive):
+                if i >= len(dead) and total <= target:
+                    break
+                gone = _unlink_unless_used(f)
+                if gone is not None:  # deleted, by us (True) or by another process (False)
+                    total -= f.size
+                    entries -= 1
+                    if gone:
+                        removed += 1
+                        removed_bytes += f.size
+        with self._lock:
+            # Writes made while we scanned may be counted twice: an overestimate, which only
+            # brings the next scan forward.
+            self._estimate = total + self._written
+            self._scanned_at = time.monotonic()
+        return PruneResult(DiskUsage(removed, removed_bytes), DiskUsage(entries, total))
+
+    def _scan(self) -> list[_File]:
+        """Every entry file as (mtime, size, path); removes stale temporary files."""
+        out: list[_File] = []
+        stale_before = time.time() - self.STALE_TMP_SECONDS
+        try:
+            top = os.scandir(self.directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return out
+        with top:
+            subdirs = [d.path for d in top if len(d.name) == 2 and d.is_dir(follow_symlinks=False)]
+        for sub in subdirs:
+            try:
+                it = os.scandir(sub)
+            except OSError:
+                continue
+            with it:
+                for f in it:
+                    try:
+                        if f.name.endswith(".entry"):
+                            st = f.stat(follow_symlinks=False)
+                            out.append(_File(st.st_mtime_ns, st.st_size, f.path))
+                        elif f.name.startswith(".tmp-") and f.stat().st_mtime < stale_before:
+                            os.unlink(f.path)
+                    except OSError:
+                        continue  # removed by another process while we looked
+        return out
+
+
+def _as_size(value: object) -> int:
+    if isinstance(value, str):
+        return parse_size(value, name="max_bytes")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return int(value)
+    raise BadInputError(f"max_bytes must be a size >= 0 (bytes, or a string like '2G'): {value!r}")
+
+
+def _decode(data: bytes) -> tuple[dict[str, Any], bytes]:
+    (n,) = struct.unpack(">I", data[:4])
+    meta = json.loads(data[4 : 4 + n])
+    body = data[4 + n :]
+    if len(body) != meta["size"]:
+        raise ValueError("size mismatch")
+    return meta, body
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _is_dead(path: str, now: float) -> bool:
+    # Expired with no validators: the fetcher can never use it again. Reads the metadata only.
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+            (n,) = struct.unpack(">I", head[:4])
+            if 4 + n > len(head):
+                head += fh.read(4 + n - len(head))
+        meta = json.loads(head[4 : 4 + n])
+        return meta["expires_at"] <= now and meta["etag"] is None and meta["last_modified"] is None
+    except FileNotFoundError:
+        return False  # gone already; the unlink will find out
+    except (OSError, struct.error, ValueError, KeyError, TypeError):
+        return True  # unreadable or corrupt: useless
+
+
+def _unlink_unless_used(f: _File) -> bool | None:
+    """Delete ``f`` unless it was used or rewritten since the scan: True if deleted, False if
+    another process deleted it first, None if it was kept."""
+    try:
+        if os.stat(f.path).st_mtime_ns != f.mtime_ns:
+            return None
+        os.unlink(f.path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None  # e.g. open in another process on Windows: try the next one
+    return True
 
 
 class MemoryLRU:

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import email.utils
+import os
+import random
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from layers.cache import (
+    DEFAULT_MAX_BYTES,
     DiskCache,
     MemoryLRU,
     cache_key,
     freshness_lifetime,
     make_entry,
+    parse_size,
     refresh_entry,
 )
 from layers.errors import BadInputError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_disk_roundtrip_len_and_clear(tmp_path):
@@ -116,3 +126,265 @@ def test_lru_is_thread_safe():
     for th in threads:
         th.join()
     assert m.nbytes == 7 * len(m) <= 1000
+
+
+# -- the byte bound of the disk cache -------------------------------------------------------
+
+
+def _key(i: int) -> str:
+    return f"{i:064x}"[::-1]  # varied first two characters: entries spread over subdirectories
+
+
+def _entry(i: int, size: int = 1000, headers=(), ttl: float = 600):
+    return make_entry(f"http://h/{i}", 200, list(headers), bytes([i % 251]) * size, ttl=ttl)
+
+
+def _on_disk(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*.entry"))
+
+
+def _age(disk: DiskCache, i: int, seconds_ago: float) -> None:
+    # Recency is the file's mtime; tests set it explicitly because stores in a tight loop can
+    # share one coarse file-system timestamp.
+    t = time.time() - seconds_ago
+    os.utime(disk._path(_key(i)), (t, t))
+
+
+def test_size_strings_and_the_environment_variable(monkeypatch, tmp_path):
+    assert parse_size("512k") == parse_size("0.5M") == 512 * 1024
+    assert parse_size("3B") == 3 and parse_size("1TiB") == 1 << 40
+    monkeypatch.delenv("MAPSTREAM_CACHE_MAX_BYTES", raising=False)
+    assert DiskCache(tmp_path).max_bytes == DEFAULT_MAX_BYTES == 1 << 30
+    monkeypatch.setenv("MAPSTREAM_CACHE_MAX_BYTES", "500M")
+    assert DiskCache(tmp_path).max_bytes == 500 * 2**20
+    assert DiskCache(tmp_path, max_bytes="2G").max_bytes == 2 * 2**30  # the argument wins
+    assert DiskCache(tmp_path, max_bytes=1e6).max_bytes == 1_000_000
+
+
+@pytest.mark.parametrize("value", ["lots", "-5M", "5X", "1.2.3G"])
+def test_a_bad_environment_value_is_a_clear_error(monkeypatch, tmp_path, value):
+    from layers.http import Fetcher
+
+    monkeypatch.setenv("MAPSTREAM_CACHE_MAX_BYTES", value)
+    with pytest.raises(BadInputError, match="MAPSTREAM_CACHE_MAX_BYTES=.*is not a size.*500M"):
+        DiskCache(tmp_path)
+    with pytest.raises(BadInputError, match="MAPSTREAM_CACHE_MAX_BYTES"):
+        Fetcher(cache_dir=tmp_path)  # at construction, not at the first store
+    assert Fetcher(cache_dir=None).disk is None  # no disk cache: the setting is not needed
+
+
+@pytest.mark.parametrize("value", [-1, "huge", True, None.__class__, float("nan")])
+def test_a_bad_bound_argument_is_rejected(tmp_path, value):
+    with pytest.raises(BadInputError, match="max_bytes"):
+        DiskCache(tmp_path, max_bytes=value)
+    with pytest.raises(BadInputError, match="max_bytes"):
+        DiskCache(tmp_path, max_bytes=1000).prune(value)
+
+
+def test_eviction_keeps_the_total_under_the_bound_and_drops_the_least_recent(tmp_path):
+    one = DiskCache(tmp_path, max_bytes=10**9)
+    one.store(_key(0), _entry(0))
+    size = _on_disk(tmp_path)  # one entry's file: metadata and body
+    one.clear()
+    disk = DiskCache(tmp_path, max_bytes=10 * size + size // 2)
+    for i in range(40):
+        disk.store(_key(i), _entry(i))
+        _age(disk, i, 1000 - i)  # later stores are more recent
+        assert _on_disk(tmp_path) <= disk.max_bytes
+    kept = sorted(i for i in range(40) if disk.load(_key(i)) is not None)
+    assert kept == list(range(40 - len(kept), 40))  # exactly the most recent ones
+    assert len(kept) >= 9  # evicts down to LOW_WATER, not to nothing
+    assert disk.size() == (len(kept), _on_disk(tmp_path))
+
+
+def test_a_hit_refreshes_recency(tmp_path):
+    disk = DiskCache(tmp_path, max_bytes=10**9)
+    for i in range(3):
+        disk.store(_key(i), _entry(i))
+        _age(disk, i, 100 - i)
+    size = _on_disk(tmp_path) // 3
+    disk.max_bytes = int(3.5 * size)  # three fit, four do not
+    assert disk.load(_key(0)).body == _entry(0).body  # the oldest, used now
+    assert os.stat(disk._path(_key(0))).st_mtime > time.time() - 50
+    disk.store(_key(3), _entry(3))
+    assert disk.load(_key(1)) is None  # the least recently used went
+    assert all(disk.load(_key(i)) is not None for i in (0, 2, 3))
+
+
+def test_expired_entries_without_validators_go_first(tmp_path):
+    disk = DiskCache(tmp_path, max_bytes=10**9)
+    disk.store(_key(0), _entry(0, ttl=0))  # expired, no validators: useless
+    disk.store(_key(1), _entry(1, headers=[("ETag", '"v"')], ttl=0))  # expired, revalidatable
+    disk.store(_key(2), _entry(2))  # fresh
+    for i, ago in ((0, 1), (1, 300), (2, 200)):  # the useless one is the most recently used
+        _age(disk, i, ago)
+    size = _on_disk(tmp_path) // 3
+    disk.max_bytes = int(3.5 * size)
+    disk.store(_key(3), _entry(3))
+    assert disk.load(_key(0)) is None
+    assert all(disk.load(_key(i)) is not None for i in (1, 2, 3))
+    # An explicit prune removes useless entries even under the bound, then goes by recency.
+    disk.max_bytes = 10 * size
+    disk.store(_key(4), _entry(4, ttl=0))
+    before = disk.size()
+    result = disk.prune()
+    assert result.removed.entries == 1 and result.kept == disk.size() == (3, _on_disk(tmp_path))
+    assert result.removed.nbytes + result.kept.nbytes == before.nbytes
+    assert disk.load(_key(4)) is None
+    for i, ago in ((1, 30), (2, 20), (3, 10)):
+        _age(disk, i, ago)
+    result = disk.prune(max_bytes=int(1.5 * size))
+    assert result.kept == disk.size() and result.kept.entries == 1 and result.removed.entries == 2
+    assert disk.load(_key(3)) is not None  # the most recently used stays
+    assert disk.prune("0").kept == (0, 0) and len(disk) == 0
+
+
+def test_an_entry_larger_than_the_bound_is_not_stored(tmp_path):
+    disk = DiskCache(tmp_path, max_bytes=5000)
+    disk.store(_key(1), _entry(1, size=100))
+    disk.store(_key(1), _entry(1, size=6000))  # the new response does not fit...
+    assert disk.load(_key(1)) is None  # ...and the old one is not served in its place
+    nothing = DiskCache(tmp_path, max_bytes=0)
+    nothing.store(_key(2), _entry(2, size=1))
+    assert len(nothing) == 0
+
+
+def test_stores_scan_the_directory_only_when_due(tmp_path, monkeypatch):
+    disk = DiskCache(tmp_path, max_bytes=10**9)
+    scans = []
+    real_scan = disk._scan
+    monkeypatch.setattr(disk, "_scan", lambda: scans.append(1) or real_scan())
+    for i in range(200):
+        disk.store(_key(i), _entry(i))
+    assert len(scans) == 1  # the first store learns the total; the rest keep count
+    size = _on_disk(tmp_path) // 200
+    disk.max_bytes = 100 * size
+    scans.clear()
+    for i in range(200, 500):
+        disk.store(_key(i), _entry(i))
+    assert _on_disk(tmp_path) <= disk.max_bytes
+    # One scan per tenth of the bound written (about 10 stores), not one per store.
+    assert len(scans) <= 300 / ((1 - disk.LOW_WATER) * 100) + 3
+
+
+def test_deleting_and_replacing_keep_the_count(tmp_path):
+    disk = DiskCache(tmp_path, max_bytes=10**9)
+    for i in range(5):
+        disk.store(_key(i), _entry(i))
+    disk.store(_key(0), _entry(0, size=3000))  # a replaced entry is not counted twice
+    disk.delete(_key(1))
+    disk.delete(_key(99))  # absent: nothing to do
+    assert disk._estimate == _on_disk(tmp_path) == disk.size().nbytes
+
+
+def test_stale_temporary_files_are_removed_and_never_counted(tmp_path):
+    disk = DiskCache(tmp_path, max_bytes=10**9)
+    disk.store(_key(1), _entry(1))
+    sub = disk._path(_key(1)).parent
+    stale, fresh = sub / ".tmp-dead", sub / ".tmp-writing"
+    stale.write_bytes(b"x" * 500)
+    fresh.write_bytes(b"x" * 500)
+    old = time.time() - 2 * disk.STALE_TMP_SECONDS
+    os.utime(stale, (old, old))
+    assert disk.size().entries == 1
+    assert not stale.exists() and fresh.exists()  # a live writer's file is left alone
+
+
+def test_an_entry_removed_by_another_cache_object_is_a_miss(tmp_path):
+    a, b = DiskCache(tmp_path), DiskCache(tmp_path)
+    a.store(_key(1), _entry(1))
+    assert b.load(_key(1)) is not None
+    b.clear()
+    assert a.load(_key(1)) is None
+    a.delete(_key(1))
+    assert a.prune().kept == (0, 0)
+
+
+def _check(disk: DiskCache, i: int) -> None:
+    got = disk.load(_key(i))
+    if got is not None and (got.url, got.body) != (f"http://h/{i}", _entry(i, 300 + i).body):
+        raise AssertionError(f"entry {i} read back wrong")
+
+
+def test_two_cache_objects_on_one_directory_never_raise(tmp_path):
+    disks = [DiskCache(tmp_path, max_bytes=20_000), DiskCache(tmp_path, max_bytes=20_000)]
+    for d in disks:
+        d.RESCAN_SECONDS = 0  # scan after every store: as many races as possible
+    errors = []
+
+    def work(seed):
+        rng = random.Random(seed)
+        disk = disks[seed % 2]
+        try:
+            for _ in range(400):
+                i = rng.randrange(30)
+                op = rng.random()
+                if op < 0.5:
+                    disk.store(_key(i), _entry(i, 300 + i))
+                elif op < 0.9:
+                    _check(disk, i)
+                elif op < 0.97:
+                    disk.delete(_key(i))
+                else:
+                    disk.prune()
+        except Exception as exc:  # noqa: BLE001 - the test reports any exception at all
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    disks[0].store(_key(0), _entry(0, 300))
+    assert _on_disk(tmp_path) <= 20_000
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+_CHILD = textwrap.dedent(
+    """
+    import random, sys, time
+    from layers.cache import DiskCache, make_entry
+
+    def key(i):
+        return f"{i:064x}"[::-1]
+
+    def entry(i):
+        return make_entry(f"http://h/{i}", 200, [], bytes([i % 251]) * (300 + i), ttl=600)
+
+    disk = DiskCache(sys.argv[1], max_bytes=20_000)
+    disk.RESCAN_SECONDS = 0
+    rng = random.Random(int(sys.argv[2]))
+    for n in range(1500):
+        i = rng.randrange(30)
+        if n % 2:
+            disk.store(key(i), entry(i))
+        else:
+            got = disk.load(key(i))
+            assert got is None or got.body == entry(i).body, i
+        if n % 100 == 0:
+            disk.prune()
+    print("ok")
+    """
+)
+
+
+def test_two_processes_share_a_directory(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(tmp_path), str(seed)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["ok", "ok"]
+    disk = DiskCache(tmp_path, max_bytes=20_000)
+    disk.store(_key(0), _entry(0, 300))  # the last writer's scan sees everything
+    assert _on_disk(tmp_path) <= 20_000
