@@ -31,6 +31,7 @@ import contextlib
 import email.utils
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -399,9 +400,10 @@ class PruneResult(NamedTuple):
 
 
 class _File(NamedTuple):
-    mtime_ns: int
+    mtime_ns: int  # first: a list of these sorts least recently used first
     size: int
     path: str
+    inode: int
 
 
 class DiskCache:
@@ -421,8 +423,10 @@ class DiskCache:
     what other processes wrote; with several writers the total can exceed the bound by about
     what the others write in that window, until the next scan. Expired entries without
     validators are evicted first (they can never be served again), then the least recently
-    used. An entry deleted by another process is a miss; a file is replaced atomically, so a
-    reader never sees half an entry.
+    used. What eviction needs from each file's metadata is remembered per inode, so after the
+    first eviction in a process only files written by others have their headers read. An entry
+    deleted by another process is a miss; a file is replaced atomically, so a reader never sees
+    half an entry, and eviction skips a file used or rewritten since it was scanned.
 
     Parameters
     ----------
@@ -456,6 +460,10 @@ class DiskCache:
         self._estimate: int | None = None  # bytes on disk; None until the first scan
         self._written = 0  # bytes written (net) since the current scan began
         self._scanned_at = 0.0
+        # inode -> (file size, time after which the entry is useless): what eviction needs from
+        # each file's metadata, remembered from our own stores and from earlier evictions so an
+        # eviction reads only the headers of files it has not seen (a ~20 us read each).
+        self._useful: dict[int, tuple[int, float]] = {}
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.entry"
@@ -495,7 +503,8 @@ class DiskCache:
     def store(self, key: str, entry: CacheEntry) -> None:
         """Write ``entry`` atomically (temporary file, then rename), evicting if over the bound.
 
-        An entry larger than the whole bound is not stored (and the old one is removed).
+        An entry larger than the whole bound, or already expired with no validators (nothing
+        could ever use it), is not stored, and the old entry for ``key`` is removed.
         """
         path = self._path(key)
         meta = json.dumps(
@@ -511,7 +520,7 @@ class DiskCache:
             }
         ).encode()
         size = 4 + len(meta) + len(entry.body)
-        if size > self.max_bytes:
+        if size > self.max_bytes or not (entry.has_validators or entry.is_fresh()):
             self.delete(key)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -521,12 +530,14 @@ class DiskCache:
                 fh.write(struct.pack(">I", len(meta)))
                 fh.write(meta)
                 fh.write(entry.body)
+                inode = os.fstat(fh.fileno()).st_ino  # kept by the rename
             old = _size_or_zero(path)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._account(size - old)
+        useful = math.inf if entry.has_validators else entry.expires_at
+        self._account(size - old, (inode, size, useful))
         self._evict_if_due()
 
     def delete(self, key: str) -> None:
@@ -572,11 +583,13 @@ class DiskCache:
 
     # -- eviction --------------------------------------------------------------------------
 
-    def _account(self, delta: int) -> None:
+    def _account(self, delta: int, stored: tuple[int, int, float] | None = None) -> None:
         with self._lock:
             if self._estimate is not None:
                 self._estimate += delta
             self._written += delta
+            if stored is not None:
+                self._useful[stored[0]] = stored[1:]
 
     def _evict_if_due(self) -> None:
         with self._lock:
@@ -600,23 +613,37 @@ class DiskCache:
         files = self._scan()
         total = sum(f.size for f in files)
         entries, removed, removed_bytes = len(files), 0, 0
-        if total > over:
+        with self._lock:
+            known, self._useful = self._useful, {}
+        useful: dict[int, tuple[int, float]] = {}
+        if total <= over:
+            # Forget files that are gone (replaced, evicted elsewhere): the map stays the size
+            # of the directory.
+            useful = {f.inode: known[f.inode] for f in files if f.inode in known}
+        else:
             now = time.time()
             dead, alive = [], []
             for f in files:
-                (dead if _is_dead(f.path, now) else alive).append(f)
-            alive.sort()  # oldest use first
+                u = known.get(f.inode) if f.inode else None  # some file systems report 0
+                if u is None or u[0] != f.size:  # not seen, or another file on a reused inode
+                    u = (f.size, _useful_until(f.path))
+                useful[f.inode] = u
+                (dead if u[1] <= now else alive).append(f)
+            alive.sort()  # least recently used first
             for i, f in enumerate(dead + alive):
                 if i >= len(dead) and total <= target:
                     break
                 gone = _unlink_unless_used(f)
                 if gone is not None:  # deleted, by us (True) or by another process (False)
+                    useful.pop(f.inode, None)
                     total -= f.size
                     entries -= 1
                     if gone:
                         removed += 1
                         removed_bytes += f.size
         with self._lock:
+            useful.update(self._useful)  # stores made while we scanned
+            self._useful = useful
             # Writes made while we scanned may be counted twice: an overestimate, which only
             # brings the next scan forward.
             self._estimate = total + self._written
@@ -643,7 +670,7 @@ class DiskCache:
                     try:
                         if f.name.endswith(".entry"):
                             st = f.stat(follow_symlinks=False)
-                            out.append(_File(st.st_mtime_ns, st.st_size, f.path))
+                            out.append(_File(st.st_mtime_ns, st.st_size, f.path, f.inode()))
                         elif f.name.startswith(".tmp-") and f.stat().st_mtime < stale_before:
                             os.unlink(f.path)
                     except OSError:
@@ -675,20 +702,26 @@ def _size_or_zero(path: Path) -> int:
         return 0
 
 
-def _is_dead(path: str, now: float) -> bool:
-    # Expired with no validators: the fetcher can never use it again. Reads the metadata only.
+def _useful_until(path: str) -> float:
+    # When the entry becomes useless: its expiry if it has no validators (then the fetcher can
+    # never use it again), else never. Reads the metadata only.
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))  # no buffered file object
+        try:
+            head = os.read(fd, 4096)
             (n,) = struct.unpack(">I", head[:4])
-            if 4 + n > len(head):
-                head += fh.read(4 + n - len(head))
+            while 4 + n > len(head) and (more := os.read(fd, 4 + n - len(head))):
+                head += more
+        finally:
+            os.close(fd)
         meta = json.loads(head[4 : 4 + n])
-        return meta["expires_at"] <= now and meta["etag"] is None and meta["last_modified"] is None
+        if meta["etag"] is None and meta["last_modified"] is None:
+            return float(meta["expires_at"])
+        return math.inf
     except FileNotFoundError:
-        return False  # gone already; the unlink will find out
+        return math.inf  # gone already; the unlink will find out
     except (OSError, struct.error, ValueError, KeyError, TypeError):
-        return True  # unreadable or corrupt: useless
+        return -math.inf  # unreadable or corrupt: useless
 
 
 def _unlink_unless_used(f: _File) -> bool | None:

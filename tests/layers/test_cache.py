@@ -211,32 +211,67 @@ def test_a_hit_refreshes_recency(tmp_path):
     assert all(disk.load(_key(i)) is not None for i in (0, 2, 3))
 
 
-def test_expired_entries_without_validators_go_first(tmp_path):
+def _store_expiring(disk: DiskCache, which: dict[int, list]) -> None:
+    # Entries that expire a moment after they are stored (one already expired is not stored).
+    soon = time.time() + 0.2
+    for i, headers in which.items():
+        entry = _entry(i, headers=headers)
+        entry.expires_at = soon
+        disk.store(_key(i), entry)
+    time.sleep(0.25)
+
+
+@pytest.mark.parametrize("reopen", [False, True], ids=["same-object", "another-process"])
+def test_expired_entries_without_validators_go_first(tmp_path, reopen):
     disk = DiskCache(tmp_path, max_bytes=10**9)
-    disk.store(_key(0), _entry(0, ttl=0))  # expired, no validators: useless
-    disk.store(_key(1), _entry(1, headers=[("ETag", '"v"')], ttl=0))  # expired, revalidatable
     disk.store(_key(2), _entry(2))  # fresh
-    for i, ago in ((0, 1), (1, 300), (2, 200)):  # the useless one is the most recently used
+    _store_expiring(disk, {0: [], 4: [], 1: [("ETag", '"v"')]})  # 1 is revalidatable
+    for i, ago in ((0, 1), (4, 2), (1, 300), (2, 200)):  # the useless ones are the most recent
         _age(disk, i, ago)
-    size = _on_disk(tmp_path) // 3
-    disk.max_bytes = int(3.5 * size)
+    if reopen:  # what the eviction needs is read from the files, not remembered
+        disk = DiskCache(tmp_path, max_bytes=10**9)
+    size = _on_disk(tmp_path) // 4
+    disk.max_bytes = int(4.5 * size)
     disk.store(_key(3), _entry(3))
-    assert disk.load(_key(0)) is None
-    assert all(disk.load(_key(i)) is not None for i in (1, 2, 3))
-    # An explicit prune removes useless entries even under the bound, then goes by recency.
-    disk.max_bytes = 10 * size
-    disk.store(_key(4), _entry(4, ttl=0))
+    assert disk.load(_key(0)) is None and disk.load(_key(4)) is None
+    assert all(disk.load(_key(i)) is not None for i in (1, 2, 3))  # not the least recent (1)
+
+
+def test_prune_removes_useless_entries_then_the_least_recent(tmp_path):
+    disk = DiskCache(tmp_path, max_bytes=10**9)
+    for i in (1, 2, 3):
+        disk.store(_key(i), _entry(i))
+    _store_expiring(disk, {4: []})
+    for i, ago in ((1, 30), (2, 20), (3, 10), (4, 1)):
+        _age(disk, i, ago)
+    size = _on_disk(tmp_path) // 4
     before = disk.size()
-    result = disk.prune()
+    result = disk.prune()  # far under the bound: only the useless entry goes
     assert result.removed.entries == 1 and result.kept == disk.size() == (3, _on_disk(tmp_path))
     assert result.removed.nbytes + result.kept.nbytes == before.nbytes
     assert disk.load(_key(4)) is None
-    for i, ago in ((1, 30), (2, 20), (3, 10)):
-        _age(disk, i, ago)
     result = disk.prune(max_bytes=int(1.5 * size))
     assert result.kept == disk.size() and result.kept.entries == 1 and result.removed.entries == 2
     assert disk.load(_key(3)) is not None  # the most recently used stays
     assert disk.prune("0").kept == (0, 0) and len(disk) == 0
+
+
+def test_an_entry_used_while_eviction_runs_is_kept(tmp_path, monkeypatch):
+    disk = DiskCache(tmp_path, max_bytes=10**9)
+    for i in range(4):
+        disk.store(_key(i), _entry(i))
+        _age(disk, i, 100 - i)
+    size = _on_disk(tmp_path) // 4
+    scan = disk._scan
+
+    def scan_then_a_hit_elsewhere():
+        files = scan()
+        DiskCache(tmp_path).load(_key(0))  # another process uses the oldest entry meanwhile
+        return files
+
+    monkeypatch.setattr(disk, "_scan", scan_then_a_hit_elsewhere)
+    assert disk.prune(max_bytes=int(3.5 * size)).removed.entries == 1
+    assert disk.load(_key(0)) is not None and disk.load(_key(1)) is None
 
 
 def test_an_entry_larger_than_the_bound_is_not_stored(tmp_path):
@@ -247,6 +282,15 @@ def test_an_entry_larger_than_the_bound_is_not_stored(tmp_path):
     nothing = DiskCache(tmp_path, max_bytes=0)
     nothing.store(_key(2), _entry(2, size=1))
     assert len(nothing) == 0
+
+
+def test_an_entry_useless_on_arrival_is_not_stored(tmp_path):
+    disk = DiskCache(tmp_path)
+    disk.store(_key(1), _entry(1))
+    disk.store(_key(1), _entry(1, headers=[("Cache-Control", "no-cache")]))  # no validators
+    assert disk.load(_key(1)) is None and len(disk) == 0
+    disk.store(_key(2), _entry(2, headers=[("Cache-Control", "no-cache"), ("ETag", '"e"')]))
+    assert disk.load(_key(2)).etag == '"e"'  # stale but revalidatable: kept
 
 
 def test_stores_scan_the_directory_only_when_due(tmp_path, monkeypatch):
