@@ -9,6 +9,7 @@ turns them into GeoViews ``RGB`` elements.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -18,8 +19,10 @@ __all__ = [
     "Image",
     "empty_image",
     "mosaic_image",
+    "over_rgba",
     "shade_features",
     "shade_features_async",
+    "spread_aggregate",
     "to_rgba",
     "warm_up",
 ]
@@ -147,13 +150,11 @@ def shade_features(
     layers = []
 
     def _shade(agg: Any, alpha: float, how: str = "eq_hist", spread: int = 0) -> Any:
-        if cmap and how != "solid":
-            img = tf.shade(agg, cmap=cmap, how=how, min_alpha=int(255 * alpha * 0.6))
-        else:
-            img = tf.shade(agg, cmap=[color], how="linear", min_alpha=int(255 * alpha))
         if spread:
-            img = tf.spread(img, px=spread, shape="circle")
-        return img
+            agg = spread_aggregate(agg, spread)
+        if cmap and how != "solid":
+            return tf.shade(agg, cmap=cmap, how=how, min_alpha=int(255 * alpha * 0.6))
+        return tf.shade(agg, cmap=[color], how="linear", min_alpha=int(255 * alpha))
 
     poly = kinds.isin(["Polygon", "MultiPolygon"])
     line = kinds.isin(["LineString", "MultiLineString", "LinearRing"])
@@ -185,10 +186,70 @@ def shade_features(
         layers.append(_shade(agg, opacity, "eq_hist", spread=max(0, point_size // 2)))
     if not layers:
         return Image(out, (xmin, ymin, xmax, ymax))
-    stacked = tf.stack(*layers) if len(layers) > 1 else layers[0]
-    rgba = stacked.to_numpy().view(np.uint8).reshape(height, width, 4)
+    rgba = over_rgba([np.asarray(img.data).view(np.uint8).reshape(height, width, 4) for img in layers])
     # datashader's row 0 is the bottom (y increasing); images here have row 0 at the top
     return Image(np.ascontiguousarray(rgba[::-1]), (xmin, ymin, xmax, ymax))
+
+
+def over_rgba(images: list[np.ndarray]) -> np.ndarray:
+    """Composite straight-alpha RGBA uint8 images, later ones on top ("over").
+
+    The same arithmetic as datashader's ``tf.stack(how="over")``, in numpy: datashader's
+    version is a numba ufunc that costs seconds to compile on a fresh server.
+
+    >>> red = np.array([[[255, 0, 0, 255]]], dtype=np.uint8)
+    >>> half_blue = np.array([[[0, 0, 255, 128]]], dtype=np.uint8)
+    >>> over_rgba([red, half_blue])[0, 0].tolist()
+    [127, 0, 128, 255]
+    >>> over_rgba([half_blue, np.zeros_like(red)])[0, 0].tolist()
+    [0, 0, 255, 128]
+    """
+    out = images[0]
+    for top in images[1:]:
+        s = top.astype(np.float64) / 255.0
+        d = out.astype(np.float64) / 255.0
+        sa, da = s[..., 3:], d[..., 3:]
+        factor = 1.0 - sa
+        a = sa + da * factor
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rgb = np.where(a > 0, (s[..., :3] * sa + d[..., :3] * da * factor) / a, 0.0)
+        merged = np.concatenate([rgb, a], axis=-1)
+        out = np.minimum(255, (merged * 255).astype(np.uint32)).astype(np.uint8)
+    return out
+
+
+def disk_footprint(radius: int) -> np.ndarray:
+    """A boolean disk of ``radius`` pixels: the shape a point is spread to.
+
+    >>> disk_footprint(1).astype(int)
+    array([[0, 1, 0],
+           [1, 1, 1],
+           [0, 1, 0]])
+    """
+    r = max(0, int(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (xx * xx + yy * yy) <= r * r
+
+
+def spread_aggregate(agg: Any, radius: int) -> Any:
+    """Grow every non-empty pixel of an aggregate to a disk of ``radius`` (maximum wins).
+
+    This is datashader's ``tf.spread`` done on the aggregate with a maximum filter: the same
+    look for points, but no numba kernel to compile (``tf.spread`` costs seconds of JIT on a
+    fresh server, with the GIL held for much of it).
+
+    >>> import xarray as xr
+    >>> a = xr.DataArray(np.array([[0, 0, 0], [0, 5, 0], [0, 0, 0]], dtype="uint32"), dims=("y", "x"))
+    >>> spread_aggregate(a, 1).values
+    array([[0, 5, 0],
+           [5, 5, 5],
+           [0, 5, 0]], dtype=uint32)
+    """
+    if radius <= 0:
+        return agg
+    from scipy.ndimage import maximum_filter
+
+    return agg.copy(data=maximum_filter(np.asarray(agg.data), footprint=disk_footprint(radius), mode="constant"))
 
 
 async def shade_features_async(
@@ -204,38 +265,62 @@ async def shade_features_async(
     return await asyncio.to_thread(shade_features, frame, bounds, width, height, style)
 
 
-_warm_lock = __import__("threading").Lock()
-_warm_thread: Any = None
+_warm_lock = threading.Lock()
+_warm_thread: threading.Thread | None = None
+_essentials_ready = threading.Event()
 
 
-def warm_up() -> None:
+def warm_up(wait: bool = False, timeout: float | None = None) -> bool:
     """Compile datashader's kernels once per process, in a background thread.
 
-    Datashader JIT-compiles its aggregation kernels (numba) on first use, which costs seconds;
-    doing it while the page, the basemap and the demo services start keeps that cost off the
-    first feature layer's time to screen. Returns at once; idempotent.
+    Datashader JIT-compiles its aggregation kernels (numba) on first use: seconds of CPU, much of
+    it holding the GIL, and numba's generated kernels cannot be cached on disk. The kernels every
+    catalog needs (polygon fill, thin lines, point counts) compile first; thick anti-aliased
+    lines follow. Idempotent; returns at once unless ``wait``.
+
+    Parameters
+    ----------
+    wait
+        Block until the essential kernels are compiled (``panel serve --warm`` does this before
+        it serves, so that no visitor's first layer waits for the compiler).
+    timeout
+        Seconds to wait at most.
+
+    Returns
+    -------
+    bool
+        Whether the essential kernels are compiled.
     """
     global _warm_thread
-    import threading
-
     with _warm_lock:
-        if _warm_thread is not None:
-            return
-        _warm_thread = threading.Thread(target=_warm, name="mapstream-datashader-warm-up", daemon=True)
-        _warm_thread.start()
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=_warm, name="mapstream-datashader-warm-up", daemon=True)
+            _warm_thread.start()
+    if wait:
+        _essentials_ready.wait(timeout)
+    return _essentials_ready.is_set()
 
 
 def _warm() -> None:
     import geopandas as gpd
     import shapely
 
-    geoms = [  # two points on one pixel: counts differ, so shading has a span to scale
-        shapely.Point(0, 0),
-        shapely.Point(0, 0),
-        shapely.Point(1, 1),
-        shapely.LineString([(0, 0), (1, 1)]),
-        shapely.box(0, 0, 1, 1),
+    bounds = (-1.0, -1.0, 2.0, 2.0)
+    try:
+        # two points on one pixel: counts differ, so shading has a span to scale
+        box, line = shapely.box(0, 0, 1, 1), shapely.LineString([(0, 0), (1, 1)])
+        essentials = [  # single and multi parts compile separately
+            ([box, shapely.MultiPolygon([box, shapely.box(1.2, 1.2, 1.5, 1.5)])], {"color": "#000000", "line_width": 1}),
+            ([line, shapely.MultiLineString([line, shapely.LineString([(1, 0), (0, 1)])])], {"color": "#000000", "line_width": 1}),
+            ([shapely.Point(0, 0), shapely.Point(0, 0), shapely.Point(1, 1)], {"cmap": "viridis", "point_size": 2}),
+        ]
+        for geoms, style in essentials:
+            shade_features(gpd.GeoDataFrame(geometry=geoms, crs="EPSG:3857"), bounds, 8, 8, style)
+    finally:
+        _essentials_ready.set()
+    extras = [
+        ([shapely.LineString([(0, 0), (1, 1)])], {"color": "#000000", "line_width": 2}),
+        ([shapely.MultiPoint([(0, 0), (1, 1)])], {"color": "#000000"}),
     ]
-    frame = gpd.GeoDataFrame({"v": [1.0, 2.0, 3.0, 4.0, 5.0]}, geometry=geoms, crs="EPSG:3857")
-    for style in ({"color": "#000000"}, {"cmap": "viridis"}):
-        shade_features(frame, (-1.0, -1.0, 2.0, 2.0), 8, 8, style)
+    for geoms, style in extras:
+        shade_features(gpd.GeoDataFrame(geometry=geoms, crs="EPSG:3857"), bounds, 8, 8, style)
