@@ -307,6 +307,15 @@ def _frame_provider_class() -> Any:
             return v.item()
         return v
 
+    def column_values(series: Any) -> list[Any]:
+        """A column as JSON-ready Python values (NaN and NaT as None, times as ISO 8601)."""
+        kind = series.dtype.kind
+        if kind in "biu":
+            return series.tolist()
+        if kind == "f":
+            return [None if v != v else v for v in series.tolist()]
+        return [to_json_value(v) for v in series.tolist()]
+
     class FrameProvider(BaseProvider):
         """In-memory feature provider over any file pyogrio reads (see module docstring)."""
 
@@ -379,12 +388,31 @@ def _frame_provider_class() -> Any:
                 from pygeofilter.backends.geopandas.evaluate import to_filter
 
                 mask &= np.asarray(to_filter(gdf, filterq), dtype=bool)
-            selected = gdf[mask]
-            page = selected.iloc[offset:offset + limit] if resulttype != "hits" else selected.iloc[:0]
-            features = [self._feature(row, select_properties, skip_geometry)
-                        for row in page.itertuples(index=False)]
+            # Row numbers, not a filtered copy: a world view matches all 200 000 sensors, and
+            # copying them for every page of 1 000 cost most of a page's time.
+            rows = np.flatnonzero(mask)
+            take = rows[offset:offset + limit] if resulttype != "hits" else rows[:0]
+            features = self._features(gdf.iloc[take], select_properties, skip_geometry)
             return {"type": "FeatureCollection", "features": features,
-                    "numberMatched": int(len(selected)), "numberReturned": len(features)}
+                    "numberMatched": int(len(rows)), "numberReturned": len(features)}
+
+        def _features(self, page: Any, select: list[str], skip_geometry: bool) -> list[dict[str, Any]]:
+            """GeoJSON features of a page, built column by column (not row by row)."""
+            geom_name = page.geometry.name
+            names = [c for c in page.columns
+                     if c not in (geom_name, self.id_field) and (not select or c in select)]
+            ids = column_values(page[self.id_field])
+            columns = [column_values(page[c]) for c in names]
+            geoms = page.geometry.values
+            if skip_geometry:
+                shapes: list[Any] = [None] * len(page)
+            elif self._xy is not None:  # points: coordinates straight from the arrays
+                shapes = [{"type": "Point", "coordinates": [x, y]}
+                          for x, y in zip(shapely.get_x(geoms).tolist(), shapely.get_y(geoms).tolist())]
+            else:
+                shapes = [None if g is None else shapely.geometry.mapping(g) for g in geoms]
+            return [{"type": "Feature", "id": fid, "properties": dict(zip(names, values)), "geometry": shape}
+                    for fid, shape, *values in zip(ids, shapes, *columns)]
 
         def _feature(self, row: Any, select: list[str], skip_geometry: bool) -> dict[str, Any]:
             rec = row._asdict()
