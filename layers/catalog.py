@@ -150,6 +150,9 @@ class LayerSpec(BaseModel):
         :class:`Style`.
     max_features
         Feature cap per load (features).
+    page_size
+        Features per request (the OGC API ``limit``; features). Bigger pages mean fewer round
+        trips for dense layers; the server may answer with fewer.
     attribution
         Credit line.
 
@@ -176,6 +179,7 @@ class LayerSpec(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     style: Style = Field(default_factory=Style)
     max_features: int = Field(200_000, ge=1)
+    page_size: int = Field(1000, ge=1, le=100_000)
     attribution: str = ""
 
     @field_validator("url")
@@ -504,7 +508,7 @@ async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> TileLayer | WMSLayer
         prefixes = [url.split("?", 1)[0]]
     else:
         layer = FeatureLayer(
-            url, spec.collection or "", max_features=spec.max_features, name=spec.name
+            url, spec.collection or "", limit=spec.page_size, max_features=spec.max_features, name=spec.name
         )
         prefixes = [layer.url + "/"]
     headers = spec.resolved_headers()

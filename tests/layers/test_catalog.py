@@ -125,6 +125,7 @@ def test_toml_catalog(tmp_path):
         ({**FEATURES, "style": {"width": 3}}, "style.width", "unknown key"),
         ({**TILES, "min_zoom": 8, "max_zoom": 3}, "max_zoom", "below min_zoom"),
         ({**TILES, "concurrency": 0}, "concurrency", "greater than or equal to 1"),
+        ({**FEATURES, "page_size": 0}, "page_size", "greater than or equal to 1"),
     ],
 )
 def test_bad_layer_is_one_message_naming_file_layer_and_key(
@@ -202,6 +203,7 @@ async def test_build_layer_applies_concurrency_and_headers_read_now(monkeypatch)
         **{
             **FEATURES,
             "concurrency": 3,
+            "page_size": 250,
             "headers": {"Authorization": "Bearer ${MAPSTREAM_TEST_TOKEN}"},
         }
     )
@@ -212,6 +214,7 @@ async def test_build_layer_applies_concurrency_and_headers_read_now(monkeypatch)
         isinstance(layer, FeatureLayer)
         and layer.collection == "points"
         and layer.url == "https://f.test/api"
+        and layer.limit == 250
     )
     assert rec.limits == {"f.test": 3}
     assert rec.headers == {"https://f.test/api/": {"Authorization": "Bearer rotated"}}
