@@ -292,31 +292,52 @@ class MapApp(pn.viewable.Viewer):
         layer = await self.layer(name)
         spec = self.specs[name]
         if spec.kind == "features":
-            frames: list[Any] = []
-            errors: list[Any] = []
-            last = 0.0
-            x0, x1 = viewport.x_range
-            y0, y1 = viewport.y_range
-            async for page in layer.load(viewport, self.fetcher):
-                if len(page.frame):
-                    frames.append(page.frame)
-                errors.extend(page.errors)
-                complete = bool(page.progress.complete)
-                # shade the first page, then at most every SHADE_EVERY seconds, and the last one
-                if not complete and last and time.perf_counter() - last < SHADE_EVERY:
-                    continue
-                if len(frames) > 1:
-                    frames = [await asyncio.to_thread(_concat, frames)]
-                image = await shade_features_async(
-                    frames[0] if frames else None, (x0, y0, x1, y1), viewport.width, viewport.height,
-                    getattr(spec, "style", None),
-                )
-                last = time.perf_counter()
-                yield image, page.progress, tuple(errors)
+            async for item in self._load_features(layer, spec, viewport):
+                yield item
         else:
             async for mosaic in layer.load(viewport, self.fetcher):
                 image = await asyncio.to_thread(mosaic_image, mosaic)
                 yield image, mosaic.attrs.get("progress"), tuple(mosaic.attrs.get("errors") or ())
+
+    async def _load_features(self, layer: Any, spec: Any, viewport: Viewport) -> Any:
+        """Stream a feature layer: progress on every page, an image at most every SHADE_EVERY.
+
+        Yields ``(image or None, progress, errors)``. Shading runs in a worker thread while the
+        pages keep coming (it never holds up the fetch); the final image covers every page.
+        """
+        bounds = (viewport.x_range[0], viewport.y_range[0], viewport.x_range[1], viewport.y_range[1])
+        style = getattr(spec, "style", None)
+        frames: list[Any] = []
+        errors: list[Any] = []
+        progress: Any = None
+        shading: asyncio.Future[Image] | None = None
+        last = 0.0
+
+        async def shade(snapshot: list[Any]) -> Image:
+            frame = await asyncio.to_thread(_concat, snapshot)
+            return await shade_features_async(frame, bounds, viewport.width, viewport.height, style)
+
+        try:
+            async for page in layer.load(viewport, self.fetcher):
+                if len(page.frame):
+                    frames.append(page.frame)
+                errors.extend(page.errors)
+                progress = page.progress
+                if progress.complete:
+                    break
+                image = None
+                if shading is not None and shading.done():
+                    image, shading = shading.result(), None
+                if shading is None and frames and time.perf_counter() - last >= SHADE_EVERY:
+                    shading, last = asyncio.ensure_future(shade(list(frames))), time.perf_counter()
+                yield image, progress, tuple(errors)
+            if shading is not None:
+                shading.cancel()
+                shading = None
+            yield await shade(frames), progress, tuple(errors)
+        finally:
+            if shading is not None:
+                shading.cancel()
 
     def request(self, name: str, *, force: bool = False) -> asyncio.Task[None] | None:
         """Load layer ``name`` for the current viewport (on the event loop)."""
@@ -411,11 +432,14 @@ class MapApp(pn.viewable.Viewer):
             self._notify(f"{spec.title or name}: {reason}")
             return
         if ev.kind == "done":
+            if self.state.status(name).state == "loading":  # the layer yielded nothing at all
+                self._set_status(name, state="done", elapsed=ev.elapsed)
             return
         image, progress, errors = ev.value
-        self._send(name, image)
         complete = bool(getattr(progress, "complete", False))
-        self.applied[name].append((ev.key, complete))
+        if image is not None:  # None: a page arrived, only the progress changes
+            self._send(name, image)
+            self.applied[name].append((ev.key, complete))
         values: dict[str, Any] = {"elapsed": ev.elapsed}
         if progress is not None:
             values.update(done=progress.done, total=progress.total, unit=progress.unit, features=progress.features,

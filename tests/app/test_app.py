@@ -162,3 +162,44 @@ def test_catalog_visibility_sets_toggles(visible):
                      build_layer=builder({}))
     assert app._toggles["b"].value is visible
     assert ("b" in app.state.visible) is visible
+
+
+async def test_feature_status_counts_pages_as_they_arrive_while_shading_runs(monkeypatch):
+    """The status line follows the pages, not the (slower) shading; the final image has them all."""
+    import threading
+
+    from app import render, views
+
+    gate = threading.Event()  # holds every shade until the pages have all arrived
+    real = render.shade_features
+    shaded: list[int] = []
+
+    def slow_shade(frame, *args, **kw):
+        gate.wait(10)
+        shaded.append(0 if frame is None else len(frame))
+        return real(frame, *args, **kw)
+
+    monkeypatch.setattr(render, "shade_features", slow_shade)
+    feats = FakeFeatures(pages=6, per_page=20, delay=0.01)
+    app = _app({"pts": feats}, [spec("pts", "features", 0)])
+    seen: list[str] = []
+    orig = app._set_status
+
+    def record(name, **values):
+        orig(name, **values)
+        seen.append(app.state.status(name).text())
+
+    monkeypatch.setattr(app, "_set_status", record)
+    task = app.set_viewport(_vp(0))[0]
+    for _ in range(200):
+        if "loading 5 of 6 pages" in seen:
+            break
+        await asyncio.sleep(0.01)
+    assert "loading 5 of 6 pages" in seen  # counted while the first shade was still held
+    assert app.applied["pts"] == []  # and nothing drawn yet
+    gate.set()
+    await task
+    assert app.state.status("pts").text().startswith("done: 120 features, 6 pages")
+    assert app.applied["pts"][-1] == (_vp(0), True)
+    assert shaded[-1] == 120  # the final image is shaded from every page
+    await app.aclose()
