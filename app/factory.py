@@ -6,7 +6,19 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "server_is_warming"]
+
+
+def server_is_warming() -> bool:
+    """Whether this is ``panel serve --warm``'s run of the app before the server serves.
+
+    Panel's warm-up session has a session context without a server context; real sessions have
+    both, notebooks have neither.
+    """
+    import panel as pn
+
+    ctx = getattr(pn.state.curdoc, "session_context", None)
+    return ctx is not None and getattr(ctx, "server_context", True) is None
 
 
 def create_app(
@@ -50,8 +62,16 @@ def create_app(
 
     if catalog is None or isinstance(catalog, (str, os.PathLike)):
         catalog = load_catalog(catalog)
-    warm_up()  # datashader's first compile runs while the page and the basemap load
-    warm_pool()  # so do the GeoJSON parser processes' start-up
+    warming = server_is_warming()
+    if warming and getattr(catalog, "uses_demo", False):
+        from layers.demo import start_demo_soon
+
+        start_demo_soon()  # in parallel with the compile below
+    warm_pool()  # the GeoJSON parser processes start in the background
+    # Datashader's kernels compile in a background thread (seconds, much of it holding the GIL).
+    # `panel serve --warm` waits for the essential ones before it serves: no visitor's first
+    # layer waits for the compiler, and no visitor's page competes with it.
+    warm_up(wait=warming)
     with_notifications = pn.state.curdoc is not None
     if with_notifications:
         pn.extension(notifications=True)

@@ -399,6 +399,26 @@ def start_demo(
     return _shared_start(latency, fail_rate, data_dir, timeout).result()
 
 
+def start_demo_soon(
+    *,
+    latency: float | str | None = None,
+    fail_rate: float | str | None = None,
+    data_dir: Path | None = None,
+    timeout: float = 120.0,
+) -> concurrent.futures.Future[DemoServices]:
+    """Start the services in the background and return at once (``panel serve --warm``).
+
+    The future holds the services or the start's error; a failed start is retried by the next
+    :func:`ensure_demo`, so nothing is lost by not waiting.
+
+    Raises
+    ------
+    BadInputError
+        A bad latency or failure rate (raised at once).
+    """
+    return _shared_start(latency, fail_rate, data_dir, timeout)
+
+
 def current_demo() -> DemoServices | None:
     """The running services, if any (never starts them)."""
     return _current

@@ -203,3 +203,45 @@ async def test_feature_status_counts_pages_as_they_arrive_while_shading_runs(mon
     assert app.applied["pts"][-1] == (_vp(0), True)
     assert shaded[-1] == 120  # the final image is shaded from every page
     await app.aclose()
+
+
+def test_panel_serve_warm_run_waits_for_the_compile_and_real_sessions_do_not(monkeypatch):
+    """`panel serve --warm` runs the app once in a session without a server context."""
+    from bokeh.application import Application
+    from bokeh.application.handlers import FunctionHandler
+    from bokeh.document import Document
+    from bokeh.server.contexts import BokehSessionContext
+    from panel.io.session import generate_session
+    from panel.io.state import set_curdoc
+
+    from app import factory, render
+    from layers import demo
+
+    waits: list[bool] = []
+    monkeypatch.setattr(render, "warm_up", lambda wait=False, timeout=None: waits.append(wait) or True)
+    started: list[bool] = []
+    monkeypatch.setattr(demo, "start_demo_soon", lambda **kw: started.append(True))
+    seen: list[bool] = []
+
+    def make(doc):  # what app/main.py does in a session
+        with set_curdoc(doc):
+            seen.append(factory.server_is_warming())
+            create_app(catalog(spec("base")), fetcher=object(), build_layer=builder({"base": FakeTiles()}))
+
+    assert factory.server_is_warming() is False  # no document: a notebook or a script
+    generate_session(Application(FunctionHandler(make)))  # how panel serve --warm runs the app
+    real_doc = Document()
+    real_ctx = BokehSessionContext("real", object(), real_doc)
+    real_doc._session_context = lambda: real_ctx
+    with set_curdoc(real_doc):
+        assert factory.server_is_warming() is False
+    assert seen == [True]
+    assert waits == [True]
+    assert started == []  # the fake catalog uses no demo service
+
+    def make_demo(doc):
+        with set_curdoc(doc):
+            create_app(None, fetcher=object(), build_layer=builder({}))
+
+    generate_session(Application(FunctionHandler(make_demo)))
+    assert started == [True]  # the demo's services start beside the compile
