@@ -435,7 +435,8 @@ class DiskCache:
     max_bytes
         The bound: bytes, or a size string such as ``"500M"``. Default
         ``$MAPSTREAM_CACHE_MAX_BYTES``, else :data:`DEFAULT_MAX_BYTES` (1 GiB). ``0`` stores
-        nothing. An entry larger than the bound is not stored.
+        nothing. An entry larger than the bound is not stored. Bytes are file sizes; the file
+        system's block rounding (``du``) can add a few KiB per entry.
 
     Raises
     ------

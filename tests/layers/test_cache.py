@@ -344,6 +344,19 @@ def test_an_entry_removed_by_another_cache_object_is_a_miss(tmp_path):
     assert a.prune().kept == (0, 0)
 
 
+def test_a_writer_notices_what_another_process_wrote_at_its_next_rescan(tmp_path):
+    app = DiskCache(tmp_path, max_bytes=20_000)
+    app.store(_key(0), _entry(0))  # the first store scans: the app knows the total
+    prefetch = DiskCache(tmp_path, max_bytes=10**9)  # another process, a larger bound
+    for i in range(1, 40):
+        prefetch.store(_key(i), _entry(i))
+    app.store(_key(40), _entry(40))
+    assert _on_disk(tmp_path) > 20_000  # within RESCAN_SECONDS the app trusts its count
+    app.RESCAN_SECONDS = 0  # ...and when it is up, the next store rescans and evicts
+    app.store(_key(41), _entry(41))
+    assert _on_disk(tmp_path) <= 20_000 and app.load(_key(41)) is not None
+
+
 def _check(disk: DiskCache, i: int) -> None:
     got = disk.load(_key(i))
     if got is not None and (got.url, got.body) != (f"http://h/{i}", _entry(i, 300 + i).body):
