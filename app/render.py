@@ -22,7 +22,8 @@ __all__ = [
     "over_rgba",
     "shade_features",
     "shade_features_async",
-    "spread_aggregate",
+    "grow_aggregate",
+    "line_footprint",
     "to_rgba",
     "warm_up",
 ]
@@ -138,7 +139,7 @@ def shade_features(
     color = _style(style, "color", _DEFAULT_COLOR)
     opacity = float(_style(style, "opacity", 0.9))
     point_size = int(_style(style, "point_size", 3))
-    line_width = int(max(1, round(float(_style(style, "line_width", 1)))))
+    line_width = int(max(1, np.floor(float(_style(style, "line_width", 1)) + 0.5)))
     cmap = _style(style, "cmap", None)
     if isinstance(cmap, str):
         import matplotlib
@@ -149,41 +150,45 @@ def shade_features(
     kinds = geoms.geom_type.fillna("")
     layers = []
 
-    def _shade(agg: Any, alpha: float, how: str = "eq_hist", spread: int = 0) -> Any:
-        if spread:
-            agg = spread_aggregate(agg, spread)
-        if cmap and how != "solid":
-            return tf.shade(agg, cmap=cmap, how=how, min_alpha=int(255 * alpha * 0.6))
-        return tf.shade(agg, cmap=[color], how="linear", min_alpha=int(255 * alpha))
+    def _shade(agg: Any, alpha: float, how: str = "eq_hist", footprint: np.ndarray | None = None) -> Any:
+        if footprint is not None and footprint.size > 1:
+            agg = grow_aggregate(agg, footprint)
+        with np.errstate(divide="ignore", invalid="ignore"):  # one value: a span of zero
+            top = int(round(255 * alpha))
+            if cmap and how != "solid":
+                return tf.shade(agg, cmap=cmap, how=how, alpha=top, min_alpha=int(top * 0.6))
+            return tf.shade(agg, cmap=[color], how="linear", alpha=top, min_alpha=top)
 
-    poly = kinds.isin(["Polygon", "MultiPolygon"])
-    line = kinds.isin(["LineString", "MultiLineString", "LinearRing"])
-    point = (kinds == "Point").to_numpy()
-    multi = (kinds == "MultiPoint").to_numpy()
+    def _lines(lines: Any) -> Any:
+        # one-pixel lines, widened on the aggregate: datashader's anti-aliased wide lines are
+        # another kernel to compile (2 s on a fresh server)
+        sub = gpd.GeoDataFrame(geometry=lines, crs=frame.crs)
+        agg = canvas.line(sub, geometry="geometry", agg=ds.any(), line_width=0)
+        return _shade(agg, opacity, "solid", line_footprint(line_width))
+
+    poly = kinds.isin(["Polygon", "MultiPolygon"]).to_numpy()
+    line = kinds.isin(["LineString", "MultiLineString", "LinearRing"]).to_numpy()
+    point = kinds.isin(["Point", "MultiPoint"]).to_numpy()
     if poly.any():
-        sub = gpd.GeoDataFrame(geometry=geoms[poly].values, crs=frame.crs)
+        sub = gpd.GeoDataFrame(geometry=geoms.values[poly], crs=frame.crs)
         layers.append(_shade(canvas.polygons(sub, geometry="geometry", agg=ds.any()), opacity * 0.5, "solid"))
-        outline = gpd.GeoDataFrame(geometry=sub.geometry.boundary.values, crs=frame.crs)
-        agg = canvas.line(outline, geometry="geometry", agg=ds.any(), line_width=line_width if line_width > 1 else 0)
-        layers.append(_shade(agg, opacity, "solid"))
+        layers.append(_lines(sub.geometry.boundary.values))
     if line.any():
-        sub = gpd.GeoDataFrame(geometry=geoms[line].values, crs=frame.crs)
-        agg = canvas.line(sub, geometry="geometry", agg=ds.any(), line_width=line_width if line_width > 1 else 0)
-        layers.append(_shade(agg, opacity, "solid"))
-    if point.any() or multi.any():
-        aggs = []
-        if point.any():
-            # Plain points as x/y columns: datashader's GeoDataFrame path builds a spatial
-            # index of every frame it draws, seconds for the 200 000 points re-shaded as pages
-            # arrive; coordinate arrays cost milliseconds.
-            arr = np.asarray(geoms.values[point])
-            xy = pd.DataFrame({"x": shapely.get_x(arr), "y": shapely.get_y(arr)})
-            aggs.append(canvas.points(xy, "x", "y", agg=ds.count()))
-        if multi.any():
-            sub = gpd.GeoDataFrame(geometry=geoms.values[multi], crs=frame.crs)
-            aggs.append(canvas.points(sub, geometry="geometry", agg=ds.count()))
-        agg = aggs[0] if len(aggs) == 1 else aggs[0] + aggs[1]
-        layers.append(_shade(agg, opacity, "eq_hist", spread=max(0, point_size // 2)))
+        lines = np.asarray(geoms.values[line])
+        rings = shapely.get_type_id(lines) == 2  # LinearRing: datashader takes LineStrings only
+        if rings.any():
+            coords, index = shapely.get_coordinates(lines[rings], return_index=True)
+            lines = lines.copy()
+            lines[rings] = shapely.linestrings(coords, indices=index)
+        layers.append(_lines(lines))
+    if point.any():
+        # Points as x/y columns (multi-points split into their parts): datashader's
+        # GeoDataFrame path builds a spatial index of every frame it draws (seconds for the
+        # 200 000 points re-shaded as pages arrive) and is one more kernel to compile.
+        parts = shapely.get_parts(np.asarray(geoms.values[point]))
+        xy = pd.DataFrame({"x": shapely.get_x(parts), "y": shapely.get_y(parts)})
+        agg = canvas.points(xy, "x", "y", agg=ds.count())
+        layers.append(_shade(agg, opacity, "eq_hist", disk_footprint(max(0, point_size // 2))))
     if not layers:
         return Image(out, (xmin, ymin, xmax, ymax))
     rgba = over_rgba([np.asarray(img.data).view(np.uint8).reshape(height, width, 4) for img in layers])
@@ -231,25 +236,42 @@ def disk_footprint(radius: int) -> np.ndarray:
     return (xx * xx + yy * yy) <= r * r
 
 
-def spread_aggregate(agg: Any, radius: int) -> Any:
-    """Grow every non-empty pixel of an aggregate to a disk of ``radius`` (maximum wins).
+def line_footprint(width: int) -> np.ndarray:
+    """A boolean disk ``width`` pixels across: a one-pixel line grown by it is ``width`` wide.
 
-    This is datashader's ``tf.spread`` done on the aggregate with a maximum filter: the same
-    look for points, but no numba kernel to compile (``tf.spread`` costs seconds of JIT on a
-    fresh server, with the GIL held for much of it).
+    >>> line_footprint(1).astype(int)
+    array([[1]])
+    >>> line_footprint(2).astype(int)
+    array([[1, 1],
+           [1, 1]])
+    >>> int(line_footprint(4).sum())
+    12
+    """
+    w = max(1, int(width))
+    c = (w - 1) / 2
+    yy, xx = np.mgrid[0:w, 0:w]
+    return (xx - c) ** 2 + (yy - c) ** 2 <= (w / 2) ** 2
+
+
+def grow_aggregate(agg: Any, footprint: np.ndarray) -> Any:
+    """Grow every non-empty pixel of an aggregate to ``footprint`` (the maximum wins).
+
+    Spreads points to disks and widens one-pixel lines. It does what datashader's ``tf.spread``
+    and anti-aliased ``line_width`` do, with a maximum filter: no numba kernel to compile
+    (each costs seconds of JIT on a fresh server, much of it holding the GIL).
 
     >>> import xarray as xr
     >>> a = xr.DataArray(np.array([[0, 0, 0], [0, 5, 0], [0, 0, 0]], dtype="uint32"), dims=("y", "x"))
-    >>> spread_aggregate(a, 1).values
+    >>> grow_aggregate(a, disk_footprint(1)).values
     array([[0, 5, 0],
            [5, 5, 5],
            [0, 5, 0]], dtype=uint32)
     """
-    if radius <= 0:
+    if footprint.size <= 1:
         return agg
     from scipy.ndimage import maximum_filter
 
-    return agg.copy(data=maximum_filter(np.asarray(agg.data), footprint=disk_footprint(radius), mode="constant"))
+    return agg.copy(data=maximum_filter(np.asarray(agg.data), footprint=footprint, mode="constant"))
 
 
 async def shade_features_async(
@@ -274,14 +296,15 @@ def warm_up(wait: bool = False, timeout: float | None = None) -> bool:
     """Compile datashader's kernels once per process, in a background thread.
 
     Datashader JIT-compiles its aggregation kernels (numba) on first use: seconds of CPU, much of
-    it holding the GIL, and numba's generated kernels cannot be cached on disk. The kernels every
-    catalog needs (polygon fill, thin lines, point counts) compile first; thick anti-aliased
-    lines follow. Idempotent; returns at once unless ``wait``.
+    it holding the GIL, and numba's generated kernels cannot be cached on disk. Every style is
+    drawn with three kernels (polygon fill, one-pixel lines, point counts; wider lines and points
+    are grown on the aggregate), each in a single- and a multi-part variant, so that after this
+    no layer compiles anything. Idempotent; returns at once unless ``wait``.
 
     Parameters
     ----------
     wait
-        Block until the essential kernels are compiled (``panel serve --warm`` does this before
+        Block until the kernels are compiled (``panel serve --warm`` does this before
         it serves, so that no visitor's first layer waits for the compiler).
     timeout
         Seconds to wait at most.
@@ -289,7 +312,7 @@ def warm_up(wait: bool = False, timeout: float | None = None) -> bool:
     Returns
     -------
     bool
-        Whether the essential kernels are compiled.
+        Whether the kernels are compiled.
     """
     global _warm_thread
     with _warm_lock:
@@ -305,22 +328,18 @@ def _warm() -> None:
     import geopandas as gpd
     import shapely
 
-    bounds = (-1.0, -1.0, 2.0, 2.0)
     try:
-        # two points on one pixel: counts differ, so shading has a span to scale
         box, line = shapely.box(0, 0, 1, 1), shapely.LineString([(0, 0), (1, 1)])
-        essentials = [  # single and multi parts compile separately
-            ([box, shapely.MultiPolygon([box, shapely.box(1.2, 1.2, 1.5, 1.5)])], {"color": "#000000", "line_width": 1}),
-            ([line, shapely.MultiLineString([line, shapely.LineString([(1, 0), (0, 1)])])], {"color": "#000000", "line_width": 1}),
-            ([shapely.Point(0, 0), shapely.Point(0, 0), shapely.Point(1, 1)], {"cmap": "viridis", "point_size": 2}),
+        kinds = [  # each in a frame of its own: a frame with single and multi parts compiles
+            [box],  # only the multi-part kernel
+            [shapely.MultiPolygon([box, shapely.box(1.2, 1.2, 1.5, 1.5)])],
+            [line],
+            [shapely.MultiLineString([line, shapely.LineString([(1, 0), (0, 1)])])],
+            [shapely.Point(0, 0), shapely.Point(0, 0), shapely.Point(1, 1)],  # counts 2 and 1
         ]
-        for geoms, style in essentials:
-            shade_features(gpd.GeoDataFrame(geometry=geoms, crs="EPSG:3857"), bounds, 8, 8, style)
+        for geoms in kinds:
+            frame = gpd.GeoDataFrame(geometry=geoms, crs="EPSG:3857")
+            for style in ({"color": "#000000"}, {"cmap": "viridis"}):
+                shade_features(frame, (-1.0, -1.0, 2.0, 2.0), 8, 8, style)
     finally:
         _essentials_ready.set()
-    extras = [
-        ([shapely.LineString([(0, 0), (1, 1)])], {"color": "#000000", "line_width": 2}),
-        ([shapely.MultiPoint([(0, 0), (1, 1)])], {"color": "#000000"}),
-    ]
-    for geoms, style in extras:
-        shade_features(gpd.GeoDataFrame(geometry=geoms, crs="EPSG:3857"), bounds, 8, 8, style)
