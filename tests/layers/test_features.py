@@ -196,3 +196,29 @@ async def test_antimeridian_view_and_part2_crs(ogc_server, fetcher, points):
     assert all("crs=http" in p.url for p in pages if len(p.frame))
     europe = [p async for p in layer.load(Viewport.from_lonlat((-10, 35, 30, 60), 400), fetcher)]
     assert "bbox-crs=" in europe[0].url
+
+
+async def test_a_page_seen_before_is_not_parsed_again(ogc_server, fetcher, monkeypatch):
+    """The same view again (the plot's real size arriving, another session) reuses parsed pages."""
+    import layers.features as features
+
+    calls: list[int] = []
+    real = features.parse_off_loop
+
+    async def counting(content, **kw):
+        calls.append(len(content))
+        return await real(content, **kw)
+
+    monkeypatch.setattr(features, "parse_off_loop", counting)
+    layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT)
+    world = Viewport.from_lonlat((-180, -85, 180, 85), 512)
+    first = [p async for p in layer.load(world, fetcher)]
+    parsed = len(calls)
+    assert parsed == first[-1].progress.done
+    again = [p async for p in FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT).load(world, fetcher)]
+    assert len(calls) == parsed  # every page came from the memory of parsed pages
+    ids = sorted(i for p in again for i in _ids(p.frame))
+    assert ids == sorted(ALL_IDS)
+    fetcher.memory.clear()
+    [p async for p in layer.load(world, fetcher)]
+    assert len(calls) == 2 * parsed  # without it, the bytes are parsed again
