@@ -42,6 +42,10 @@ if hv.Store.current_backend != "bokeh":
 DEFAULT_BOUNDS = (-170.0, -60.0, 170.0, 75.0)
 #: Seconds between two partial renders of a feature layer (the final page always renders).
 SHADE_EVERY = 0.4
+#: Seconds the preload waits for the browser to report the plot's size before it guesses.
+FIRST_VIEW_WAIT = 1.5
+#: Seconds the preload gives a layer to itself before it starts the next one.
+PRELOAD_STAGGER = 1.0
 _LAG_MONITORS: dict[int, LoopLagMonitor] = {}  # one per event loop, shared by its sessions
 
 
@@ -161,6 +165,9 @@ class MapApp(pn.viewable.Viewer):
         self._doc = pn.state.curdoc
         self._closed = False
         self._hooked = False
+        self._preloading = False
+        self._preloaded: set[str] = set()
+        self._view_reported = asyncio.Event()  # set when the browser reports the plot's size
         #: Applied results per layer as (viewport, complete) (for tests and the benchmark).
         self.applied: dict[str, list[tuple[Viewport, bool]]] = {name: [] for name in self.specs}
         self._t_done: dict[str, float] = {}
@@ -246,6 +253,7 @@ class MapApp(pn.viewable.Viewer):
         if self._hooked:
             return self.layout
         self._hooked = True
+        self._preloading = True  # shown: loads start with the preload, in priority order
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
         if pn.state.curdoc is not None and self._doc is None:
@@ -357,6 +365,8 @@ class MapApp(pn.viewable.Viewer):
         self.state.viewport = viewport
         tasks = []
         for spec in sorted(self.specs.values(), key=lambda s: s.priority):
+            if self._preloading and spec.name not in self._preloaded:
+                continue  # the preload starts it, in its turn, for the newest view
             task = self.request(spec.name)
             if task is not None:
                 tasks.append(task)
@@ -380,17 +390,41 @@ class MapApp(pn.viewable.Viewer):
             self._set_status(name, state="hidden")
 
     async def _preload(self) -> None:
-        """``pn.state.onload``: start the visible layers in priority order (never awaited)."""
+        """``pn.state.onload``: start the visible layers in priority order.
+
+        Waits (at most ``FIRST_VIEW_WAIT``) for the browser to report the plot's real size, so
+        that the first loads are not for a guessed viewport that is replaced a moment later.
+        Then each layer starts when the one before it is done, or ``PRELOAD_STAGGER`` seconds
+        after it started, whichever comes first: the first layers get the network, the parser
+        and the CPU to themselves. A pan meanwhile reloads what has started; the rest start
+        for the newest view.
+        """
         self._loop = asyncio.get_running_loop()
         _lag_monitor()
-        self.set_viewport(self.state.viewport)
+        self._preloading = True
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._view_reported.wait(), FIRST_VIEW_WAIT)
+            for spec in sorted(self.specs.values(), key=lambda s: s.priority):
+                if self._closed:
+                    return
+                self._preloaded.add(spec.name)
+                task = self.request(spec.name)
+                if task is not None:
+                    await asyncio.wait([task], timeout=PRELOAD_STAGGER)
+        finally:
+            self._preloading = False
 
     def _on_view_change(self, **_: Any) -> None:
         r, s = self.range_stream, self.size_stream
         width = s.width or (self.state.viewport.width if self.state.viewport else 900)
         height = s.height or (self.state.viewport.height if self.state.viewport else self.height)
         vp = viewport_from_ranges(r.x_range, r.y_range, width, height)
-        if vp is None or vp == self.state.viewport:
+        if vp is None:
+            return
+        if s.width and s.height:
+            self._schedule(self._view_reported.set)
+        if vp == self.state.viewport:
             return
         self._schedule(lambda: self.set_viewport(vp))
 

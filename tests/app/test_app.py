@@ -245,3 +245,48 @@ def test_panel_serve_warm_run_waits_for_the_compile_and_real_sessions_do_not(mon
 
     generate_session(Application(FunctionHandler(make_demo)))
     assert started == [True]  # the demo's services start beside the compile
+
+
+async def test_preload_waits_for_the_plot_size_then_starts_layers_in_priority_order(monkeypatch):
+    from app import views
+
+    monkeypatch.setattr(views, "PRELOAD_STAGGER", 5.0)
+    tiles, feats = FakeTiles(frames=3, delay=0.02), FakeFeatures(pages=2, delay=0.02)
+    app = _app({"base": tiles, "pts": feats}, [spec("pts", "features", 1), spec("base", priority=0)])
+    app._preloading = True  # as when the page shows the app (__panel__)
+    base_done_when_pts_started: list = []
+    load_pts = feats.load
+
+    def load(viewport, fetcher):
+        base_done_when_pts_started.append(list(tiles.finished))
+        return load_pts(viewport, fetcher)
+
+    feats.load = load
+    preload = asyncio.ensure_future(app._preload())
+    await asyncio.sleep(0.1)
+    assert tiles.loads == [] and feats.loads == []  # the guessed viewport is not loaded
+    real = _vp(3)
+    app.range_stream.event(x_range=real.x_range, y_range=real.y_range)
+    app.size_stream.event(width=real.width, height=real.height)
+    await asyncio.wait_for(preload, 5)
+    assert app.state.viewport == real
+    assert tiles.loads == [real] and feats.loads == [real]  # each loaded once, for the real view
+    assert base_done_when_pts_started == [[real]]  # the basemap (priority 0) was done first
+    await asyncio.gather(*(t for t in (app._loaders["pts"].task,) if t is not None))
+    assert app.state.status("pts").state == "done"
+    assert app._preloading is False
+    # after the preload, a new view reloads every layer at once
+    app.set_viewport(_vp(4))
+    assert app._loaders["base"].key == app._loaders["pts"].key == _vp(4)
+    await app.aclose()
+
+
+async def test_preload_guesses_the_view_when_the_browser_says_nothing(monkeypatch):
+    from app import views
+
+    monkeypatch.setattr(views, "FIRST_VIEW_WAIT", 0.05)
+    tiles = FakeTiles(frames=1)
+    app = _app({"base": tiles}, [spec("base")])
+    await asyncio.wait_for(app._preload(), 5)
+    assert tiles.loads == [app.state.viewport]
+    await app.aclose()
