@@ -187,12 +187,20 @@ def warm_pool() -> None:
 
     Returns at once; the app calls it when a session is created. Idempotent.
     """
+    global _POOL_BROKEN
     if _POOL_BROKEN:
         return
-    pool = _pool()
-    workers = getattr(pool, "_max_workers", 1)
-    for _ in range(workers):  # each submit may start a worker, up to the pool's size
-        pool.submit(_noop)
+    try:
+        pool = _pool()
+        workers = getattr(pool, "_max_workers", 1)
+        for _ in range(workers):  # each submit may start a worker, up to the pool's size
+            pool.submit(_noop)
+    except (concurrent.futures.process.BrokenProcessPool, OSError, RuntimeError) as exc:
+        # A pool that cannot start must not fail the caller (the app's session): parsing
+        # falls back to threads, as in parse_off_loop.
+        shutdown_pool()
+        _POOL_BROKEN = True
+        logger.warning("GeoJSON parser processes unavailable (%s); parsing in threads", exc)
 
 
 def _noop() -> None:

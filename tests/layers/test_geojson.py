@@ -101,3 +101,21 @@ async def test_broken_process_pool_falls_back_to_threads(monkeypatch):
     assert len(gdf) == 2000 and gj._POOL_BROKEN
     with pytest.raises(ParseError, match="parser process died"):
         await parse_off_loop(body, url="http://h", executor="process")  # explicit: no fallback
+
+
+def test_warm_pool_never_raises_when_the_workers_cannot_start(monkeypatch, caplog):
+    import concurrent.futures
+
+    import layers.geojson as gj
+
+    class Broken(concurrent.futures.Executor):
+        _max_workers = 2
+
+        def submit(self, *args, **kwargs):
+            raise concurrent.futures.process.BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr(gj, "_pool", lambda: Broken())
+    monkeypatch.setattr(gj, "_POOL_BROKEN", False)
+    gj.warm_pool()  # the app calls this while it builds a session: it must not fail it
+    assert gj._POOL_BROKEN
+    assert "parsing in threads" in caplog.text
