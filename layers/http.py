@@ -26,6 +26,16 @@ entry), then sends: it waits for a slot on the per-host limiter and the global l
 inside the client's pool), streams the body under a size limit and a total timeout, and
 retries idempotent requests on 429/502/503/504 and transport errors with full-jitter backoff
 or the server's ``Retry-After`` (capped), while the host's retry budget lasts.
+
+With the aiohttp transport (the default) an attempt skips ``client.send`` and goes straight
+to the client's own transport (:meth:`layers._aiohttp.AiohttpTransport.open`): the client has
+no auth, cookie jar, mounts or event hooks to apply, and building the ``httpx.Request`` /
+``httpx.Response`` pair, extracting cookies into a jar that refuses them all and re-parsing
+the URL cost more CPU than aiohttp's whole request (``python -m benchmarks.fetch``). What
+``client.send`` did is kept: the client's default headers under the caller's, redirects
+followed by httpx's rules (:func:`_redirect`), httpx's ``Content-Encoding`` decoding, its
+``HTTP Request:`` log line and its exceptions (translated as before). Any other transport, or a
+client given event hooks or auth, still goes through ``client.send``.
 """
 
 from __future__ import annotations
@@ -33,16 +43,18 @@ from __future__ import annotations
 import asyncio
 import http.cookiejar
 import logging
+import re
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from . import __version__
+from . import _aiohttp as _aio
 from ._limits import Limiter, RetryBudget, backoff_delay, parse_retry_after
 from .cache import (
     CacheEntry,
@@ -82,6 +94,10 @@ TRANSPORTS = ("aiohttp", "httpcore")
 
 _DEFAULT = object()
 _NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+#: Statuses httpx follows when the response names a ``Location``.
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: The fast path logs each exchange as httpx's client does, on its logger (same level, format).
+_HTTPX_LOG = logging.getLogger("httpx")
 
 
 class _RedactingFilter(logging.Filter):
@@ -155,8 +171,10 @@ def _from_entry(entry: CacheEntry, url: str, *, revalidated: bool, elapsed: floa
 
 @dataclass(eq=False)
 class _Flight:
-    task: asyncio.Task[Response]
-    waiters: int = 0
+    """One upstream request and the callers waiting for it, one future each."""
+
+    task: asyncio.Task[None] | None = None
+    waiters: list[asyncio.Future[Response]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -168,6 +186,12 @@ class _LoopState:
     global_limiter: Limiter
     limiters: dict[str, Limiter] = field(default_factory=dict)
     flights: dict[tuple[Any, ...], _Flight] = field(default_factory=dict)
+    #: The client's transport when attempts may skip ``client.send`` (see the module notes).
+    direct: Any = None
+    #: The client's default headers, names lower-cased, for the direct path.
+    base_headers: dict[str, str] = field(default_factory=dict)
+    #: aiohttp's form of the connect/read timeouts, made once.
+    aio_timeout: Any = None
 
 
 def _translate(exc: Exception, url: str) -> FetchError:
@@ -335,7 +359,8 @@ class Fetcher:
                 del self._loops[other]
         if state is not None:
             for fl in list(state.flights.values()):
-                fl.task.cancel()
+                if fl.task is not None:
+                    fl.task.cancel()
             await state.client.aclose()
 
     def _make_transport(self) -> httpx.AsyncBaseTransport | None:
@@ -377,6 +402,10 @@ class Fetcher:
                     cookies=http.cookiejar.CookieJar(_NO_COOKIES),
                 )
                 state = _LoopState(loop, client, Limiter(self.global_limit))
+                if isinstance(client._transport, _aio.AiohttpTransport):
+                    state.direct = client._transport
+                    state.base_headers = dict(client.headers.items())
+                    state.aio_timeout = _aio.client_timeout(self.timeouts.connect, self.timeouts.read)
                 self._loops[loop] = state
             self._last_state = state
             return state
@@ -436,23 +465,31 @@ class Fetcher:
 
     def _prepare(
         self, url: str, params: Mapping[str, Any] | None, headers: Mapping[str, str] | None
-    ) -> tuple[httpx.URL, str, dict[str, str]]:
-        try:
-            u = httpx.URL(url)
-            if params:
-                u = u.copy_merge_params(params)
-        except (httpx.InvalidURL, TypeError, ValueError) as exc:
-            raise BadInputError(f"invalid URL {url!r}: {exc}") from exc
-        if u.scheme not in ("http", "https"):
-            raise BadInputError(f"not an http(s) URL: {redact_url(url)}")
-        full = str(u)
+    ) -> tuple[str, str, dict[str, str]]:
+        """The request's host key (``netloc``), its URL as httpx encodes it, and its headers."""
+        netloc = None if params else _plain_netloc(url)
+        if netloc is not None:  # httpx would leave it as it is: no need to parse it (~15 us)
+            full = url
+        else:
+            try:
+                u = httpx.URL(url)
+                if params:
+                    u = u.copy_merge_params(params)
+            except (httpx.InvalidURL, TypeError, ValueError) as exc:
+                raise BadInputError(f"invalid URL {url!r}: {exc}") from exc
+            if u.scheme not in ("http", "https"):
+                raise BadInputError(f"not an http(s) URL: {redact_url(url)}")
+            full = str(u)
+            netloc = u.netloc.decode("ascii").lower()
         merged: dict[str, str] = {}
-        with self._lock:
-            matches = [p for p in self._source_headers if full.startswith(p)]
-            if matches:
-                merged.update(self._source_headers[max(matches, key=len)])
-        merged.update(headers or {})
-        return u, full, merged
+        if self._source_headers:
+            with self._lock:
+                matches = [p for p in self._source_headers if full.startswith(p)]
+                if matches:
+                    merged.update(self._source_headers[max(matches, key=len)])
+        if headers:
+            merged.update(headers)
+        return netloc, full, merged
 
     # -- public requests -------------------------------------------------------------------
 
@@ -480,13 +517,17 @@ class Fetcher:
         BadInputError
             The URL is not an http(s) URL.
         """
-        u, full, hdrs = self._prepare(url, params, headers)
+        netloc, full, hdrs = self._prepare(url, params, headers)
         use_cache = cache and self.disk is not None
         key = cache_key("GET", full, hdrs)
         if use_cache:
-            resp = await self._single_flight(("GET", key, True), lambda: self._cached_get(u, full, hdrs, key))
+            resp = await self._single_flight(
+                ("GET", key, True), lambda: self._cached_get(netloc, full, hdrs, key)
+            )
         else:
-            resp = await self._single_flight(("GET", key, False), lambda: self._send("GET", u, full, hdrs, None))
+            resp = await self._single_flight(
+                ("GET", key, False), lambda: self._send("GET", netloc, full, hdrs, None)
+            )
         return _check_status(resp, allow_status)
 
     async def request(
@@ -508,12 +549,12 @@ class Fetcher:
             As for :meth:`get`.
         """
         method = method.upper()
-        u, full, hdrs = self._prepare(url, params, headers)
+        netloc, full, hdrs = self._prepare(url, params, headers)
         if method in ("GET", "HEAD") and content is None:
             key = (method, cache_key(method, full, hdrs), False)
-            resp = await self._single_flight(key, lambda: self._send(method, u, full, hdrs, None))
+            resp = await self._single_flight(key, lambda: self._send(method, netloc, full, hdrs, None))
         else:
-            resp = await self._send(method, u, full, hdrs, content)
+            resp = await self._send(method, netloc, full, hdrs, content)
         return _check_status(resp, allow_status)
 
     def cache_has_fresh(
@@ -538,27 +579,39 @@ class Fetcher:
     async def _single_flight(
         self, key: tuple[Any, ...], factory: Callable[[], Awaitable[Response]]
     ) -> Response:
+        # Each caller waits on a future of its own, which the flight's task resolves as its
+        # last step: a cancelled caller cancels only its future, and waking the callers takes
+        # no extra turn of the loop (asyncio.shield's callbacks cost one, and a third of the
+        # engine's own CPU time per request went to shield and a done-callback).
         state = self._state()
         flight = state.flights.get(key)
         if flight is None:
-            flight = _Flight(asyncio.ensure_future(factory()))
-            state.flights[key] = flight
-            flight.task.add_done_callback(lambda t, k=key, f=flight: _flight_done(state, k, f, t))
+            flight = state.flights[key] = _Flight()
+            flight.task = state.loop.create_task(_fly(state, key, flight, factory))
         else:
             self.metrics.incr("coalesced")
-        flight.waiters += 1
+        waiter: asyncio.Future[Response] = state.loop.create_future()
+        flight.waiters.append(waiter)
         try:
-            return await asyncio.shield(flight.task)
-        finally:
-            flight.waiters -= 1
-            if flight.waiters == 0 and not flight.task.done():
+            return await waiter
+        except BaseException:
+            if not waiter.cancelled():  # the outcome came, but this caller was cancelled
+                if waiter.done():
+                    waiter.exception()  # retrieved: nobody else will
+                raise
+            try:
+                flight.waiters.remove(waiter)
+            except ValueError:  # the flight was cancelled and let its waiters go
+                pass
+            if not flight.waiters and flight.task is not None and not flight.task.done():
                 # Nobody wants the result any more: drop it now (a new caller starts afresh).
                 if state.flights.get(key) is flight:
                     del state.flights[key]
                 flight.task.cancel()
+            raise
 
     async def _cached_get(
-        self, u: httpx.URL, url: str, headers: dict[str, str], key: str
+        self, netloc: str, url: str, headers: dict[str, str], key: str
     ) -> Response:
         assert self.disk is not None
         entry = await self._disk_call(self.disk.load, key)
@@ -566,7 +619,7 @@ class Fetcher:
             self.metrics.incr("cache_hits")
             return _from_entry(entry, url, revalidated=False)
         cond = entry.conditional_headers() if entry is not None else {}
-        resp = await self._send("GET", u, url, {**headers, **cond}, None)
+        resp = await self._send("GET", netloc, url, {**headers, **cond}, None)
         if resp.status == 304 and entry is not None:
             self.metrics.incr("revalidations")
             new = refresh_entry(entry, resp.headers.multi_items(), self.ttl)
@@ -593,6 +646,9 @@ class Fetcher:
             return None
 
     def _budget(self, host: str) -> RetryBudget:
+        b = self._budgets.get(host)  # never removed, so found means found
+        if b is not None:
+            return b
         with self._lock:
             b = self._budgets.get(host)
             if b is None:
@@ -600,11 +656,10 @@ class Fetcher:
             return b
 
     async def _send(
-        self, method: str, u: httpx.URL, url: str, headers: dict[str, str], content: bytes | None
+        self, method: str, netloc: str, url: str, headers: dict[str, str], content: bytes | None
     ) -> Response:
         """One logical request: attempts, retries and backoff. Returns the final response for
         any status that is not retried (the caller checks it)."""
-        netloc = u.netloc.decode("ascii").lower()
         budget = self._budget(netloc)
         idempotent = method in IDEMPOTENT_METHODS
         attempt = 0
@@ -612,7 +667,7 @@ class Fetcher:
             attempt += 1
             retry_after: float | None = None
             try:
-                resp = await self._attempt(method, u, url, netloc, headers, content)
+                resp = await self._attempt(method, url, netloc, headers, content)
             except (FetchTimeoutError, TransportError) as exc:
                 error: FetchError = exc
             else:
@@ -639,7 +694,6 @@ class Fetcher:
     async def _attempt(
         self,
         method: str,
-        u: httpx.URL,
         url: str,
         netloc: str,
         headers: dict[str, str],
@@ -663,10 +717,19 @@ class Fetcher:
         self.metrics.record_queue_wait(time.perf_counter() - queued)
         self.metrics.add_in_flight(1)
         start = time.perf_counter()
+        client = state.client
         try:
             async with asyncio.timeout(self.total_timeout):
-                async with state.client.stream(method, u, headers=headers, content=content) as r:
-                    body = await self._read_body(r, url)
+                if state.direct is not None and client.auth is None and not (
+                    client.event_hooks["request"] or client.event_hooks["response"]
+                ):
+                    final, status, rheaders, body = await self._exchange(
+                        state, method, url, headers, content
+                    )
+                else:
+                    async with client.stream(method, url, headers=headers, content=content) as r:
+                        body = await self._read_body(r.aiter_bytes(), r.headers.get("content-length"), url)
+                    final, status, rheaders = str(r.url), r.status_code, r.headers
         except (httpx.TransportError, TimeoutError) as exc:
             if isinstance(exc, httpx.UnsupportedProtocol):
                 raise BadInputError(f"unsupported URL {redact_url(url)}: {exc}") from exc
@@ -680,28 +743,218 @@ class Fetcher:
             host_lim.release()
         elapsed = time.perf_counter() - start
         self.metrics.record_response(elapsed, len(body))
-        return Response(str(r.url), r.status_code, r.headers, body, elapsed=elapsed)
+        return Response(final, status, rheaders, body, elapsed=elapsed)
 
-    async def _read_body(self, r: httpx.Response, url: str) -> bytes:
+    async def _exchange(
+        self,
+        state: _LoopState,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        content: bytes | None,
+    ) -> tuple[str, int, httpx.Headers, bytes]:
+        """One attempt straight over the client's aiohttp transport, doing what ``client.send``
+        would: default headers, redirects, decoding, the log line. Returns the final URL, the
+        status, the headers and the body.
+
+        Raises
+        ------
+        httpx.TransportError, httpx.TooManyRedirects, httpx.DecodingError
+            As ``client.send`` would (the caller translates them).
+        ResponseTooLargeError
+            The body is over the limit.
+        """
+        client = state.client
+        sent = state.base_headers
+        if headers:
+            sent = {**sent, **{k.lower(): v for k, v in headers.items()}}
+        content = content or None
+        for _ in range(client.max_redirects + 1 if client.follow_redirects else 1):
+            resp = await state.direct.open(method, url, sent, content, state.aio_timeout)
+            try:
+                _HTTPX_LOG.info('HTTP Request: %s %s "HTTP/1.1 %d %s"', method, url, resp.status, resp.reason or "")
+                location = resp.headers.get("Location")
+                if location is not None and resp.status in _REDIRECTS and client.follow_redirects:
+                    method, u, sent, content = _redirect(
+                        method, httpx.URL(url), resp.status, location, sent, content
+                    )
+                    url = str(u)
+                    continue
+                if resp.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+                    # Decoded by httpx: exactly the codings its Accept-Encoding offered.
+                    body = await self._read_body(
+                        _aio.wrap(resp).aiter_bytes(), resp.headers.get("Content-Length"), url
+                    )
+                elif resp.content_length is not None and resp.content_length <= self.max_response_bytes:
+                    body = await _aio.read(resp)  # the framing bounds it: one read, no chunk list
+                else:
+                    body = await self._read_body(
+                        _aio.iter_body(resp), resp.headers.get("Content-Length"), url
+                    )
+            finally:
+                _aio.release(resp)
+            return url, resp.status, httpx.Headers(resp.raw_headers), body
+        raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.")
+
+    async def _read_body(self, chunks: AsyncIterator[bytes], declared: str | None, url: str) -> bytes:
         limit = self.max_response_bytes
-        declared = r.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ResponseTooLargeError(redact_url(url), limit)
-        chunks: list[bytes] = []
+        parts: list[bytes] = []
         size = 0
-        async for chunk in r.aiter_bytes():
+        async for chunk in chunks:
             size += len(chunk)
             if size > limit:  # checked while streaming, on decoded bytes (zip bombs too)
                 raise ResponseTooLargeError(redact_url(url), limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+            parts.append(chunk)
+        return b"".join(parts)
 
 
-def _flight_done(state: _LoopState, key: tuple[Any, ...], flight: _Flight, task: asyncio.Task[Any]) -> None:
+_PORTS = {"http": 80, "https": 443}
+
+# URLs that httpx leaves exactly as they are: lower-case http(s) scheme and host, no userinfo,
+# no default port, a path and query of characters it never encodes, no fragment. Anything
+# else is parsed by httpx (tests/layers/test_http.py checks the two agree).
+_PLAIN_URL = re.compile(
+    r"(https?)://([a-z0-9._~-]+)(?::([1-9][0-9]{0,4}))?"
+    r"(/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*)(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*)?"
+)
+_IPV4_STYLE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.|$)){4}")
+_DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
+
+
+def _plain_netloc(url: str) -> str | None:
+    """``host[:port]`` of ``url`` if httpx would send ``url`` exactly as written, else ``None``
+    (then httpx parses and normalises it).
+
+    >>> _plain_netloc("https://tile.example.org/5/16/10.png?key=a%2Fb")
+    'tile.example.org'
+    >>> _plain_netloc("http://127.0.0.1:8080/a"), _plain_netloc("http://127.0.0.1:80/a")
+    ('127.0.0.1:8080', None)
+    >>> [_plain_netloc(u) for u in ("HTTP://h/a", "http://H/a", "http://h/a b", "http://h/./a", "http://h")]
+    [None, None, None, None, None]
+    """
+    m = _PLAIN_URL.fullmatch(url)
+    if m is None or len(url) > 65536:
+        return None
+    scheme, host, port, path = m.group(1, 2, 3, 4)
+    if port is not None and int(port) == _PORTS[scheme]:
+        return None
+    if _IPV4_STYLE.fullmatch(host) and not _IPV4.fullmatch(host):
+        return None  # httpx rejects it
+    if "/." in path and _DOT_SEGMENT.search(path):
+        return None  # httpx removes dot segments
+    return host if port is None else f"{host}:{port}"
+
+
+def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.scheme, a.host, a.port or _PORTS.get(a.scheme)) == (
+        b.scheme,
+        b.host,
+        b.port or _PORTS.get(b.scheme),
+    )
+
+
+def _redirect(
+    method: str,
+    url: httpx.URL,
+    status: int,
+    location: str,
+    headers: Mapping[str, str],
+    content: bytes | None,
+) -> tuple[str, httpx.URL, dict[str, str], bytes | None]:
+    """The request that follows a redirect, by the rules of httpx's client.
+
+    302 and 303 turn any method but HEAD into GET, 301 turns POST into GET (a GET drops the
+    body); a relative ``Location`` is resolved against ``url``; ``Authorization`` is dropped
+    when the origin changes (unless it is a plain http -> https upgrade); ``Cookie`` is always
+    dropped. ``headers`` have lower-case names.
+
+    >>> m, u, h, c = _redirect("POST", httpx.URL("http://a.test/x"), 303, "/y?z=1",
+    ...                        {"authorization": "t", "cookie": "c"}, b"{}")
+    >>> m, str(u), h, c
+    ('GET', 'http://a.test/y?z=1', {'authorization': 't'}, None)
+    >>> _redirect("GET", httpx.URL("http://a.test/x"), 307, "http://b.test/x", {"authorization": "t"}, None)[2]
+    {}
+    >>> _redirect("GET", httpx.URL("http://a.test/x"), 301, "https://a.test/x", {"authorization": "t"}, None)[2]
+    {'authorization': 't'}
+
+    Raises
+    ------
+    httpx.RemoteProtocolError
+        ``location`` is not a URL.
+    httpx.UnsupportedProtocol
+        It is not an http(s) URL.
+    """
+    new_method = method
+    if (status in (302, 303) and method != "HEAD") or (status == 301 and method == "POST"):
+        new_method = "GET"
+    try:
+        new = httpx.URL(location)
+    except httpx.InvalidURL as exc:
+        raise httpx.RemoteProtocolError(f"Invalid URL in location header: {exc}.") from None
+    if new.scheme and not new.host:
+        new = new.copy_with(host=url.host)
+    if new.is_relative_url:
+        new = url.join(new)
+    if url.fragment and not new.fragment:
+        new = new.copy_with(fragment=url.fragment)
+    if new.scheme not in ("http", "https"):
+        raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol '{new.scheme}://'.")
+    out = {k: v for k, v in headers.items() if k != "cookie"}
+    if not _same_origin(url, new):
+        upgrade = (
+            url.host == new.host
+            and (url.scheme, url.port or 80) == ("http", 80)
+            and (new.scheme, new.port or 443) == ("https", 443)
+        )
+        if not upgrade:
+            out.pop("authorization", None)
+        if "host" in out:
+            out["host"] = new.netloc.decode("ascii")
+    if new_method != method and new_method == "GET":
+        content = None
+        out.pop("content-length", None)
+        out.pop("transfer-encoding", None)
+    return new_method, new, out, content
+
+
+async def _fly(
+    state: _LoopState,
+    key: tuple[Any, ...],
+    flight: _Flight,
+    factory: Callable[[], Awaitable[Response]],
+) -> None:
+    """The body of a flight's task: run ``factory`` and hand its outcome to every waiter.
+
+    The task itself ends without an exception (the waiters re-raise it; nobody left means
+    nobody cares), or cancelled, which cancels the waiters still there.
+    """
+    try:
+        result = await factory()
+    except Exception as exc:
+        _land(state, key, flight)
+        for w in flight.waiters:
+            if not w.done():
+                w.set_exception(exc)
+        return
+    except BaseException:  # cancelled (aclose), or the process is going down
+        _land(state, key, flight)
+        for w in flight.waiters:
+            w.cancel()
+        flight.waiters.clear()
+        raise
+    _land(state, key, flight)
+    for w in flight.waiters:
+        if not w.done():
+            w.set_result(result)
+
+
+def _land(state: _LoopState, key: tuple[Any, ...], flight: _Flight) -> None:
+    # Out of the table before anyone learns the outcome: a later caller starts afresh.
     if state.flights.get(key) is flight:
         del state.flights[key]
-    if not task.cancelled():
-        task.exception()  # retrieved: the waiters re-raise it; nobody left means nobody cares
 
 
 def _check_status(resp: Response, allow_status: tuple[int, ...]) -> Response:

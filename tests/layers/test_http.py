@@ -402,3 +402,98 @@ async def test_cookies_are_never_replayed(fault_server, fetcher):
     await fetcher.get(fault_server.url("/ck", set_cookie="session=abc; Path=/"), cache=False)
     await fetcher.get(fault_server.url("/ck2"), cache=False)
     assert "Cookie" not in fault_server.headers_of("/ck2")[0]
+
+
+# -- what client.send did, kept on the direct aiohttp path (both transports must agree) --------
+
+
+async def test_redirects_are_followed(fault_server, fetcher):
+    r = await fetcher.get(fault_server.url("/from", status=302, location="/to?x=1"), cache=False)
+    assert (r.status, r.content) == (200, b"body of /to\n")
+    assert r.url == fault_server.base + "/to?x=1"
+    assert (fault_server.hits["/from"], fault_server.hits["/to"]) == (1, 1)
+
+
+async def test_redirect_to_another_origin_drops_authorization(fault_server, fetcher):
+    other = f"http://localhost:{fault_server.port}/there"  # same server, another origin
+    hdrs = {"Authorization": "Bearer T", "X-Api-Key": "k"}
+    await fetcher.get(fault_server.url("/here", status=307, location="/same"), headers=hdrs, cache=False)
+    await fetcher.get(fault_server.url("/away", status=307, location=other), headers=hdrs, cache=False)
+    assert fault_server.headers_of("/same")[0]["Authorization"] == "Bearer T"
+    (sent,) = fault_server.headers_of("/there")
+    assert "Authorization" not in sent
+    assert sent["X-Api-Key"] == "k"
+
+
+@pytest.mark.parametrize("status,method", [(303, "GET"), (302, "GET"), (307, "POST")])
+async def test_redirected_post_changes_method_as_httpx_does(fault_server, fetcher, status, method):
+    url = fault_server.url("/form", status=status, location="/done")
+    r = await fetcher.request("POST", url, content=b'{"a": 1}')
+    assert r.status == 200
+    assert [m for p, m, _ in fault_server.requests if p == "/done"] == [method]
+
+
+async def test_redirect_loop_is_a_transport_error(fault_server, fetcher):
+    with pytest.raises(RetriesExhaustedError) as info:
+        await fetcher.get(fault_server.url("/loop", status=302, redirect_self=1), cache=False)
+    assert isinstance(info.value.last_error, TransportError)
+    assert "redirect" in str(info.value.last_error).lower()
+    assert fault_server.hits["/loop"] == 21 * info.value.attempts  # httpx's max_redirects=20
+
+
+async def test_compressed_body_is_decoded_and_limited_decoded(fault_server, transport):
+    async with Fetcher(max_response_bytes=100_000, transport=transport, cache_dir=None) as f:
+        r = await f.get(fault_server.url("/gz", gzip=1, size=50_000))
+        assert r.content == b"x" * 50_000
+        assert r.headers["content-encoding"] == "gzip"
+        with pytest.raises(ResponseTooLargeError):  # 5 MB that compress to a few kB
+            await f.get(fault_server.url("/bomb", gzip=1, size=5_000_000))
+
+
+async def test_event_hooks_on_the_client_still_run(fault_server, transport):
+    seen = []
+
+    async def hook(request):
+        seen.append(request.url.path)
+
+    async with Fetcher(transport=transport, cache_dir=None) as f:
+        f._state().client.event_hooks["request"].append(hook)
+        assert (await f.get(fault_server.url("/hooked"))).status == 200
+    assert seen == ["/hooked"]
+
+
+async def test_every_request_is_logged_like_httpx_does(fault_server, fetcher, caplog):
+    with caplog.at_level("INFO", logger="httpx"):
+        await fetcher.get(fault_server.url("/seen", status=301, location="/moved"), cache=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert any("GET " + fault_server.base + "/seen" in m and "301" in m for m in lines)
+    assert any("/moved" in m and '200 OK"' in m for m in lines)
+
+
+def test_urls_sent_as_written_are_exactly_what_httpx_would_send():
+    """The fetcher skips httpx's URL parsing for URLs httpx would leave unchanged; a seeded
+    fuzz of URL-ish strings checks that every one it accepts is indeed unchanged."""
+    import random
+
+    from layers.http import _plain_netloc
+
+    rng = random.Random(7)
+    hosts = ["h.test", "H.test", "127.0.0.1", "256.1.1.1", "01.2.3.4", "1.2.3", "a_b.test", "xn--p.test", "[::1]"]
+    ports = ["", ":80", ":443", ":8080", ":08080", ":0", ":65536"]
+    pieces = ["a", "/", ".", "..", "%", "%2F", "%zz", "~", "-", " ", "é", "?", "#", "&", "=", ",", "'", '"', "`", "{", "|", "\\", "@", ":", ";", "+", "*", "[", "\t"]
+    accepted = 0
+    for _ in range(20_000):
+        scheme = rng.choice(["http", "https", "HTTP", "ftp"])
+        tail = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        url = f"{scheme}://{rng.choice(hosts)}{rng.choice(ports)}/{tail}"
+        netloc = _plain_netloc(url)
+        if netloc is None:
+            continue
+        accepted += 1
+        u = httpx.URL(url)
+        assert str(u) == url, url
+        assert u.netloc.decode("ascii").lower() == netloc, url
+    assert accepted > 1000  # the fast path is not vacuous
+    for url in ["http://h.test/a b", "http://h.test/a/../b", "http://h.test:80/", "http://u@h.test/",
+                "http://h.test/#f", "http://h.test/é", "http://256.1.1.1/", "https://H.test/"]:
+        assert _plain_netloc(url) is None, url

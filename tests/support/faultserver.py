@@ -13,6 +13,9 @@ Every response is steered by the query string, so a test states the fault in the
     GET /p?last_modified=1             Last-Modified (fixed date); If-Modified-Since -> 304
     GET /p?cc=max-age%3D60             Cache-Control header as given
     GET /p?chunked=1                   no Content-Length: chunked transfer encoding
+    GET /p?status=302&location=/q      a redirect (any status) with this Location
+    GET /p?status=302&redirect_self=1  a redirect to exactly this request target (a loop)
+    GET /p?gzip=1                      the body gzip-compressed (Content-Encoding: gzip)
 
 The server counts hits per path (query ignored), requests in progress and the peak, open
 connections, and keeps every request's headers and arrival time, so tests can assert what reached the wire. Use in tests::
@@ -25,6 +28,7 @@ connections, and keeps every request's headers and arrival time, so tests can as
 
 from __future__ import annotations
 
+import gzip
 import socket
 import threading
 import time
@@ -112,6 +116,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Retry-After", q["retry_after"])
         if "set_cookie" in q:
             self.send_header("Set-Cookie", q["set_cookie"])
+        if "location" in q:
+            self.send_header("Location", q["location"])
+        if q.get("redirect_self"):
+            self.send_header("Location", self.path)
+        if q.get("gzip") and status != 304:
+            body = gzip.compress(body)
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Type", "text/plain")
         if status == 304:
             self.end_headers()
