@@ -132,6 +132,8 @@ class MapApp(pn.viewable.Viewer):
 
     frame_width = param.Integer(default=None, allow_None=True)
     height = param.Integer(default=600)
+    view_settle = param.Number(default=0.25, bounds=(0, None), doc="""
+        Seconds a view must stay before feature layers load for it (tile layers load at once).""")
 
     def __init__(
         self,
@@ -167,6 +169,7 @@ class MapApp(pn.viewable.Viewer):
         self._hooked = False
         self._preloading = False
         self._preloaded: set[str] = set()
+        self._settle_handle: asyncio.TimerHandle | None = None
         self._view_reported = asyncio.Event()  # set when the browser reports the plot's size
         #: Applied results per layer as (viewport, complete) (for tests and the benchmark).
         self.applied: dict[str, list[tuple[Viewport, bool]]] = {name: [] for name in self.specs}
@@ -359,18 +362,43 @@ class MapApp(pn.viewable.Viewer):
         return self.request(name, force=True)
 
     def set_viewport(self, viewport: Viewport) -> list[asyncio.Task[None]]:
-        """Make ``viewport`` current and (re)load every visible layer for it, priority first."""
+        """Make ``viewport`` current and (re)load every visible layer for it, priority first.
+
+        Tile layers start at once. Feature layers stop their stale loads at once and start
+        ``view_settle`` seconds after the last view change: a burst of pans then costs the
+        feature servers one load, not one per pan (a cancelled request's work on the server
+        goes on, and would delay the final view). Returns the tasks started now.
+        """
         if self._closed:
             return []
         self.state.viewport = viewport
-        tasks = []
+        if self._settle_handle is not None:
+            self._settle_handle.cancel()
+            self._settle_handle = None
+        tasks, later = [], []
         for spec in sorted(self.specs.values(), key=lambda s: s.priority):
             if self._preloading and spec.name not in self._preloaded:
                 continue  # the preload starts it, in its turn, for the newest view
+            if spec.kind == "features" and self.view_settle > 0 and spec.name in self.state.visible:
+                loader = self._loaders.get(spec.name)
+                if loader is not None and loader.key != viewport:
+                    loader.cancel()
+                later.append(spec.name)
+                continue
             task = self.request(spec.name)
             if task is not None:
                 tasks.append(task)
+        if later:
+            loop = asyncio.get_running_loop()
+            self._settle_handle = loop.call_later(self.view_settle, self._settled, viewport, later)
         return tasks
+
+    def _settled(self, viewport: Viewport, names: list[str]) -> None:
+        self._settle_handle = None
+        if self._closed or viewport != self.state.viewport:
+            return
+        for name in names:
+            self.request(name)
 
     def set_visible(self, name: str, visible: bool) -> None:
         """Show or hide a layer: hiding cancels its load and clears its image."""
@@ -587,6 +615,9 @@ class MapApp(pn.viewable.Viewer):
     async def aclose(self) -> None:
         """Cancel every task of the session and release its references."""
         self._closed = True
+        if self._settle_handle is not None:
+            self._settle_handle.cancel()
+            self._settle_handle = None
         if self._metrics_cb is not None:
             with contextlib.suppress(Exception):
                 self._metrics_cb.stop()

@@ -19,8 +19,10 @@ def _vp(i: int) -> Viewport:
     return Viewport.create((x, x + 1_000_000), (0, 600_000), 500, 300)
 
 
-def _app(layers, specs, **kw):
-    return create_app(catalog(*specs), fetcher=object(), build_layer=builder(layers), **kw)
+def _app(layers, specs, settle=0.0, **kw):
+    app = create_app(catalog(*specs), fetcher=object(), build_layer=builder(layers), **kw)
+    app.view_settle = settle  # most tests check loading itself: feature layers start at once
+    return app
 
 
 async def test_single_viewport_loads_every_visible_layer_with_status():
@@ -290,3 +292,27 @@ async def test_preload_guesses_the_view_when_the_browser_says_nothing(monkeypatc
     await asyncio.wait_for(app._preload(), 5)
     assert tiles.loads == [app.state.viewport]
     await app.aclose()
+
+
+async def test_a_burst_of_views_loads_features_once_for_the_final_view():
+    tiles, feats = FakeTiles(frames=2, delay=0.01), FakeFeatures(pages=2, delay=0.01)
+    app = _app({"base": tiles, "pts": feats}, [spec("base"), spec("pts", "features", 1)], settle=0.1)
+    await asyncio.gather(*app.set_viewport(_vp(0)))
+    await asyncio.sleep(0.2)
+    await asyncio.gather(*(t for t in [app._loaders["pts"].task] if t is not None))
+    assert feats.loads == [_vp(0)]
+    for i in range(1, 11):  # ten pans, 20 ms apart: shorter than the settle time
+        app.set_viewport(_vp(i))
+        await asyncio.sleep(0.02)
+    assert len(tiles.loads) == 11  # tiles follow every view at once
+    assert feats.loads == [_vp(0)]  # features wait for the view to settle
+    assert app._loaders["pts"].key is None  # and the stale load was stopped at once
+    await asyncio.sleep(0.2)
+    await asyncio.gather(*(t for t in [app._loaders["pts"].task] if t is not None))
+    assert feats.loads == [_vp(0), _vp(10)]  # one load, for the final view
+    assert app.applied["pts"][-1] == (_vp(10), True)
+    assert app.state.status("pts").state == "done"
+    app.set_viewport(_vp(11))
+    await app.aclose()  # a pending settle is dropped with the session
+    await asyncio.sleep(0.2)
+    assert feats.loads[-1] == _vp(10)
