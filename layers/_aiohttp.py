@@ -36,26 +36,39 @@ __all__ = ["AiohttpTransport", "client_timeout", "iter_body", "read", "release",
 _CONNECT_TIMEOUT: type[BaseException] | tuple[()] = getattr(aiohttp, "ConnectionTimeoutError", ())
 
 
+#: What :func:`_httpx_error` translates (anything else propagates as it is).
+_FAILURES = (aiohttp.ClientError, OSError)  # TimeoutError is an OSError
+
+
+def _httpx_error(exc: BaseException, request: httpx.Request | None) -> httpx.TransportError:
+    """The httpx exception for an aiohttp failure (the caller raises it ``from exc``).
+
+    A plain function called from ``except`` clauses rather than a context manager: this is on
+    every request's path, and entering a ``@contextmanager`` costs more than a ``try``.
+    """
+    if isinstance(exc, _CONNECT_TIMEOUT):
+        return httpx.ConnectTimeout(str(exc), request=request)
+    if isinstance(exc, TimeoutError):  # SocketTimeoutError, ServerTimeoutError, total timeout
+        return httpx.ReadTimeout(str(exc) or "read timed out", request=request)
+    if isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        return httpx.ProxyError(str(exc), request=request)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(str(exc), request=request)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return httpx.ReadError(str(exc) or "incomplete body", request=request)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return httpx.UnsupportedProtocol(str(exc), request=request)
+    if isinstance(exc, aiohttp.ClientResponseError):  # malformed status line or headers
+        return httpx.RemoteProtocolError(str(exc), request=request)
+    return httpx.ReadError(str(exc) or type(exc).__name__, request=request)  # reset, ...
+
+
 @contextmanager
 def _mapped(request: httpx.Request | None) -> Iterator[None]:
     try:
         yield
-    except _CONNECT_TIMEOUT as exc:
-        raise httpx.ConnectTimeout(str(exc), request=request) from exc
-    except TimeoutError as exc:  # SocketTimeoutError, ServerTimeoutError
-        raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
-    except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
-        raise httpx.ProxyError(str(exc), request=request) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(str(exc), request=request) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise httpx.ReadError(str(exc) or "incomplete body", request=request) from exc
-    except aiohttp.InvalidURL as exc:
-        raise httpx.UnsupportedProtocol(str(exc), request=request) from exc
-    except aiohttp.ClientResponseError as exc:  # malformed status line or headers
-        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-    except (aiohttp.ClientError, OSError) as exc:  # disconnected, reset, ...
-        raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+    except _FAILURES as exc:
+        raise _httpx_error(exc, request) from exc
 
 
 async def iter_body(
@@ -81,8 +94,10 @@ async def read(response: aiohttp.ClientResponse) -> bytes:
     httpx.ReadError, httpx.ReadTimeout
         The connection failed or stalled while the body was read.
     """
-    with _mapped(None):
+    try:
         return await response.read()
+    except _FAILURES as exc:
+        raise _httpx_error(exc, None) from exc
 
 
 def release(response: aiohttp.ClientResponse) -> None:
@@ -117,9 +132,12 @@ def wrap(response: aiohttp.ClientResponse, request: httpx.Request | None = None)
     )
 
 
-def client_timeout(connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
-    """aiohttp's timeouts for httpx's ``connect`` / ``read`` (no total: the fetcher has its own)."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+def client_timeout(
+    connect: float | None, read: float | None, total: float | None = None
+) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts: httpx's ``connect`` / ``read``, and a ``total`` for the request
+    from sending it to the end of its body (reading the body included)."""
+    return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -190,14 +208,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             The headers to send (aiohttp adds ``Host``, ``Content-Length`` and its own
             ``Accept``, ``Accept-Encoding`` and ``User-Agent`` where these are missing).
         timeout
-            From :func:`client_timeout` (made once, not per request).
+            From :func:`client_timeout` (made once, not per request); its ``total`` also
+            bounds reading the body.
 
         Raises
         ------
         httpx.TransportError
             The matching subclass (``ConnectError``, ``ConnectTimeout``, ``ReadError``, ...).
         """
-        with _mapped(None):
+        try:
             return await self._get_session().request(
                 method,
                 yarl.URL(url, encoded=True),
@@ -206,6 +225,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 allow_redirects=False,
                 timeout=timeout,
             )
+        except _FAILURES as exc:
+            raise _httpx_error(exc, None) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:

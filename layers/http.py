@@ -190,7 +190,7 @@ class _LoopState:
     direct: Any = None
     #: The client's default headers, names lower-cased, for the direct path.
     base_headers: dict[str, str] = field(default_factory=dict)
-    #: aiohttp's form of the connect/read timeouts, made once.
+    #: aiohttp's form of the connect/read/total timeouts, made once.
     aio_timeout: Any = None
 
 
@@ -405,7 +405,9 @@ class Fetcher:
                 if isinstance(client._transport, _aio.AiohttpTransport):
                     state.direct = client._transport
                     state.base_headers = dict(client.headers.items())
-                    state.aio_timeout = _aio.client_timeout(self.timeouts.connect, self.timeouts.read)
+                    state.aio_timeout = _aio.client_timeout(
+                        self.timeouts.connect, self.timeouts.read, self.total_timeout
+                    )
                 self._loops[loop] = state
             self._last_state = state
             return state
@@ -719,17 +721,15 @@ class Fetcher:
         start = time.perf_counter()
         client = state.client
         try:
-            async with asyncio.timeout(self.total_timeout):
-                if state.direct is not None and client.auth is None and not (
-                    client.event_hooks["request"] or client.event_hooks["response"]
-                ):
-                    final, status, rheaders, body = await self._exchange(
-                        state, method, url, headers, content
-                    )
-                else:
+            if state.direct is not None and client.auth is None and not (
+                client.event_hooks["request"] or client.event_hooks["response"]
+            ):  # aiohttp applies the total timeout (cheaper than asyncio.timeout)
+                final, status, rheaders, body = await self._exchange(state, method, url, headers, content)
+            else:
+                async with asyncio.timeout(self.total_timeout):
                     async with client.stream(method, url, headers=headers, content=content) as r:
                         body = await self._read_body(r.aiter_bytes(), r.headers.get("content-length"), url)
-                    final, status, rheaders = str(r.url), r.status_code, r.headers
+                final, status, rheaders = str(r.url), r.status_code, r.headers
         except (httpx.TransportError, TimeoutError) as exc:
             if isinstance(exc, httpx.UnsupportedProtocol):
                 raise BadInputError(f"unsupported URL {redact_url(url)}: {exc}") from exc
@@ -755,7 +755,8 @@ class Fetcher:
     ) -> tuple[str, int, httpx.Headers, bytes]:
         """One attempt straight over the client's aiohttp transport, doing what ``client.send``
         would: default headers, redirects, decoding, the log line. Returns the final URL, the
-        status, the headers and the body.
+        status, the headers and the body. The total timeout bounds the whole attempt,
+        redirects included.
 
         Raises
         ------
@@ -769,8 +770,10 @@ class Fetcher:
         if headers:
             sent = {**sent, **{k.lower(): v for k, v in headers.items()}}
         content = content or None
+        timeout = state.aio_timeout
+        deadline = state.loop.time() + self.total_timeout
         for _ in range(client.max_redirects + 1 if client.follow_redirects else 1):
-            resp = await state.direct.open(method, url, sent, content, state.aio_timeout)
+            resp = await state.direct.open(method, url, sent, content, timeout)
             try:
                 _HTTPX_LOG.info('HTTP Request: %s %s "HTTP/1.1 %d %s"', method, url, resp.status, resp.reason or "")
                 location = resp.headers.get("Location")
@@ -779,6 +782,10 @@ class Fetcher:
                         method, httpx.URL(url), resp.status, location, sent, content
                     )
                     url = str(u)
+                    left = deadline - state.loop.time()
+                    if left <= 0:
+                        raise httpx.ReadTimeout("total timeout spent on redirects")
+                    timeout = _aio.client_timeout(timeout.sock_connect, timeout.sock_read, left)
                     continue
                 if resp.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
                     # Decoded by httpx: exactly the codings its Accept-Encoding offered.
