@@ -1,13 +1,19 @@
 """Benchmark of the fetch engine against a loopback server in a child process.
 
 Run ``python -m benchmarks.fetch`` (``--full`` times the whole sequential baseline instead of
-scaling up 25 requests; ``--quick`` skips the slow httpcore high-concurrency case).
+scaling up 25 requests; ``--quick`` skips the slow httpcore high-concurrency case;
+``--repeat N`` runs each fast case N times, default 3).
 
 Prints one line per case: measured time, ideal time, ratio to ideal, speed-up over the
 sequential baseline; then requests per second at zero latency for the engine (both
 transports), a bare ``httpx.AsyncClient`` (default transport) and a bare
 ``aiohttp.ClientSession`` (and bare httpx on the engine's aiohttp transport, to separate the
-engine's cost from httpx's); and the event-loop lag seen during the engine's runs.
+engine's cost from httpx's), with the client's CPU time per request; and the event-loop lag
+seen during the engine's runs. Ends with issue 2's two throughput targets, met or missed.
+
+The machine (2 cores, client and server each on one) is often shared, so a case that takes
+under 5 s runs ``--repeat`` times, interleaved with the others, and prints its best run and
+the range; the CPU time per request is the figure least disturbed by other processes.
 
 The server (aiohttp.web, one port per "host") runs in a child process so that the client's
 GIL does not pace it; each request sleeps ``?ms=`` milliseconds before answering.
@@ -76,17 +82,29 @@ class Server:
         ]
 
 
+#: CPU seconds of this process during the last ``_timed`` (the client's cost, whatever the wall clock).
+_last_cpu = 0.0
+
+
 async def _timed(coro: Awaitable[object]) -> float:
-    t0 = time.perf_counter()
+    global _last_cpu
+    c0, t0 = time.process_time(), time.perf_counter()
     await coro
+    _last_cpu = time.process_time() - c0
     return time.perf_counter() - t0
 
 
-def _line(name: str, measured: float, ideal: float | None, sequential: float | None) -> None:
+def _line(
+    name: str, measured: float, ideal: float | None, sequential: float | None, runs: list[float] | None = None
+) -> None:
     ratio = f"{measured / ideal:6.2f}x" if ideal else "     - "
     speed = f"{sequential / measured:6.1f}x" if sequential else "     - "
     ideal_s = f"{ideal:7.2f} s" if ideal else "      - "
-    print(f"{name:<48} measured {measured:7.2f} s  ideal {ideal_s}  ratio {ratio}  speed-up {speed}", flush=True)
+    spread = f"  (best of {len(runs)}: {min(runs):.2f}-{max(runs):.2f} s)" if runs and len(runs) > 1 else ""
+    print(
+        f"{name:<48} measured {measured:7.2f} s  ideal {ideal_s}  ratio {ratio}  speed-up {speed}{spread}",
+        flush=True,
+    )
 
 
 async def _engine_run(urls: list[str], **settings) -> float:
@@ -144,7 +162,7 @@ async def _engine_rps(urls: list[str], conc: int, transport: str) -> float:
         return await _timed(asyncio.gather(*(f.get(u) for u in urls)))
 
 
-async def main(full: bool, quick: bool) -> None:
+async def main(full: bool, quick: bool, repeat: int = 3) -> None:
     from layers.metrics import LoopLagMonitor
 
     with Server() as srv:
@@ -159,21 +177,29 @@ async def main(full: bool, quick: bool) -> None:
         async with lag:
             t = await _engine_run(srv.urls(200, 100, hosts=HOSTS, tag="four"), per_host_limit=8)
         _line(f"200 GETs, {HOSTS} hosts, limit 8, 100 ms", t, math.ceil(200 / HOSTS / 8) * 0.1, seq)
+        hc_ratio = math.inf
         for transport in ("aiohttp",) if quick else ("aiohttp", "httpcore"):
-            async with lag:
-                t = await _engine_run(
-                    srv.urls(2000, 50, tag=f"hc-{transport}"),
-                    per_host_limit=100,
-                    global_limit=100,
-                    transport=transport,
-                )
-            _line(f"2000 GETs, 1 host, limit 100, 50 ms ({transport})", t, 1.0, None)
+            runs: list[float] = []
+            while len(runs) < (repeat if not runs or runs[0] < 5 else 1):
+                async with lag:
+                    runs.append(
+                        await _engine_run(
+                            srv.urls(2000, 50, tag=f"hc-{transport}-{len(runs)}"),
+                            per_host_limit=100,
+                            global_limit=100,
+                            transport=transport,
+                        )
+                    )
+            _line(f"2000 GETs, 1 host, limit 100, 50 ms ({transport})", min(runs), 1.0, None, runs)
+            if transport == "aiohttp":
+                hc_ratio = min(runs) / 1.0
         s = lag.snapshot()
         print(
             f"event-loop lag during engine runs: p50 {s['lag_p50_ms']:.1f} ms, "
             f"p99 {s['lag_p99_ms']:.1f} ms, max {s['lag_max_ms']:.1f} ms"
         )
         n = 3000
+        engine_vs_bare: dict[int, float] = {}
         for conc in (10, 100):
             urls = srv.urls(n, 0, tag=f"rps{conc}")
             rows: list[tuple[str, Callable[[], Awaitable[float]]]] = [
@@ -183,21 +209,40 @@ async def main(full: bool, quick: bool) -> None:
                 ("bare httpx on our aiohttp transport", lambda: _bare_httpx_aio(urls, conc)),
                 ("bare aiohttp.ClientSession", lambda: _bare_aiohttp(urls, conc)),
             ]
-            rps = {}
-            for name, run in rows:
-                rps[name] = n / await run()
-            base = rps["bare aiohttp.ClientSession"]
-            for name, value in rps.items():
+            rps: dict[str, list[float]] = {name: [] for name, _ in rows}
+            cpu: dict[str, list[float]] = {name: [] for name, _ in rows}
+            for i in range(repeat):  # interleaved, so a busy spell hits every row alike
+                for name, run in rows:
+                    if i and n / rps[name][0] >= 5:  # a slow row: once is enough
+                        continue
+                    rps[name].append(n / await run())
+                    cpu[name].append(_last_cpu / n * 1e6)
+            best = {name: max(v) for name, v in rps.items()}
+            base = best["bare aiohttp.ClientSession"]
+            for name, value in best.items():
+                runs = rps[name]
+                spread = f"  best of {len(runs)}: {min(runs):6.0f}-{max(runs):6.0f}" if len(runs) > 1 else ""
                 print(
                     f"zero latency, concurrency {conc:>3}: {name:<36} {value:8.0f} req/s"
-                    f"  ({base / value:4.2f}x the time of bare aiohttp)",
+                    f"  ({base / value:4.2f}x the time of bare aiohttp)"
+                    f"  client CPU {min(cpu[name]):4.0f} us/req{spread}",
                     flush=True,
                 )
+            engine_vs_bare[conc] = base / best["engine (aiohttp transport)"]
+        print(
+            f"target 2000 GETs within 1.25x of ideal: {hc_ratio:.2f}x "
+            f"{'met' if hc_ratio <= 1.25 else 'MISSED'}; "
+            "target engine within 2x of bare aiohttp: "
+            + ", ".join(
+                f"c{c} {r:.2f}x {'met' if r <= 2 else 'MISSED'}" for c, r in engine_vs_bare.items()
+            )
+        )
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="time all 200 sequential requests")
     ap.add_argument("--quick", action="store_true", help="skip the httpcore 2000-GET case")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each fast case (best and range printed)")
     args = ap.parse_args()
-    asyncio.run(main(args.full, args.quick))
+    asyncio.run(main(args.full, args.quick, max(1, args.repeat)))
