@@ -940,7 +940,7 @@ async def _fly(
     """
     try:
         result = await factory()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (any failure is the waiters' to re-raise)
         _land(state, key, flight)
         for w in flight.waiters:
             if not w.done():

@@ -497,3 +497,16 @@ def test_urls_sent_as_written_are_exactly_what_httpx_would_send():
     for url in ["http://h.test/a b", "http://h.test/a/../b", "http://h.test:80/", "http://u@h.test/",
                 "http://h.test/#f", "http://h.test/é", "http://256.1.1.1/", "https://H.test/"]:
         assert _plain_netloc(url) is None, url
+
+
+async def test_total_timeout_bounds_the_body_and_redirects(fault_server, transport):
+    # Without the total bound the first would end in a TransportError (the server closes
+    # the stalled body after 5 s) and the second would succeed (each hop takes 0.3 s).
+    settings = dict(total_timeout=0.5, read_timeout=10, retry_attempts=1, cache_dir=None)
+    async with Fetcher(transport=transport, **settings) as f:
+        with pytest.raises(FetchTimeoutError):  # headers at once, then the body stalls
+            await f.get(fault_server.url("/stall-total", stall=5, size=10_000))
+        second_hop = "/slow?delay=0.3&status=302&location=/slow2%3Fdelay%3D0.3"
+        with pytest.raises(FetchTimeoutError):
+            await f.get(fault_server.url("/hop", status=302, location=second_hop))
+    assert fault_server.hits["/slow"] == 1
