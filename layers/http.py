@@ -221,7 +221,9 @@ class Fetcher:
     global_limit
         Concurrent requests in total.
     connect_timeout, read_timeout, total_timeout
-        Seconds: to connect, between bytes, for a whole attempt (headers and body).
+        Seconds: to connect, between bytes, for a whole attempt (headers, body, redirects).
+        With the aiohttp transport aiohttp enforces the total, rounding totals of 5 s or more
+        up to the next whole second of the loop's clock.
     retry_attempts
         Attempts in total for an idempotent request (1 disables retries).
     backoff_base, backoff_cap
