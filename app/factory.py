@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["create_app", "server_is_warming"]
+__all__ = ["create_app", "in_notebook", "server_is_warming"]
 
 
 def server_is_warming() -> bool:
@@ -19,6 +20,22 @@ def server_is_warming() -> bool:
 
     ctx = getattr(pn.state.curdoc, "session_context", None)
     return ctx is not None and getattr(ctx, "server_context", True) is None
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython with a kernel attached).
+
+    >>> in_notebook()  # a doctest run is no kernel
+    False
+    """
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # an IPython too broken to tell: not a notebook we can display into
+        return False
+    return getattr(shell, "kernel", None) is not None
 
 
 def create_app(
@@ -72,7 +89,8 @@ def create_app(
     # `panel serve --warm` waits for the essential ones before it serves: no visitor's first
     # layer waits for the compiler, and no visitor's page competes with it.
     warm_up(wait=warming)
-    with_notifications = pn.state.curdoc is not None
-    if with_notifications:
+    # A served session loads Panel's extension itself; a notebook needs it once per kernel,
+    # before the map is displayed (else the cell shows only the text repr).
+    if pn.state.curdoc is not None or (in_notebook() and not getattr(pn.extension, "_loaded", False)):
         pn.extension(notifications=True)
     return MapApp(catalog, fetcher=fetcher, build_layer=build_layer, height=height)
