@@ -363,6 +363,10 @@ class Fetcher:
             for fl in list(state.flights.values()):
                 if fl.task is not None:
                     fl.task.cancel()
+                # A task cancelled before its first step never runs _fly's handlers: let the
+                # callers go here.
+                for w in fl.waiters:
+                    w.cancel()
             await state.client.aclose()
 
     def _make_transport(self) -> httpx.AsyncBaseTransport | None:

@@ -510,3 +510,12 @@ async def test_total_timeout_bounds_the_body_and_redirects(fault_server, transpo
         with pytest.raises(FetchTimeoutError):
             await f.get(fault_server.url("/hop", status=302, location=second_hop))
     assert fault_server.hits["/slow"] == 1
+
+
+async def test_aclose_cancels_callers_even_of_a_flight_not_started_yet(fault_server):
+    f = Fetcher(cache_dir=None)
+    caller = asyncio.create_task(f.get(fault_server.url("/never", delay=0.2)))
+    await asyncio.sleep(0)  # the caller has made its flight; the flight has not run yet
+    await f.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(caller, 2)  # cancelled, not left waiting
