@@ -13,7 +13,7 @@ import param
 
 from layers.viewport import Viewport
 
-__all__ = ["LayerStatus", "MapState", "status_text", "viewport_from_ranges"]
+__all__ = ["LayerStatus", "MapState", "equal_aspect", "status_text", "viewport_from_ranges"]
 
 
 class LayerStatus(param.Parameterized):
@@ -113,6 +113,31 @@ def viewport_from_ranges(
         return Viewport.create((x0, x1), (y0, y1), int(width), int(height))
     except Exception:
         return None
+
+
+def equal_aspect(viewport: Viewport) -> Viewport:
+    """The viewport widened in one direction so that a pixel covers as many metres across as up.
+
+    The centre stays; the direction with fewer metres per pixel grows to match the other, so
+    everything that was in view stays in view. Ranges are rounded to a millimetre, as in
+    :func:`viewport_from_ranges`, so that the corrected view reported back is the same view.
+
+    >>> equal_aspect(Viewport.create((0, 1000), (0, 1000), 200, 100))
+    Viewport(x_range=(-500.0, 1500.0), y_range=(0.0, 1000.0), width=200, height=100)
+    >>> equal_aspect(Viewport.create((0, 2000), (0, 1000), 200, 100))
+    Viewport(x_range=(0.0, 2000.0), y_range=(0.0, 1000.0), width=200, height=100)
+    """
+    (x0, x1), (y0, y1) = viewport.x_range, viewport.y_range
+    sx, sy = (x1 - x0) / viewport.width, (y1 - y0) / viewport.height
+    if math.isclose(sx, sy, rel_tol=1e-6):
+        return viewport
+    scale = max(sx, sy)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    hx, hy = scale * viewport.width / 2, scale * viewport.height / 2
+    return Viewport.create(
+        (round(cx - hx, 3), round(cx + hx, 3)), (round(cy - hy, 3), round(cy + hy, 3)),
+        viewport.width, viewport.height,
+    )
 
 
 class MapState(param.Parameterized):

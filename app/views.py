@@ -31,7 +31,7 @@ from layers.viewport import Viewport, lonlat_to_mercator, mercator_to_lonlat
 
 from .loader import LayerLoader, LoadEvent
 from .render import Image, mosaic_image, shade_features_async
-from .state import MapState, viewport_from_ranges
+from .state import MapState, equal_aspect, viewport_from_ranges
 
 __all__ = ["MapApp", "escape_properties", "rgb_element"]
 
@@ -170,6 +170,7 @@ class MapApp(pn.viewable.Viewer):
         self._preloading = False
         self._preloaded: set[str] = set()
         self._settle_handle: asyncio.TimerHandle | None = None
+        self._figure: Any = None  # the Bokeh figure, once rendered (equal aspect)
         self._view_reported = asyncio.Event()  # set when the browser reports the plot's size
         #: Applied results per layer as (viewport, complete) (for tests and the benchmark).
         self.applied: dict[str, list[tuple[Viewport, bool]]] = {name: [] for name in self.specs}
@@ -209,7 +210,8 @@ class MapApp(pn.viewable.Viewer):
         rgb_opts = dict(xaxis=None, yaxis=None, tools=["tap"], active_tools=["wheel_zoom", "pan"])
         dmaps = [self._dmaps[n].opts(**rgb_opts, backend="bokeh") for n in names] or [first]
         self.overlay = hv.Overlay(dmaps).collate()
-        opts: dict[str, Any] = dict(xlim=(x0, x1), ylim=(y0, y1), responsive=True, min_height=self.height)
+        opts: dict[str, Any] = dict(xlim=(x0, x1), ylim=(y0, y1), responsive=True, min_height=self.height,
+                                    hooks=[self._capture_figure])
         self.plot_pane = pn.pane.HoloViews(
             self.overlay.opts(**opts, backend="bokeh"),
             backend="bokeh",
@@ -443,6 +445,10 @@ class MapApp(pn.viewable.Viewer):
         finally:
             self._preloading = False
 
+    def _capture_figure(self, plot: Any, element: Any) -> None:
+        """HoloViews hook: keep the Bokeh figure, to correct its ranges (equal aspect)."""
+        self._figure = plot.state
+
     def _on_view_change(self, **_: Any) -> None:
         r, s = self.range_stream, self.size_stream
         width = s.width or (self.state.viewport.width if self.state.viewport else 900)
@@ -451,10 +457,39 @@ class MapApp(pn.viewable.Viewer):
         if vp is None:
             return
         if s.width and s.height:
+            # A map keeps one metre as wide as it is tall, whatever the shape of the window:
+            # widen the view to the plot's aspect and show exactly that view. (Bokeh's own
+            # match_aspect works only with automatic ranges, and the map's are explicit.)
+            square = equal_aspect(vp)
+            if square != vp:
+                vp = square
+                self._set_figure_ranges(vp)
             self._schedule(self._view_reported.set)
         if vp == self.state.viewport:
             return
         self._schedule(lambda: self.set_viewport(vp))
+
+    def _set_figure_ranges(self, viewport: Viewport) -> None:
+        """Show ``viewport`` in the browser (Bokeh's ranges, changed from the server)."""
+        figure = self._figure
+        if figure is None:
+            return
+        (x0, x1), (y0, y1) = viewport.x_range, viewport.y_range
+
+        def apply() -> None:
+            with contextlib.suppress(Exception):  # a figure being torn down with its session
+                figure.x_range.update(start=x0, end=x1)
+                figure.y_range.update(start=y0, end=y1)
+
+        # On the next tick, not inside the browser's own range change: Bokeh does not echo a
+        # change back to the connection whose message caused it, so the browser would never
+        # see the corrected ranges.
+        doc = self._doc
+        if doc is not None and getattr(doc, "session_context", None) is not None:
+            with contextlib.suppress(Exception):
+                doc.add_next_tick_callback(apply)
+                return
+        apply()
 
     # --- applying results -------------------------------------------------------------------
 

@@ -316,3 +316,16 @@ async def test_a_burst_of_views_loads_features_once_for_the_final_view():
     await app.aclose()  # a pending settle is dropped with the session
     await asyncio.sleep(0.2)
     assert feats.loads[-1] == _vp(10)
+
+
+async def test_a_view_of_another_shape_is_widened_to_equal_aspect():
+    from app.state import equal_aspect
+
+    app = _app({"base": FakeTiles(frames=1)}, [spec("base")])
+    app.range_stream.event(x_range=(0.0, 1_000_000.0), y_range=(0.0, 1_000_000.0))
+    app.size_stream.event(width=800, height=400)
+    await asyncio.sleep(0.05)
+    vp = app.state.viewport
+    assert vp == equal_aspect(Viewport.create((0, 1_000_000), (0, 1_000_000), 800, 400))
+    assert vp.x_range == (-500_000.0, 1_500_000.0) and vp.y_range == (0.0, 1_000_000.0)
+    await app.aclose()

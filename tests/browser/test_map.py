@@ -131,3 +131,34 @@ def test_app_works_under_a_prefix(browser):
         finally:
             pg.close()
         assert errors == []
+
+
+FIGURE_JS = """() => { const out = []; for (const doc of Bokeh.documents) { for (const m of doc._all_models.values()) {
+  if (m.x_range && m.y_range && m.inner_width) out.push([m.inner_width, m.inner_height, m.x_range.start,
+  m.x_range.end, m.y_range.start, m.y_range.end]); } } return out; }"""
+
+
+@pytest.mark.parametrize("size", [(800, 1000), (1400, 600)], ids=["tall", "wide"])
+def test_the_map_keeps_one_metre_as_wide_as_tall_in_any_window(browser, app_url, size):
+    pg = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    errors = collect_errors(pg)
+    try:
+        pg.goto(app_url)
+        pg.wait_for_selector("canvas", timeout=60_000)
+        wait_status(pg, BASEMAP, "done")
+
+        def square():
+            figures = pg.evaluate(FIGURE_JS)
+            if len(figures) != 1:
+                return None
+            w, h, x0, x1, y0, y1 = figures[0]
+            return abs(((x1 - x0) / w) / ((y1 - y0) / h) - 1) < 0.01 and figures[0]
+
+        w, h, x0, x1, y0, y1 = wait_until(pg, square, what="equal metres per pixel across and up")
+        # the initial view (most of the world) is still all in view: only widened
+        assert x0 <= -18_900_000 and x1 >= 18_900_000
+        assert y0 <= -8_399_000 and y1 >= 12_932_000
+        wait_status(pg, COUNTRIES, "done")
+    finally:
+        pg.close()
+    assert errors == []
