@@ -27,6 +27,7 @@ import logging
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -177,9 +178,22 @@ def _pool() -> concurrent.futures.ProcessPoolExecutor:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload([__name__])
             workers = max(1, min(4, (os.cpu_count() or 2)))
-            _POOL = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
+            _POOL = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_ignore_sigint
+            )
             atexit.register(shutdown_pool)  # before interpreter teardown, not during it
         return _POOL
+
+
+def _ignore_sigint() -> None:
+    """Parser processes ignore SIGINT: it is meant for their host, not for them.
+
+    They share the host's process group, so Ctrl-C in a terminal and Jupyter's interrupt (which
+    signals the kernel's whole group) would kill them and break the pool for the rest of the
+    process. The host stops them itself (``shutdown_pool`` at exit); other signals (SIGTERM, a
+    kernel manager's SIGKILL to the group) still end them.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def warm_pool() -> None:

@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
+import psutil
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-psutil = pytest.importorskip("psutil")
+from nbclient import NotebookClient
+from nbclient.util import run_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 KERNEL = "mapstream-test-venv"
 PIDS = "MAPSTREAM-PIDS "
+INTERRUPT = "# (the test interrupts the kernel here)"
 
 
 def readme_notebook_snippet() -> str:
@@ -104,6 +105,20 @@ CELLS = {
         "    await asyncio.sleep(0.1)\n"
         "print('preload', m.state.status('basemap').state, m.state.status('basemap').text())"
     ),
+    # Jupyter's interrupt (the stop button) signals the kernel's whole process group; the
+    # kernel, the map and the GeoJSON parser processes must all survive it.
+    "interrupt": INTERRUPT,
+    "after_interrupt": (
+        "import asyncio, json\n"
+        "from layers import geojson\n"
+        "await asyncio.sleep(1)  # the pool notices a dead worker asynchronously\n"
+        "page = json.dumps({'type': 'FeatureCollection', 'features': [\n"
+        "    {'type': 'Feature', 'geometry': {'type': 'Point', 'coordinates': [i % 180, 0]},\n"
+        "     'properties': {'i': i}} for i in range(500)]}).encode()\n"
+        "parsed, _ = await geojson.parse_off_loop(page, executor='process')\n"
+        "again = await countries.fetch(Viewport.from_lonlat((100, -45, 155, -10)), fetcher)\n"
+        "print('after interrupt', len(parsed), len(again), geojson._POOL_BROKEN)"
+    ),
     "pids": (
         "import os, psutil\n"
         "from layers.demo import current_demo\n"
@@ -117,14 +132,20 @@ def test_create_app_and_top_level_await_in_a_real_kernel(kernel_env):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS.values()]
     cells = dict(zip(CELLS, nb.cells, strict=True))
-    client = nbclient.NotebookClient(
+    client = NotebookClient(
         nb,
         kernel_name=KERNEL,
         timeout=90,  # per cell
         allow_errors=False,  # an error output raises CellExecutionError with its traceback
         resources={"metadata": {"path": str(ROOT)}},
     )
-    client.execute(env=kernel_env)
+    with client.setup_kernel(env=kernel_env):
+        for index, cell in enumerate(nb.cells):
+            if cell.source == INTERRUPT:
+                run_sync(client.km.interrupt_kernel)()
+                continue
+            client.execute_cell(cell, index)
+    # nbclient has shut the kernel down here
 
     for name, cell in cells.items():
         assert not _outputs(cell, "error"), (name, cell.outputs)
@@ -158,6 +179,11 @@ def test_create_app_and_top_level_await_in_a_real_kernel(kernel_env):
 
     # The displayed map preloaded its first layer without a browser (pn.state.onload).
     assert "preload done" in _stdout(cells["preload"]), cells["preload"].outputs
+
+    # An interrupt neither killed the parser processes nor broke the session's engine.
+    m = re.search(r"after interrupt (\d+) (\d+) (\w+)", _stdout(cells["after_interrupt"]))
+    assert m, cells["after_interrupt"].outputs
+    assert m.groups()[::2] == ("500", "False") and int(m.group(2)) > 0
 
     # The kernel was shut down by nbclient; nothing it started outlives it.
     line = next(ln for ln in _stdout(cells["pids"]).splitlines() if ln.startswith(PIDS))
