@@ -16,7 +16,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+    "Aggregates",
     "Image",
+    "aggregate_features",
+    "merge_aggregates",
+    "shade_aggregates",
     "empty_image",
     "mosaic_image",
     "over_rgba",
@@ -105,19 +109,23 @@ def _style(style: Any, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def shade_features(
+#: The aggregates of a frame, by what they draw: "fill" and "outline" (polygons), "lines",
+#: "points" (counts). Pages are aggregated one by one and merged (:func:`merge_aggregates`).
+Aggregates = dict
+
+
+def aggregate_features(
     frame: Any,
     bounds: tuple[float, float, float, float],
     width: int,
     height: int,
-    style: Any = None,
-) -> Image:
-    """Rasterize a GeoDataFrame in EPSG:3857 (points, lines, polygons) into an RGBA image.
+) -> Aggregates:
+    """Aggregate a GeoDataFrame in EPSG:3857 on a ``width`` x ``height`` canvas with datashader.
 
-    Each geometry kind is aggregated with datashader on the same canvas and shaded with the
-    style's ``color`` (or ``cmap`` for dense points), ``opacity``, ``point_size`` (spread) and
-    ``line_width``; polygons are filled at ``opacity / 2`` and outlined. Runs synchronously: call
-    it off the event loop (:func:`shade_features_async`).
+    Polygons give a "fill" and an "outline", lines "lines" (all booleans: any geometry in the
+    pixel), points and multi-points "points" (counts). Aggregates of two frames on one canvas
+    merge into those of both (:func:`merge_aggregates`), so that a layer arriving page by page
+    aggregates each page once. Synchronous: run it off the event loop.
 
     Raises
     ------
@@ -125,17 +133,92 @@ def shade_features(
         ``width`` or ``height`` is not positive.
     """
     import datashader as ds
-    import datashader.transfer_functions as tf
     import geopandas as gpd
     import pandas as pd
     import shapely
 
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
-    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
-    out = np.zeros((height, width, 4), dtype=np.uint8)
+    aggs: Aggregates = {}
     if frame is None or len(frame) == 0:
-        return Image(out, (xmin, ymin, xmax, ymax))
+        return aggs
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+    canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=(xmin, xmax), y_range=(ymin, ymax))
+    geoms = frame.geometry
+    kinds = geoms.geom_type.fillna("")
+
+    def _lines(lines: Any) -> Any:
+        # one-pixel lines, widened on the aggregate when shaded: datashader's anti-aliased
+        # wide lines are another kernel to compile (2 s on a fresh server)
+        sub = gpd.GeoDataFrame(geometry=lines, crs=frame.crs)
+        return canvas.line(sub, geometry="geometry", agg=ds.any(), line_width=0)
+
+    poly = kinds.isin(["Polygon", "MultiPolygon"]).to_numpy()
+    line = kinds.isin(["LineString", "MultiLineString", "LinearRing"]).to_numpy()
+    point = kinds.isin(["Point", "MultiPoint"]).to_numpy()
+    if poly.any():
+        sub = gpd.GeoDataFrame(geometry=geoms.values[poly], crs=frame.crs)
+        aggs["fill"] = canvas.polygons(sub, geometry="geometry", agg=ds.any())
+        aggs["outline"] = _lines(sub.geometry.boundary.values)
+    if line.any():
+        lines = np.asarray(geoms.values[line])
+        rings = shapely.get_type_id(lines) == 2  # LinearRing: datashader takes LineStrings only
+        if rings.any():
+            coords, index = shapely.get_coordinates(lines[rings], return_index=True)
+            lines = lines.copy()
+            lines[rings] = shapely.linestrings(coords, indices=index)
+        aggs["lines"] = _lines(lines)
+    if point.any():
+        # Points as x/y columns (multi-points split into their parts): datashader's
+        # GeoDataFrame path builds a spatial index of every frame it draws and is one more
+        # kernel to compile.
+        parts = shapely.get_parts(np.asarray(geoms.values[point]))
+        xy = pd.DataFrame({"x": shapely.get_x(parts), "y": shapely.get_y(parts)})
+        aggs["points"] = canvas.points(xy, "x", "y", agg=ds.count())
+    return aggs
+
+
+def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
+    """The aggregates of two frames drawn on the same canvas: booleans or-ed, counts added.
+
+    >>> import xarray as xr
+    >>> one = {"points": xr.DataArray(np.array([[1, 0]], dtype="uint32"), dims=("y", "x"))}
+    >>> two = {"points": xr.DataArray(np.array([[2, 5]], dtype="uint32"), dims=("y", "x"))}
+    >>> merge_aggregates(one, two)["points"].values.tolist()
+    [[3, 5]]
+    >>> sorted(merge_aggregates({}, two))
+    ['points']
+    """
+    out = dict(a)
+    for key, agg in b.items():
+        mine = out.get(key)
+        if mine is None:
+            out[key] = agg
+        elif agg.dtype == bool:
+            out[key] = mine | agg
+        else:
+            out[key] = mine + agg
+    return out
+
+
+def shade_aggregates(
+    aggs: Aggregates,
+    bounds: tuple[float, float, float, float],
+    width: int,
+    height: int,
+    style: Any = None,
+) -> Image:
+    """Shade :func:`aggregate_features`' aggregates into one RGBA image, with a layer's style.
+
+    ``color`` (or ``cmap`` for dense points), ``opacity``, ``point_size`` (points grown to
+    disks) and ``line_width`` (lines widened); polygons are filled at ``opacity / 2`` and
+    outlined. Costs a few passes over the pixels, whatever the number of features.
+    """
+    import datashader.transfer_functions as tf
+
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+    if not aggs:
+        return Image(np.zeros((height, width, 4), dtype=np.uint8), (xmin, ymin, xmax, ymax))
     color = _style(style, "color", _DEFAULT_COLOR)
     opacity = float(_style(style, "opacity", 0.9))
     point_size = int(_style(style, "point_size", 3))
@@ -145,10 +228,6 @@ def shade_features(
         import matplotlib
 
         cmap = matplotlib.colormaps[cmap] if cmap in matplotlib.colormaps else [cmap]
-    canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=(xmin, xmax), y_range=(ymin, ymax))
-    geoms = frame.geometry
-    kinds = geoms.geom_type.fillna("")
-    layers = []
 
     def _shade(agg: Any, alpha: float, how: str = "eq_hist", footprint: np.ndarray | None = None) -> Any:
         if footprint is not None and footprint.size > 1:
@@ -159,41 +238,37 @@ def shade_features(
                 return tf.shade(agg, cmap=cmap, how=how, alpha=top, min_alpha=int(top * 0.6))
             return tf.shade(agg, cmap=[color], how="linear", alpha=top, min_alpha=top)
 
-    def _lines(lines: Any) -> Any:
-        # one-pixel lines, widened on the aggregate: datashader's anti-aliased wide lines are
-        # another kernel to compile (2 s on a fresh server)
-        sub = gpd.GeoDataFrame(geometry=lines, crs=frame.crs)
-        agg = canvas.line(sub, geometry="geometry", agg=ds.any(), line_width=0)
-        return _shade(agg, opacity, "solid", line_footprint(line_width))
-
-    poly = kinds.isin(["Polygon", "MultiPolygon"]).to_numpy()
-    line = kinds.isin(["LineString", "MultiLineString", "LinearRing"]).to_numpy()
-    point = kinds.isin(["Point", "MultiPoint"]).to_numpy()
-    if poly.any():
-        sub = gpd.GeoDataFrame(geometry=geoms.values[poly], crs=frame.crs)
-        layers.append(_shade(canvas.polygons(sub, geometry="geometry", agg=ds.any()), opacity * 0.5, "solid"))
-        layers.append(_lines(sub.geometry.boundary.values))
-    if line.any():
-        lines = np.asarray(geoms.values[line])
-        rings = shapely.get_type_id(lines) == 2  # LinearRing: datashader takes LineStrings only
-        if rings.any():
-            coords, index = shapely.get_coordinates(lines[rings], return_index=True)
-            lines = lines.copy()
-            lines[rings] = shapely.linestrings(coords, indices=index)
-        layers.append(_lines(lines))
-    if point.any():
-        # Points as x/y columns (multi-points split into their parts): datashader's
-        # GeoDataFrame path builds a spatial index of every frame it draws (seconds for the
-        # 200 000 points re-shaded as pages arrive) and is one more kernel to compile.
-        parts = shapely.get_parts(np.asarray(geoms.values[point]))
-        xy = pd.DataFrame({"x": shapely.get_x(parts), "y": shapely.get_y(parts)})
-        agg = canvas.points(xy, "x", "y", agg=ds.count())
-        layers.append(_shade(agg, opacity, "eq_hist", disk_footprint(max(0, point_size // 2))))
-    if not layers:
-        return Image(out, (xmin, ymin, xmax, ymax))
+    layers = []
+    if "fill" in aggs:
+        layers.append(_shade(aggs["fill"], opacity * 0.5, "solid"))
+    for key in ("outline", "lines"):
+        if key in aggs:
+            layers.append(_shade(aggs[key], opacity, "solid", line_footprint(line_width)))
+    if "points" in aggs:
+        layers.append(_shade(aggs["points"], opacity, "eq_hist", disk_footprint(max(0, point_size // 2))))
     rgba = over_rgba([np.asarray(img.data).view(np.uint8).reshape(height, width, 4) for img in layers])
     # datashader's row 0 is the bottom (y increasing); images here have row 0 at the top
     return Image(np.ascontiguousarray(rgba[::-1]), (xmin, ymin, xmax, ymax))
+
+
+def shade_features(
+    frame: Any,
+    bounds: tuple[float, float, float, float],
+    width: int,
+    height: int,
+    style: Any = None,
+) -> Image:
+    """Rasterize a GeoDataFrame in EPSG:3857 (points, lines, polygons) into an RGBA image.
+
+    :func:`aggregate_features` then :func:`shade_aggregates`. Runs synchronously: call it off
+    the event loop (:func:`shade_features_async`).
+
+    Raises
+    ------
+    ValueError
+        ``width`` or ``height`` is not positive.
+    """
+    return shade_aggregates(aggregate_features(frame, bounds, width, height), bounds, width, height, style)
 
 
 def over_rgba(images: list[np.ndarray]) -> np.ndarray:

@@ -30,7 +30,8 @@ from layers.metrics import LoopLagMonitor
 from layers.viewport import Viewport, lonlat_to_mercator, mercator_to_lonlat
 
 from .loader import LayerLoader, LoadEvent
-from .render import Image, mosaic_image, shade_features_async
+from . import render
+from .render import Image, mosaic_image
 from .state import MapState, equal_aspect, viewport_from_ranges
 
 __all__ = ["MapApp", "escape_properties", "rgb_element"]
@@ -315,25 +316,30 @@ class MapApp(pn.viewable.Viewer):
     async def _load_features(self, layer: Any, spec: Any, viewport: Viewport) -> Any:
         """Stream a feature layer: progress on every page, an image at most every SHADE_EVERY.
 
-        Yields ``(image or None, progress, errors)``. Shading runs in a worker thread while the
-        pages keep coming (it never holds up the fetch); the final image covers every page.
+        Yields ``(image or None, progress, errors)``. Each page is aggregated once, in a worker
+        thread, and merged into the layer's aggregates; an image shades the aggregates (a few
+        passes over the pixels, however many features came before). Shading runs beside the
+        pages, never holding them up; the final image covers every page.
         """
         bounds = (viewport.x_range[0], viewport.y_range[0], viewport.x_range[1], viewport.y_range[1])
+        size = (viewport.width, viewport.height)
         style = getattr(spec, "style", None)
-        frames: list[Any] = []
+        aggs: dict[str, Any] = {}
         errors: list[Any] = []
         progress: Any = None
         shading: asyncio.Future[Image] | None = None
         last = 0.0
 
-        async def shade(snapshot: list[Any]) -> Image:
-            frame = await asyncio.to_thread(_concat, snapshot)
-            return await shade_features_async(frame, bounds, viewport.width, viewport.height, style)
+        def add(aggs: dict[str, Any], frame: Any) -> dict[str, Any]:
+            return render.merge_aggregates(aggs, render.aggregate_features(frame, bounds, *size))
+
+        def shade(aggs: dict[str, Any]) -> Any:
+            return asyncio.ensure_future(asyncio.to_thread(render.shade_aggregates, aggs, bounds, *size, style))
 
         try:
             async for page in layer.load(viewport, self.fetcher):
                 if len(page.frame):
-                    frames.append(page.frame)
+                    aggs = await asyncio.to_thread(add, aggs, page.frame)
                 errors.extend(page.errors)
                 progress = page.progress
                 if progress.complete:
@@ -341,13 +347,13 @@ class MapApp(pn.viewable.Viewer):
                 image = None
                 if shading is not None and shading.done():
                     image, shading = shading.result(), None
-                if shading is None and frames and time.perf_counter() - last >= SHADE_EVERY:
-                    shading, last = asyncio.ensure_future(shade(list(frames))), time.perf_counter()
+                if shading is None and aggs and time.perf_counter() - last >= SHADE_EVERY:
+                    shading, last = shade(aggs), time.perf_counter()
                 yield image, progress, tuple(errors)
             if shading is not None:
                 shading.cancel()
                 shading = None
-            yield await shade(frames), progress, tuple(errors)
+            yield await shade(aggs), progress, tuple(errors)
         finally:
             if shading is not None:
                 shading.cancel()
@@ -667,18 +673,6 @@ class MapApp(pn.viewable.Viewer):
         self._images = {name: None for name in self.specs}
         for pipe in self._pipes.values():
             pipe.clear()
-
-
-def _concat(frames: list[Any]) -> Any:
-    if not frames:
-        return None
-    if len(frames) == 1:
-        return frames[0]
-    import pandas as pd
-
-    import geopandas as gpd
-
-    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
 
 
 def _reason(exc: Any) -> str:

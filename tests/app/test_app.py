@@ -173,15 +173,15 @@ async def test_feature_status_counts_pages_as_they_arrive_while_shading_runs(mon
     from app import render, views
 
     gate = threading.Event()  # holds every shade until the pages have all arrived
-    real = render.shade_features
+    real = render.shade_aggregates
     shaded: list[int] = []
 
-    def slow_shade(frame, *args, **kw):
+    def slow_shade(aggs, *args, **kw):
         gate.wait(10)
-        shaded.append(0 if frame is None else len(frame))
-        return real(frame, *args, **kw)
+        shaded.append(int(aggs["points"].sum()) if "points" in aggs else 0)
+        return real(aggs, *args, **kw)
 
-    monkeypatch.setattr(render, "shade_features", slow_shade)
+    monkeypatch.setattr(render, "shade_aggregates", slow_shade)
     feats = FakeFeatures(pages=6, per_page=20, delay=0.01)
     app = _app({"pts": feats}, [spec("pts", "features", 0)])
     seen: list[str] = []
@@ -203,7 +203,7 @@ async def test_feature_status_counts_pages_as_they_arrive_while_shading_runs(mon
     await task
     assert app.state.status("pts").text().startswith("done: 120 features, 6 pages")
     assert app.applied["pts"][-1] == (_vp(0), True)
-    assert shaded[-1] == 120  # the final image is shaded from every page
+    assert shaded[-1] == 120  # the final image is shaded from every page's points
     await app.aclose()
 
 

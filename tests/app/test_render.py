@@ -80,3 +80,18 @@ def test_over_compositing_matches_datashader_stack():
 def test_bad_size_is_a_clear_error():
     with pytest.raises(ValueError, match="image size must be positive"):
         shade_features(_frame(shapely.Point(1, 1)), BOUNDS, 0, 10)
+
+
+def test_pages_aggregated_one_by_one_draw_the_same_image_as_the_whole_frame():
+    from app.render import aggregate_features, merge_aggregates, shade_aggregates
+
+    rng = np.random.default_rng(2)
+    geoms = [shapely.Point(x, y) for x, y in rng.uniform(0, 50, (300, 2))]
+    geoms += [shapely.box(10, 10, 30, 20), shapely.LineString([(0, 0), (100, 50)])]
+    frame = _frame(*geoms)
+    style = {"cmap": "viridis", "point_size": 2, "line_width": 2}
+    whole = shade_features(frame, BOUNDS, 100, 50, style)
+    aggs = {}
+    for start in range(0, len(frame), 70):  # pages of 70 features
+        aggs = merge_aggregates(aggs, aggregate_features(frame.iloc[start:start + 70], BOUNDS, 100, 50))
+    np.testing.assert_array_equal(shade_aggregates(aggs, BOUNDS, 100, 50, style).rgba, whole.rgba)
