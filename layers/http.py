@@ -386,7 +386,7 @@ class Fetcher:
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         last = self._last_state  # fast path: the loop of the previous call (no lock, no weakref)
-        if last is not None and last.loop is loop and not last.client.is_closed:
+        if last is not None and last.loop is loop:  # aclose() forgets it before closing the client
             return last
         with self._lock:
             state = self._loops.get(loop)
