@@ -119,6 +119,17 @@ CELLS = {
         "again = await countries.fetch(Viewport.from_lonlat((100, -45, 155, -10)), fetcher)\n"
         "print('after interrupt', len(parsed), len(again), geojson._POOL_BROKEN)"
     ),
+    # A notebook has no session to end: README says ``await m.aclose()`` stops the map's work.
+    "close": (
+        "import asyncio, os\n"
+        "await m.aclose()\n"
+        "await asyncio.sleep(0.5)\n"
+        "ours = [os.sep + 'app' + os.sep, os.sep + 'layers' + os.sep]\n"
+        "left = [t.get_coro().__qualname__ for t in asyncio.all_tasks()\n"
+        "        if any(d in t.get_coro().cr_code.co_filename for d in ours)\n"
+        "        and t.get_coro().__qualname__ != 'LoopLagMonitor._run']  # process-wide\n"
+        "print('left after aclose', len(left), left)"
+    ),
     "pids": (
         "import os, psutil\n"
         "from layers.demo import current_demo\n"
@@ -184,6 +195,9 @@ def test_create_app_and_top_level_await_in_a_real_kernel(kernel_env):
     m = re.search(r"after interrupt (\d+) (\d+) (\w+)", _stdout(cells["after_interrupt"]))
     assert m, cells["after_interrupt"].outputs
     assert m.groups()[::2] == ("500", "False") and int(m.group(2)) > 0
+
+    # Closing the map left none of its tasks running.
+    assert "left after aclose 0 []" in _stdout(cells["close"]), cells["close"].outputs
 
     # The kernel was shut down by nbclient; nothing it started outlives it.
     line = next(ln for ln in _stdout(cells["pids"]).splitlines() if ln.startswith(PIDS))
