@@ -21,6 +21,8 @@ and its per-request URL merging (about half of a request's CPU time at zero late
 
 from __future__ import annotations
 
+import functools
+import os
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -140,6 +142,14 @@ def client_timeout(
     return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
 
 
+@functools.lru_cache(maxsize=4)
+def _ssl_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    # Loading the CA bundle takes ~20 ms of CPU, on the event loop that makes the client: do
+    # it once per process (per SSL_CERT_FILE / SSL_CERT_DIR, which httpx reads), not per
+    # client. A context is safe to share between connectors and loops.
+    return httpx.create_ssl_context(trust_env=True)
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """Send httpx requests through one lazily created ``aiohttp.ClientSession`` (one per loop).
 
@@ -147,13 +157,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     ----------
     ssl_context
         Certificate verification; default ``httpx.create_ssl_context()``, which honours
-        ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``.
+        ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` (made once per process and setting).
     keepalive
         Seconds an idle connection stays open.
     """
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None, keepalive: float = 30.0) -> None:
-        self._ssl = ssl_context or httpx.create_ssl_context(trust_env=True)
+        self._ssl = ssl_context or _ssl_context(
+            os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+        )
         self._keepalive = keepalive
         self._trust_env = bool(urllib.request.getproxies())
         self._session: aiohttp.ClientSession | None = None

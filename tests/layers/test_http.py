@@ -519,3 +519,12 @@ async def test_aclose_cancels_callers_even_of_a_flight_not_started_yet(fault_ser
     await f.aclose()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(caller, 2)  # cancelled, not left waiting
+
+
+def test_the_aiohttp_transport_loads_ca_certificates_once_per_setting(monkeypatch, tmp_path):
+    from layers._aiohttp import AiohttpTransport
+
+    first, second = AiohttpTransport(), AiohttpTransport()
+    assert first._ssl is second._ssl  # not ~20 ms of loading per client
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+    assert AiohttpTransport()._ssl is not first._ssl  # a new setting is honoured
