@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import html
 import time
+import weakref
 from functools import partial
 from collections.abc import Callable
 from typing import Any
@@ -212,7 +213,7 @@ class MapApp(pn.viewable.Viewer):
         dmaps = [self._dmaps[n].opts(**rgb_opts, backend="bokeh") for n in names] or [first]
         self.overlay = hv.Overlay(dmaps).collate()
         opts: dict[str, Any] = dict(xlim=(x0, x1), ylim=(y0, y1), responsive=True, min_height=self.height,
-                                    hooks=[self._capture_figure])
+                                    hooks=[_figure_hook(self)])
         self.plot_pane = pn.pane.HoloViews(
             self.overlay.opts(**opts, backend="bokeh"),
             backend="bokeh",
@@ -451,10 +452,6 @@ class MapApp(pn.viewable.Viewer):
         finally:
             self._preloading = False
 
-    def _capture_figure(self, plot: Any, element: Any) -> None:
-        """HoloViews hook: keep the Bokeh figure, to correct its ranges (equal aspect)."""
-        self._figure = plot.state
-
     def _on_view_change(self, **_: Any) -> None:
         r, s = self.range_stream, self.size_stream
         width = s.width or (self.state.viewport.width if self.state.viewport else 900)
@@ -673,6 +670,22 @@ class MapApp(pn.viewable.Viewer):
         self._images = {name: None for name in self.specs}
         for pipe in self._pipes.values():
             pipe.clear()
+
+
+def _figure_hook(app: MapApp) -> Callable[[Any, Any], None]:
+    """A HoloViews hook that gives ``app`` its Bokeh figure (to correct its ranges).
+
+    It holds the app weakly: HoloViews keeps an element's options, hooks included, in a global
+    store, and a bound method there would keep every closed session alive.
+    """
+    ref = weakref.ref(app)
+
+    def hook(plot: Any, element: Any) -> None:
+        target = ref()
+        if target is not None:
+            target._figure = plot.state
+
+    return hook
 
 
 def _reason(exc: Any) -> str:

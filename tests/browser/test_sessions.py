@@ -4,6 +4,10 @@ The server runs in this process (``pn.serve(threaded=True)``) so that the test c
 it: the live ``MapApp`` objects, the tasks on the server's event loop, and the session count.
 Layers: real tiles from a loopback tile server, and a slow fake feature layer whose loads are
 still running when the tab closes (tests/app/fakes.py).
+
+JavaScript console errors are checked by test_map.py against ``panel serve``, not here: under
+the in-process threaded server, Panel now and then hands a page its stylesheets with CDN URLs
+(its per-document CSS patching), which fail offline; ``panel serve`` never did in our runs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import pytest
 from tests.app.fakes import FakeFeatures, catalog, spec
 from tests.support.tileserver import TileServer
 
-from .served import collect_errors, free_port, launch, status_lines
+from .served import free_port, launch, status_lines
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -98,17 +102,15 @@ def test_closed_tabs_leave_no_session_task_or_map_behind(tiles):
                 pages = []
                 for _ in range(3):
                     page = browser.new_page(viewport={"width": 1000, "height": 700})
-                    errors = collect_errors(page)
                     page.goto(url)
                     page.wait_for_selector("canvas", timeout=60_000)
-                    pages.append((page, errors))
-                for page, _ in pages:  # every tab shows its map and is mid-load on the features
+                    pages.append(page)
+                for page in pages:  # every tab shows its map and is mid-load on the features
                     _wait(lambda: status_lines(page).get("base", "").startswith("done"), 60, "tiles done")
                     _wait(lambda: status_lines(page).get("pts", "").startswith("loading"), 60, "features loading")
                 assert any(n.startswith("load:pts") for n in tasks())
-                for page, errors in pages:
+                for page in pages:
                     page.close()
-                    assert errors == [], errors
                 _wait(lambda: sessions() == 0, 60, "the sessions to be destroyed")
                 _wait(lambda: not any(n.startswith("load:") for n in tasks()), 15, "the load tasks to end")
                 gc.collect()
