@@ -667,6 +667,9 @@ class MapApp(pn.viewable.Viewer):
             fut.cancel()
         self._loaders.clear()
         self._built.clear()
+        for name in self.specs:  # a notebook still shows the panel: no load is under way now
+            if self.state.status(name).state == "loading":
+                self._set_status(name, state="idle")
         self._images = {name: None for name in self.specs}
         for pipe in self._pipes.values():
             pipe.clear()

@@ -117,8 +117,10 @@ async def test_close_cancels_tasks_and_stops_applying():
     app = _app({"base": tiles}, [spec("base")])
     tasks = app.set_viewport(_vp(0))
     await asyncio.sleep(0.03)
+    assert app.state.status("base").state == "loading"
     await app.aclose()
     assert all(t.done() for t in tasks)
+    assert app.state.status("base").text() == "idle"  # no load is under way any more
     n = len(app.applied["base"])
     await asyncio.sleep(0.03)
     assert len(app.applied["base"]) == n
