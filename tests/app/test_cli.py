@@ -486,3 +486,24 @@ async def test_prefetch_never_exceeds_the_catalogs_host_limit(tmp_path):
                 await prefetch_tiles(layer, Spec(concurrency=cap), fetcher, BBOX, range(0, 5), concurrency=requested, stats=stats, bar=bar)
             assert stats.fetched == 18
             assert server.peak in allowed, (cap, requested, server.peak)
+
+
+def test_cache_command_shows_prunes_and_clears_the_disk_cache(tmp_path):
+    from layers.cache import DiskCache, cache_key, make_entry
+
+    disk = DiskCache(tmp_path)
+    for i in range(5):
+        url = f"http://h.test/{i}"
+        disk.store(cache_key("GET", url, {}), make_entry(url, 200, [("etag", f'"{i}"')], b"x" * 10_000, ttl=600))
+    result = invoke("cache", "--cache-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "entries: 5" in result.output and str(tmp_path) in result.output
+    result = invoke("cache", "--cache-dir", str(tmp_path), "--prune", "25K")
+    assert result.exit_code == 0, result.output
+    kept = DiskCache(tmp_path).size()
+    assert kept.nbytes <= 25 * 1024 and kept.entries < 5
+    assert f"kept {kept.entries}" in result.output
+    result = invoke("cache", "--cache-dir", str(tmp_path), "--clear")
+    assert result.exit_code == 0 and DiskCache(tmp_path).size().entries == 0
+    result = invoke("cache", "--cache-dir", str(tmp_path), "--prune", "lots")
+    assert result.exit_code == 2 and "'--prune'" in result.output and "not a size" in result.output
