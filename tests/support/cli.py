@@ -146,6 +146,7 @@ class ConcurrencyProbe:
                 with owner._lock:
                     owner.active += 1
                     owner.peak = max(owner.peak, owner.active)
+                done = False
                 try:
                     time.sleep(owner.delay)
                     body = render((1, 2, 3, 255), 256, "png")
@@ -153,10 +154,19 @@ class ConcurrencyProbe:
                     self.send_header("Content-Type", "image/png")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(body)
-                finally:
+                    self.wfile.write(body[:-1])
+                    # Not in flight any more before the last byte goes out: the client frees its
+                    # slot only once it has the whole body, so its next request cannot be counted
+                    # while this thread has yet to reach a decrement after the write (a race
+                    # that made a client within its limit look one over on a busy machine).
                     with owner._lock:
                         owner.active -= 1
+                    done = True
+                    self.wfile.write(body[-1:])
+                finally:
+                    if not done:
+                        with owner._lock:
+                            owner.active -= 1
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
