@@ -169,6 +169,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive = keepalive
         self._trust_env = bool(urllib.request.getproxies())
         self._session: aiohttp.ClientSession | None = None
+        self._default_headers: dict[str, str] | None = None
+
+    def set_default_headers(self, headers: Mapping[str, str]) -> bool:
+        """Send ``headers`` with every request that does not set them itself, so that
+        :meth:`open` callers can leave them out (aiohttp merges a session's defaults faster
+        than headers given per request). Only the first call sets them, and only before the
+        first request; returns whether ``headers`` are the defaults in effect.
+        """
+        if self._default_headers is None and self._session is None:
+            self._default_headers = dict(headers)
+        return self._default_headers == dict(headers)
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -176,6 +187,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector = aiohttp.TCPConnector(limit=0, ssl=self._ssl, keepalive_timeout=self._keepalive)
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                headers=self._default_headers,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=self._trust_env,
                 auto_decompress=False,  # httpx decodes Content-Encoding
@@ -203,7 +215,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self,
         method: str,
         url: str,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | None,
         content: bytes | None,
         timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
@@ -217,8 +229,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         url
             Sent exactly as given: it must already be encoded (``str(httpx.URL(...))``).
         headers
-            The headers to send (aiohttp adds ``Host``, ``Content-Length`` and its own
-            ``Accept``, ``Accept-Encoding`` and ``User-Agent`` where these are missing).
+            The headers to send, over the defaults of :meth:`set_default_headers` (aiohttp
+            adds ``Host``, ``Content-Length`` and its own ``Accept``, ``Accept-Encoding`` and
+            ``User-Agent`` where these are still missing).
         timeout
             From :func:`client_timeout` (made once, not per request); its ``total`` also
             bounds reading the body.

@@ -528,3 +528,14 @@ def test_the_aiohttp_transport_loads_ca_certificates_once_per_setting(monkeypatc
     assert first._ssl is second._ssl  # not ~20 ms of loading per client
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
     assert AiohttpTransport()._ssl is not first._ssl  # a new setting is honoured
+
+
+async def test_fetcher_headers_and_caller_overrides_reach_the_server_once(fault_server, transport):
+    async with Fetcher(headers={"X-Team": "maps"}, transport=transport, cache_dir=None) as f:
+        await f.get(fault_server.url("/d1"))
+        await f.get(fault_server.url("/d2"), headers={"User-Agent": "custom/1", "Accept": "image/png"})
+    first, second = fault_server.headers_of("/d1")[0], fault_server.headers_of("/d2")[0]
+    assert first["X-Team"] == second["X-Team"] == "maps"
+    assert first["User-Agent"].startswith("mapstream/") and first["Accept"] == "*/*"
+    assert second.get_all("User-Agent") == ["custom/1"]  # replaced, not added
+    assert second.get_all("Accept") == ["image/png"]
