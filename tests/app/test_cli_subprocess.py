@@ -13,6 +13,7 @@ import pytest
 from tests.support.cli import ROOT, cli_env, dead_port, one_line_error, run_mapstream, write_catalog
 from tests.support.ogc import make_ogc_server, ogc_data, ogc_server  # noqa: F401 (fixtures)
 from tests.support.tileserver import tile_server  # noqa: F401 (fixture)
+from tests.support.waiting import wait_for
 
 EUROPE = "-10,35,30,60"  # 1+2+2+4+9+16 = 34 tiles at zooms 0-5
 EUROPE_TILES_0_5 = 34
@@ -149,27 +150,23 @@ def _start(args, env):
     )
 
 
-def _wait_for(predicate, timeout=60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+def _interrupt_when(proc, ready) -> tuple[str, str]:
+    """Ctrl-C ``proc`` once ``ready()`` holds; its output. Never leaves the process running."""
+    try:
+        assert wait_for(ready, 60), "the command never got under way"
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def test_ctrl_c_during_prefetch_prints_a_partial_summary(tile_server, tmp_path, env):  # noqa: F811
     tile_server.latency = 0.2
     catalog = tiles_catalog(tmp_path / "c.yml", tile_server.url)
     proc = _start(["prefetch", "base", "--bbox", EUROPE, "--zoom", "0-6", "--concurrency", "2", "--catalog", str(catalog)], env)
-    try:
-        assert _wait_for(lambda: len(tile_server.requests) >= 4)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    out, err = _interrupt_when(proc, lambda: len(tile_server.requests) >= 4)
     assert proc.returncode == 130, err
     assert "prefetch interrupted:" in out
     assert "Traceback" not in err
@@ -183,15 +180,8 @@ def test_ctrl_c_during_export_leaves_no_file(make_ogc_server, tmp_path, env):  #
     catalog = features_catalog(tmp_path / "c.yml", server.url)
     out = tmp_path / "points.gpkg"
     proc = _start(["export", "points", "-o", str(out), "--catalog", str(catalog)], env)
-    try:
-        # Interrupt once pages are being written (the temporary file exists).
-        assert _wait_for(lambda: any(p.name.startswith(".points.part-") for p in tmp_path.iterdir()))
-        proc.send_signal(signal.SIGINT)
-        stdout, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # Interrupt once pages are being written (the temporary file exists).
+    stdout, err = _interrupt_when(proc, lambda: any(p.name.startswith(".points.part-") for p in tmp_path.iterdir()))
     assert proc.returncode == 130, err
     assert "export interrupted:" in stdout and "not written" in stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["c.yml"]
@@ -227,7 +217,7 @@ def test_demo_serves_until_ctrl_c_and_leaves_nothing_running(tmp_path, env):
             proc.communicate()
     assert proc.returncode == 0, err
     assert "demo services stopped" in err and "Traceback" not in err
-    assert _wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10)
+    assert wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10)
     with pytest.raises(httpx.TransportError):
         httpx.get(urls["OGC API Features"], timeout=5)
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -21,6 +20,8 @@ import psutil
 import pytest
 from nbclient import NotebookClient
 from nbclient.util import run_sync
+
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -203,8 +204,6 @@ def test_create_app_and_top_level_await_in_a_real_kernel(kernel_env):
     line = next(ln for ln in _stdout(cells["pids"]).splitlines() if ln.startswith(PIDS))
     pids = [int(p) for p in line[len(PIDS):].split()]
     assert len(pids) >= 3  # the kernel and the two demo servers at least
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not all(_gone(p) for p in pids):
-        time.sleep(0.2)
+    wait_for(lambda: all(_gone(p) for p in pids), 20, interval=0.2)
     alive = [p for p in pids if not _gone(p)]
     assert not alive, [psutil.Process(p).cmdline() for p in alive if not _gone(p)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import weakref
 from types import SimpleNamespace
 
@@ -22,6 +21,7 @@ import pytest
 
 from tests.app.fakes import FakeFeatures, catalog, spec
 from tests.support.tileserver import TileServer
+from tests.support.waiting import wait_for
 
 from .served import free_port, launch, status_lines
 
@@ -37,13 +37,9 @@ def _on_loop(loop, fn, timeout=10):
 
 
 def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    value = wait_for(predicate, timeout, interval=0.1)
+    assert value, f"timed out waiting for {what}"
+    return value
 
 
 @pytest.fixture

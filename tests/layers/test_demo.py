@@ -24,6 +24,7 @@ from layers.features import FeatureLayer
 from layers.http import Fetcher
 from layers.tiles import TileLayer
 from layers.viewport import Viewport
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EUROPE = (0.0, 40.0, 10.0, 50.0)
@@ -239,9 +240,7 @@ def test_services_start_shared_stop_and_leave_nothing_at_exit(tmp_path):
     assert out["fastest"] >= 0.1  # the injected latency
     assert out["after_stop"] == []
     assert len(out["pids_again"]) == 2
-    deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(p) for p in out["pids_again"]) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in out["pids_again"]), 10)
     alive = [p for p in out["pids_again"] if psutil.pid_exists(p)]
     assert not alive, f"left running after exit: {alive}"
 
@@ -267,9 +266,7 @@ def test_children_exit_when_the_starter_is_killed(tmp_path):
         assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
         os.kill(proc.pid, signal.SIGKILL)  # no atexit: the children's watchdog must act
         proc.wait(10)
-        deadline = time.monotonic() + 15
-        while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), 15)
         assert not [p for p in pids if psutil.pid_exists(p)]
     finally:
         if proc.poll() is None:

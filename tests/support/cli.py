@@ -58,7 +58,31 @@ def one_line_error(stderr: str) -> str:
     return lines[0]
 
 
-class ValidatorTileServer:
+class _LoopbackServer:
+    """A ``ThreadingHTTPServer`` on 127.0.0.1 in a thread; a context manager (start, stop)."""
+
+    def _serve(self, handler: type) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+class ValidatorTileServer(_LoopbackServer):
     """A loopback XYZ server that sends ``ETag`` and ``Last-Modified`` (and answers 304).
 
     ``hits`` counts requests; ``not_modified`` counts conditional requests answered 304.
@@ -69,7 +93,7 @@ class ValidatorTileServer:
 
     def __init__(self, max_age: int = 3600) -> None:
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         owner = self
         self.max_age = max_age
@@ -104,29 +128,15 @@ class ValidatorTileServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def __enter__(self) -> ValidatorTileServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        self._serve(Handler)
 
 
-class ConcurrencyProbe:
+class ConcurrencyProbe(_LoopbackServer):
     """A loopback tile server that records the peak number of requests in flight at once."""
 
     def __init__(self, delay: float = 0.05) -> None:
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         owner = self
         self.delay = delay
@@ -168,22 +178,8 @@ class ConcurrencyProbe:
                         with owner._lock:
                             owner.active -= 1
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._serve(Handler)
 
     def reset(self) -> None:
         with self._lock:
             self.peak = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def __enter__(self) -> ConcurrencyProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
