@@ -1,14 +1,13 @@
 """Drawing: feature frames rasterized with datashader, tile mosaics as RGBA images.
 
 Everything here is synchronous and CPU-bound; the app calls it through :func:`asyncio.to_thread`
-(:func:`shade_features_async`) so that the event loop never runs datashader. Images are plain
+so that the event loop never runs datashader. Images are plain
 ``(height, width, 4)`` uint8 arrays in Web Mercator with the viewport's bounds; :mod:`app.views`
 turns them into GeoViews ``RGB`` elements.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -25,7 +24,6 @@ __all__ = [
     "mosaic_image",
     "over_rgba",
     "shade_features",
-    "shade_features_async",
     "grow_aggregate",
     "line_footprint",
     "to_rgba",
@@ -261,7 +259,7 @@ def shade_features(
     """Rasterize a GeoDataFrame in EPSG:3857 (points, lines, polygons) into an RGBA image.
 
     :func:`aggregate_features` then :func:`shade_aggregates`. Runs synchronously: call it off
-    the event loop (:func:`shade_features_async`).
+    the event loop.
 
     Raises
     ------
@@ -349,22 +347,9 @@ def grow_aggregate(agg: Any, footprint: np.ndarray) -> Any:
     return agg.copy(data=maximum_filter(np.asarray(agg.data), footprint=footprint, mode="constant"))
 
 
-async def shade_features_async(
-    frame: Any, bounds: tuple[float, float, float, float], width: int, height: int, style: Any = None
-) -> Image:
-    """:func:`shade_features` in a worker thread, so that the event loop keeps serving.
-
-    Raises
-    ------
-    ValueError
-        As :func:`shade_features`.
-    """
-    return await asyncio.to_thread(shade_features, frame, bounds, width, height, style)
-
-
 _warm_lock = threading.Lock()
 _warm_thread: threading.Thread | None = None
-_essentials_ready = threading.Event()
+_compiled = threading.Event()
 
 
 def warm_up(wait: bool = False, timeout: float | None = None) -> bool:
@@ -395,8 +380,8 @@ def warm_up(wait: bool = False, timeout: float | None = None) -> bool:
             _warm_thread = threading.Thread(target=_warm, name="mapstream-datashader-warm-up", daemon=True)
             _warm_thread.start()
     if wait:
-        _essentials_ready.wait(timeout)
-    return _essentials_ready.is_set()
+        _compiled.wait(timeout)
+    return _compiled.is_set()
 
 
 def _warm() -> None:
@@ -417,4 +402,4 @@ def _warm() -> None:
             for style in ({"color": "#000000"}, {"cmap": "viridis"}):
                 shade_features(frame, (-1.0, -1.0, 2.0, 2.0), 8, 8, style)
     finally:
-        _essentials_ready.set()
+        _compiled.set()

@@ -172,7 +172,7 @@ async def test_feature_status_counts_pages_as_they_arrive_while_shading_runs(mon
     """The status line follows the pages, not the (slower) shading; the final image has them all."""
     import threading
 
-    from app import render, views
+    from app import render
 
     gate = threading.Event()  # holds every shade until the pages have all arrived
     real = render.shade_aggregates
