@@ -1,14 +1,19 @@
-"""The mapstream Panel app.
+"""The mapstream Panel app (``mapstream.app``), a Bokeh directory app: ``panel serve app``.
 
-``from app import create_app; create_app()`` gives a map in a notebook; ``panel serve app`` serves
-the same factory. Panel is imported lazily so that ``mapstream`` CLI commands stay light.
+``from mapstream import create_app; create_app()`` gives a map in a notebook; ``panel serve app``
+(from a checkout) and ``mapstream serve`` (from an install) serve the same factory. Panel is
+imported lazily so that ``mapstream`` CLI commands stay light.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-__all__ = ["create_app"]
+__all__ = ["APP_DIR", "create_app"]
+
+#: The directory ``panel serve`` is given (it holds ``main.py``).
+APP_DIR = Path(__file__).resolve().parent
 
 
 def __getattr__(name: str) -> Any:
@@ -16,4 +21,4 @@ def __getattr__(name: str) -> Any:
         from .factory import create_app
 
         return create_app
-    raise AttributeError(f"module 'app' has no attribute {name!r}")
+    raise AttributeError(f"module 'mapstream.app' has no attribute {name!r}")

@@ -55,12 +55,12 @@ def create_app(
     Parameters
     ----------
     catalog
-        A ``layers.catalog.Catalog``, a path to a catalog file, or None (``MAPSTREAM_CATALOG``,
+        A ``mapstream.layers.catalog.Catalog``, a path to a catalog file, or None (``MAPSTREAM_CATALOG``,
         else the embedded demo catalog).
     fetcher
         The fetcher for all layers (default: the process-wide ``shared_fetcher()``).
     build_layer
-        Replaces ``layers.catalog.build_layer`` (tests).
+        Replaces ``mapstream.layers.catalog.build_layer`` (tests).
     height
         Minimum height of the map in pixels.
 
@@ -71,8 +71,8 @@ def create_app(
     """
     import panel as pn
 
-    from layers.catalog import load_catalog
-    from layers.geojson import warm_pool
+    from mapstream.layers.catalog import load_catalog
+    from mapstream.layers.sources.geojson import warm_pool
 
     from .render import warm_up
     from .views import MapApp
@@ -81,7 +81,7 @@ def create_app(
         catalog = load_catalog(catalog)
     warming = server_is_warming()
     if warming and getattr(catalog, "uses_demo", False):
-        from layers.demo import start_demo_soon
+        from mapstream.demo import start_demo_soon
 
         start_demo_soon()  # in parallel with the compile below
     warm_pool()  # the GeoJSON parser processes start in the background

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from app.factory import create_app
+from mapstream.app.factory import create_app
 
 
 def catalog_argument(argv: list[str]) -> str | None:

@@ -1,7 +1,7 @@
 """jupyter-server-proxy entry point: the map in the JupyterLab launcher.
 
 Declared in pyproject.toml as ``[project.entry-points.jupyter_serverproxy_servers]
-mapstream = "app.proxy:setup_mapstream"``. jupyter-server-proxy picks a free port, runs the
+mapstream = "mapstream.app.proxy:setup_mapstream"``. jupyter-server-proxy picks a free port, runs the
 command below and proxies ``<base_url>/mapstream/`` to it; ``--prefix`` makes Bokeh build its
 URLs under that path and ``--allow-websocket-origin=*`` accepts the proxied websocket.
 """
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-__all__ = ["setup_mapstream", "APP_DIR"]
+from mapstream.app import APP_DIR
 
-#: The Bokeh directory app served by ``panel serve``.
-APP_DIR = Path(__file__).resolve().parent
+__all__ = ["setup_mapstream"]
 
 
 def setup_mapstream() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import param
 
-from layers.viewport import Viewport
+from mapstream.layers.viewport import Viewport
 
 __all__ = ["LayerStatus", "MapState", "equal_aspect", "status_text", "viewport_from_ranges"]
 

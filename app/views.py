@@ -27,8 +27,8 @@ import numpy as np
 import panel as pn
 import param
 
-from layers.metrics import LoopLagMonitor
-from layers.viewport import Viewport, lonlat_to_mercator, mercator_to_lonlat
+from mapstream.layers.metrics import LoopLagMonitor
+from mapstream.layers.viewport import Viewport, lonlat_to_mercator, mercator_to_lonlat
 
 from .loader import LayerLoader, LoadEvent
 from . import render
@@ -124,12 +124,12 @@ class MapApp(pn.viewable.Viewer):
     Parameters
     ----------
     catalog
-        A ``layers.catalog.Catalog`` (``.layers`` of LayerSpec).
+        A ``mapstream.layers.catalog.Catalog`` (``.layers`` of LayerSpec).
     fetcher
-        The fetcher for every layer (default: ``layers.http.shared_fetcher()``).
+        The fetcher for every layer (default: ``mapstream.layers.http.shared_fetcher()``).
     build_layer
         ``await build_layer(spec, fetcher)`` makes a layer (default:
-        ``layers.catalog.build_layer``); tests pass fakes.
+        ``mapstream.layers.catalog.build_layer``); tests pass fakes.
     """
 
     frame_width = param.Integer(default=None, allow_None=True)
@@ -147,11 +147,11 @@ class MapApp(pn.viewable.Viewer):
     ) -> None:
         super().__init__(**params)
         if fetcher is None:
-            from layers.http import shared_fetcher
+            from mapstream.layers.http import shared_fetcher
 
             fetcher = shared_fetcher()
         if build_layer is None:
-            from layers.catalog import build_layer as default_build
+            from mapstream.layers.catalog import build_layer as default_build
 
             build_layer = default_build
         self.catalog = catalog

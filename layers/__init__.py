@@ -1,13 +1,12 @@
-"""mapstream's async data engine: fetch, cache, plan and decode map data for a viewport.
+"""mapstream's async data engine (``mapstream.layers``): fetch, cache, plan and decode map data.
 
 This package never imports panel, param, holoviews, geoviews or bokeh (a test checks).
+ARCHITECTURE.md at the repository's root maps its modules.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .errors import LayersError
+from .viewport import Viewport
 
-from .errors import LayersError  # noqa: E402
-from .viewport import Viewport  # noqa: E402
-
-__all__ = ["LayersError", "Viewport", "__version__"]
+__all__ = ["LayersError", "Viewport"]

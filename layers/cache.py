@@ -4,7 +4,7 @@
 (RFC 9111, private-cache subset): the expiry computed from ``Cache-Control: max-age`` /
 ``Expires`` (or the fetcher's fallback TTL when the server sends no validators), and the
 validators (``ETag``, ``Last-Modified``) used to revalidate a stale entry with a conditional
-request. The fetcher (:mod:`layers.http`) owns the protocol; this module only stores and
+request. The fetcher (:mod:`mapstream.layers.http`) owns the protocol; this module only stores and
 computes.
 
 Entries are keyed by :func:`cache_key`, which includes a hash of the request's headers, so a
@@ -356,7 +356,7 @@ def parse_size(text: str, *, name: str = "size") -> int:
     >>> parse_size("lots", name="MAPSTREAM_CACHE_MAX_BYTES")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    layers.errors.BadInputError: MAPSTREAM_CACHE_MAX_BYTES='lots' is not a size: ...
+    mapstream.layers.errors.BadInputError: MAPSTREAM_CACHE_MAX_BYTES='lots' is not a size: ...
     """
     m = _SIZE_RE.fullmatch(text.strip())
     if m is None:

@@ -23,7 +23,7 @@ The URLs ``demo://ogc`` (OGC API Features) and ``demo://tiles`` (the basemap) na
 demo services; :func:`build_layer` starts them on first use.
 
 Validation happens on load (pydantic, unknown keys rejected): a wrong key, a bad URL, an unknown
-provider or a missing environment variable is one :class:`~layers.errors.CatalogError` naming
+provider or a missing environment variable is one :class:`~mapstream.layers.errors.CatalogError` naming
 the file, the layer and the key. Header values are secrets: they never appear in a repr, a
 ``str`` or an error.
 """
@@ -50,10 +50,10 @@ from pydantic import (
 from .errors import BadInputError, CatalogError
 
 if TYPE_CHECKING:
-    from .features import FeatureLayer
+    from .sources.features import FeatureLayer
     from .http import Fetcher
-    from .tiles import TileLayer
-    from .wms import WMSLayer
+    from .sources.tiles import TileLayer
+    from .sources.wms import WMSLayer
 
 __all__ = [
     "DEMO_CATALOG",
@@ -471,14 +471,14 @@ async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> TileLayer | WMSLayer
     LayersError
         The demo services could not start.
     """
-    from .features import FeatureLayer
-    from .tiles import TileLayer
-    from .wms import WMSLayer
+    from .sources.features import FeatureLayer
+    from .sources.tiles import TileLayer
+    from .sources.wms import WMSLayer
 
     url = spec.url
     demo_max_zoom = None
     if spec.uses_demo:
-        from .demo import ensure_demo
+        from mapstream.demo import ensure_demo  # the demo is a room of its own, started on first use
 
         services = await ensure_demo()
         url = services.tiles_url if spec.kind == "tiles" else services.ogc_url

@@ -121,7 +121,7 @@ class Viewport(NamedTuple):
         >>> Viewport.create((0, 10), (0, 10), 0, 10)
         Traceback (most recent call last):
         ...
-        layers.errors.BadInputError: viewport size must be positive, got 0x10 pixels
+        mapstream.layers.errors.BadInputError: viewport size must be positive, got 0x10 pixels
         """
         x0, x1 = (float(v) for v in x_range)
         y0, y1 = (float(v) for v in y_range)

@@ -53,6 +53,6 @@ def test_console_script_prints_help():
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "mapstream.app.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "mapstream" in out.stdout

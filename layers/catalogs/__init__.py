@@ -1,1 +1,1 @@
-"""Catalog files shipped with mapstream (data only: see :mod:`layers.catalog`)."""
+"""Catalog files shipped with mapstream (data only: see :mod:`mapstream.layers.catalog`)."""

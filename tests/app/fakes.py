@@ -10,7 +10,7 @@ import numpy as np
 import shapely
 import xarray as xr
 
-from layers.types import Progress
+from mapstream.layers.types import Progress
 
 
 def spec(name, kind="tiles", priority=0, visible=True, style=None, max_features=None):

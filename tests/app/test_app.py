@@ -7,9 +7,9 @@ import gc
 
 import pytest
 
-from app import create_app
-from app.views import MapApp
-from layers.viewport import Viewport
+from mapstream.app import create_app
+from mapstream.app.views import MapApp
+from mapstream.layers.viewport import Viewport
 
 from .fakes import FakeFeatures, FakeTiles, builder, catalog, spec
 
@@ -172,7 +172,7 @@ async def test_feature_status_counts_pages_as_they_arrive_while_shading_runs(mon
     """The status line follows the pages, not the (slower) shading; the final image has them all."""
     import threading
 
-    from app import render
+    from mapstream.app import render
 
     gate = threading.Event()  # holds every shade until the pages have all arrived
     real = render.shade_aggregates
@@ -218,8 +218,8 @@ def test_panel_serve_warm_run_waits_for_the_compile_and_real_sessions_do_not(mon
     from panel.io.session import generate_session
     from panel.io.state import set_curdoc
 
-    from app import factory, render
-    from layers import demo
+    from mapstream.app import factory, render
+    from mapstream import demo
 
     waits: list[bool] = []
     monkeypatch.setattr(render, "warm_up", lambda wait=False, timeout=None: waits.append(wait) or True)
@@ -252,7 +252,7 @@ def test_panel_serve_warm_run_waits_for_the_compile_and_real_sessions_do_not(mon
 
 
 async def test_preload_waits_for_the_plot_size_then_starts_layers_in_priority_order(monkeypatch):
-    from app import views
+    from mapstream.app import views
 
     monkeypatch.setattr(views, "PRELOAD_STAGGER", 5.0)
     tiles, feats = FakeTiles(frames=3, delay=0.02), FakeFeatures(pages=2, delay=0.02)
@@ -286,7 +286,7 @@ async def test_preload_waits_for_the_plot_size_then_starts_layers_in_priority_or
 
 
 async def test_preload_guesses_the_view_when_the_browser_says_nothing(monkeypatch):
-    from app import views
+    from mapstream.app import views
 
     monkeypatch.setattr(views, "FIRST_VIEW_WAIT", 0.05)
     tiles = FakeTiles(frames=1)
@@ -321,7 +321,7 @@ async def test_a_burst_of_views_loads_features_once_for_the_final_view():
 
 
 async def test_a_view_of_another_shape_is_widened_to_equal_aspect():
-    from app.state import equal_aspect
+    from mapstream.app.state import equal_aspect
 
     app = _app({"base": FakeTiles(frames=1)}, [spec("base")])
     app.range_stream.event(x_range=(0.0, 1_000_000.0), y_range=(0.0, 1_000_000.0))

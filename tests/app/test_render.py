@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import shapely
 
-from app.render import over_rgba, shade_features
+from mapstream.app.render import over_rgba, shade_features
 
 BOUNDS = (0.0, 0.0, 100.0, 50.0)  # 1 unit per pixel on a 100 x 50 image
 
@@ -83,7 +83,7 @@ def test_bad_size_is_a_clear_error():
 
 
 def test_pages_aggregated_one_by_one_draw_the_same_image_as_the_whole_frame():
-    from app.render import aggregate_features, merge_aggregates, shade_aggregates
+    from mapstream.app.render import aggregate_features, merge_aggregates, shade_aggregates
 
     rng = np.random.default_rng(2)
     geoms = [shapely.Point(x, y) for x, y in rng.uniform(0, 50, (300, 2))]

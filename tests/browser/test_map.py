@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from layers.catalog import DEMO_CATALOG
+from mapstream.layers.catalog import DEMO_CATALOG
 
 from .served import (
     OCEAN, collect_errors, drag, fraction_blank, fraction_near, fraction_purple, free_port, launch, plot_box, plot_pixels,

@@ -53,9 +53,9 @@ def test_closed_tabs_leave_no_session_task_or_map_behind(tiles):
     import panel as pn
     from playwright.sync_api import sync_playwright
 
-    from app import create_app
-    from app.views import MapApp
-    from layers.catalog import build_layer
+    from mapstream.app import create_app
+    from mapstream.app.views import MapApp
+    from mapstream.layers.catalog import build_layer
 
     apps: weakref.WeakSet[MapApp] = weakref.WeakSet()
     # a load that never ends by itself: only the session's cleanup can stop it
@@ -66,7 +66,7 @@ def test_closed_tabs_leave_no_session_task_or_map_behind(tiles):
         if s.name == "pts":
             return slow
         real = dict(name=s.name, kind="tiles", url=s.url)
-        from layers.catalog import LayerSpec
+        from mapstream.layers.catalog import LayerSpec
 
         return await build_layer(LayerSpec(**real), fetcher)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from layers.cache import (
+from mapstream.layers.cache import (
     DEFAULT_MAX_BYTES,
     DiskCache,
     MemoryLRU,
@@ -24,7 +24,7 @@ from layers.cache import (
     parse_size,
     refresh_entry,
 )
-from layers.errors import BadInputError
+from mapstream.layers.errors import BadInputError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -163,7 +163,7 @@ def test_size_strings_and_the_environment_variable(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("value", ["lots", "-5M", "5X", "1.2.3G"])
 def test_a_bad_environment_value_is_a_clear_error(monkeypatch, tmp_path, value):
-    from layers.http import Fetcher
+    from mapstream.layers.http import Fetcher
 
     monkeypatch.setenv("MAPSTREAM_CACHE_MAX_BYTES", value)
     with pytest.raises(BadInputError, match="MAPSTREAM_CACHE_MAX_BYTES=.*is not a size.*500M"):
@@ -401,7 +401,7 @@ def test_two_cache_objects_on_one_directory_never_raise(tmp_path):
 _CHILD = textwrap.dedent(
     """
     import random, sys, time
-    from layers.cache import DiskCache, make_entry
+    from mapstream.layers.cache import DiskCache, make_entry
 
     def key(i):
         return f"{i:064x}"[::-1]

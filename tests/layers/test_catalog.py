@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layers.catalog import CATALOG_DIR, DEMO_CATALOG, Catalog, LayerSpec, build_layer, load_catalog
-from layers.errors import BadInputError, CatalogError
-from layers.features import FeatureLayer
-from layers.tiles import TileLayer
-from layers.wms import WMSLayer
+from mapstream.layers.catalog import CATALOG_DIR, DEMO_CATALOG, Catalog, LayerSpec, build_layer, load_catalog
+from mapstream.layers.errors import BadInputError, CatalogError
+from mapstream.layers.sources.features import FeatureLayer
+from mapstream.layers.sources.tiles import TileLayer
+from mapstream.layers.sources.wms import WMSLayer
 
 TILES = {"name": "base", "kind": "tiles", "url": "https://t.test/{z}/{x}/{y}.png"}
 FEATURES = {"name": "pts", "kind": "features", "url": "https://f.test/api", "collection": "points"}

@@ -16,14 +16,14 @@ import psutil
 import pytest
 import shapely
 
-from layers.catalog import build_layer, load_catalog
-from layers.demo import ensure_demo, start_demo
-from layers.demo.data import COUNTRIES_FILE, ensure_data, read_countries, sensor_frame
-from layers.demo.tileserver import LAND, MAX_ZOOM, SEA, TileServer
-from layers.features import FeatureLayer
-from layers.http import Fetcher
-from layers.tiles import TileLayer
-from layers.viewport import Viewport
+from mapstream.layers.catalog import build_layer, load_catalog
+from mapstream.demo import ensure_demo, start_demo
+from mapstream.demo.data import COUNTRIES_FILE, ensure_data, read_countries, sensor_frame
+from mapstream.demo.tileserver import LAND, MAX_ZOOM, SEA, TileServer
+from mapstream.layers.sources.features import FeatureLayer
+from mapstream.layers.http import Fetcher
+from mapstream.layers.sources.tiles import TileLayer
+from mapstream.layers.viewport import Viewport
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, json, sys, time, urllib.error, urllib.request
     import psutil
-    from layers.demo import ensure_demo, start_demo
+    from mapstream.demo import ensure_demo, start_demo
 
     lag = [0.0]
 
@@ -251,7 +251,7 @@ def test_children_exit_when_the_starter_is_killed(tmp_path):
     import signal
 
     script = (
-        "import json, time\nfrom layers.demo import start_demo\n"
+        "import json, time\nfrom mapstream.demo import start_demo\n"
         "print(json.dumps(start_demo().pids), flush=True)\ntime.sleep(300)\n"
     )
     proc = subprocess.Popen(

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import shapely
 
-from layers.errors import ParseError, StatusError
-from layers.features import FeatureLayer
-from layers.http import Fetcher
-from layers.viewport import Viewport, lonlat_to_mercator
+from mapstream.layers.errors import ParseError, StatusError
+from mapstream.layers.sources.features import FeatureLayer
+from mapstream.layers.http import Fetcher
+from mapstream.layers.viewport import Viewport, lonlat_to_mercator
 from tests.support.ogc import N_POINTS, PAGE_LIMIT, make_points, ogc_data, ogc_server, make_ogc_server  # noqa: F401
 
 ALL_IDS = set(range(1, N_POINTS + 1))
@@ -200,7 +200,7 @@ async def test_antimeridian_view_and_part2_crs(ogc_server, fetcher, points):
 
 async def test_a_page_seen_before_is_not_parsed_again(ogc_server, fetcher, monkeypatch):
     """The same view again (the plot's real size arriving, another session) reuses parsed pages."""
-    import layers.features as features
+    import mapstream.layers.sources.features as features
 
     calls: list[int] = []
     real = features.parse_off_loop

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import shapely
 
-from layers.errors import ParseError
-from layers.geojson import parse_feature_collection, parse_off_loop
-from layers.viewport import lonlat_to_mercator
+from mapstream.layers.errors import ParseError
+from mapstream.layers.sources.geojson import parse_feature_collection, parse_off_loop
+from mapstream.layers.viewport import lonlat_to_mercator
 
 
 def fc(features, **extra) -> bytes:
@@ -88,7 +88,7 @@ async def test_off_loop_errors_cross_the_process_boundary():
 async def test_broken_process_pool_falls_back_to_threads(monkeypatch):
     import concurrent.futures
 
-    import layers.geojson as gj
+    import mapstream.layers.sources.geojson as gj
 
     class Broken(concurrent.futures.Executor):
         def submit(self, *args, **kwargs):
@@ -106,7 +106,7 @@ async def test_broken_process_pool_falls_back_to_threads(monkeypatch):
 def test_warm_pool_never_raises_when_the_workers_cannot_start(monkeypatch, caplog):
     import concurrent.futures
 
-    import layers.geojson as gj
+    import mapstream.layers.sources.geojson as gj
 
     class Broken(concurrent.futures.Executor):
         _max_workers = 2

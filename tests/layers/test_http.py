@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from layers import __version__
-from layers.errors import (
+from mapstream import __version__
+from mapstream.layers.errors import (
     BadInputError,
     FetchTimeoutError,
     ResponseTooLargeError,
@@ -18,7 +18,7 @@ from layers.errors import (
     StatusError,
     TransportError,
 )
-from layers.http import TRANSPORTS, Fetcher
+from mapstream.layers.http import TRANSPORTS, Fetcher
 from tests.support.faultserver import fault_server  # noqa: F401  (fixture)
 
 FAST = dict(backoff_base=0.01, backoff_cap=0.05)
@@ -475,7 +475,7 @@ def test_urls_sent_as_written_are_exactly_what_httpx_would_send():
     fuzz of URL-ish strings checks that every one it accepts is indeed unchanged."""
     import random
 
-    from layers.http import _plain_netloc
+    from mapstream.layers.http.fetcher import _plain_netloc
 
     rng = random.Random(7)
     hosts = ["h.test", "H.test", "127.0.0.1", "256.1.1.1", "01.2.3.4", "1.2.3", "a_b.test", "xn--p.test", "[::1]"]
@@ -522,7 +522,7 @@ async def test_aclose_cancels_callers_even_of_a_flight_not_started_yet(fault_ser
 
 
 def test_the_aiohttp_transport_loads_ca_certificates_once_per_setting(monkeypatch, tmp_path):
-    from layers._aiohttp import AiohttpTransport
+    from mapstream.layers.http.transport import AiohttpTransport
 
     first, second = AiohttpTransport(), AiohttpTransport()
     assert first._ssl is second._ssl  # not ~20 ms of loading per client

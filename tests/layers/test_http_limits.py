@@ -1,4 +1,4 @@
-"""Admission and retry policy helpers (layers/_limits.py)."""
+"""Admission and retry policy helpers (mapstream.layers.http.limits)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from layers._limits import Limiter, backoff_delay, parse_retry_after
+from mapstream.layers.http.limits import Limiter, backoff_delay, parse_retry_after
 
 
 async def test_limiter_is_fifo_and_resizable():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from layers.metrics import FetchMetrics, LoopLagMonitor
+from mapstream.layers.metrics import FetchMetrics, LoopLagMonitor
 
 REQUIRED = {
     "requests", "bytes", "latency_p50", "latency_p95", "latency_max", "retries", "cache_hits",

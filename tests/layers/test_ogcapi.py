@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from layers import ogcapi
-from layers.errors import StatusError
-from layers.http import Fetcher
+from mapstream.layers.sources import ogcapi
+from mapstream.layers.errors import StatusError
+from mapstream.layers.http import Fetcher
 from tests.support.ogc import ogc_data, ogc_server  # noqa: F401
 
 

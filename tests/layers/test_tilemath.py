@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from layers.errors import BadInputError
-from layers.tilemath import (
+from mapstream.layers.errors import BadInputError
+from mapstream.layers.tilegrid import (
     Tile,
     lonlat_bbox_to_mercator,
     tile_bounds,
@@ -18,7 +18,7 @@ from layers.tilemath import (
     wrap_x,
     zoom_for_resolution,
 )
-from layers.viewport import ORIGIN_SHIFT, Viewport, lonlat_to_mercator
+from mapstream.layers.viewport import ORIGIN_SHIFT, Viewport, lonlat_to_mercator
 
 
 def osm_tile(lon: float, lat: float, zoom: int) -> tuple[int, int]:

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from layers.errors import BadInputError
-from layers.http import Fetcher
-from layers.tilemath import WORLD_SIZE, Tile, tile_bounds
-from layers.tiles import TileLayer
-from layers.types import Progress
-from layers.viewport import ORIGIN_SHIFT, Viewport
+from mapstream.layers.errors import BadInputError
+from mapstream.layers.http import Fetcher
+from mapstream.layers.tilegrid import WORLD_SIZE, Tile, tile_bounds
+from mapstream.layers.sources.tiles import TileLayer
+from mapstream.layers.types import Progress
+from mapstream.layers.viewport import ORIGIN_SHIFT, Viewport
 from tests.support.tileserver import TileServer, tile_colour
 from tests.support.tileserver import tile_server as tile_server_fixture
 
@@ -313,16 +313,16 @@ async def test_api_key_never_reaches_httpx_logs(tile_server, fetcher, monkeypatc
 async def test_decoding_runs_in_worker_threads(tile_server, fetcher, monkeypatch):
     import threading
 
-    import layers.imaging
+    from mapstream.layers import imaging
 
     threads = []
-    real = layers.imaging.decode_rgba
+    real = imaging.decode_rgba
 
     def spy(*args, **kwargs):
         threads.append(threading.current_thread())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(layers.imaging, "decode_rgba", spy)
+    monkeypatch.setattr(imaging, "decode_rgba", spy)
     layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png")
     mosaic = await layer.fetch(Viewport.from_lonlat((0, 0, 30, 30), width=300), fetcher)
     assert len(threads) == len(mosaic.attrs["tiles_used"]) > 0

@@ -7,12 +7,12 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 import pytest
 
-from layers.errors import BadInputError, ParseError, StatusError
-from layers.http import Fetcher
-from layers.tilemath import Tile, tile_bounds
-from layers.tiles import TileLayer
-from layers.viewport import ORIGIN_SHIFT, Viewport, lonlat_to_mercator
-from layers.wms import WMSLayer, wms_bbox
+from mapstream.layers.errors import BadInputError, ParseError, StatusError
+from mapstream.layers.http import Fetcher
+from mapstream.layers.tilegrid import Tile, tile_bounds
+from mapstream.layers.sources.tiles import TileLayer
+from mapstream.layers.viewport import ORIGIN_SHIFT, Viewport, lonlat_to_mercator
+from mapstream.layers.sources.wms import WMSLayer, wms_bbox
 from tests.layers.test_tiles import expected_pixels
 from tests.support.tileserver import tile_server as tile_server_fixture
 

@@ -24,9 +24,9 @@ def cli_env(cache_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def run_mapstream(args: list[str], *, env: dict[str, str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """``python -m app.cli ARGS`` as a real process (what the console script runs)."""
+    """``python -m mapstream.app.cli ARGS`` as a real process (what the console script runs)."""
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "mapstream.app.cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -7,7 +7,7 @@ ogc_data
     ``value`` (float), ``count`` (int), ``flag`` (bool), ``when`` (UTC datetime), ``kind``) and
     Natural Earth ``countries`` (from pyogrio's test fixtures).
 ogc_server
-    (session) a :class:`~layers.demo.ogcserver.PygeoapiServer` over both, page size PAGE_LIMIT.
+    (session) a :class:`~mapstream.demo.ogcserver.PygeoapiServer` over both, page size PAGE_LIMIT.
 make_ogc_server
     (function) factory for a server with ``latency=`` / ``faults=`` over the same data; every
     server it starts is stopped at teardown.
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from layers.demo.ogcserver import PygeoapiServer
+from mapstream.demo.ogcserver import PygeoapiServer
 
 N_POINTS = 20_000
 PAGE_LIMIT = 500
@@ -72,7 +72,7 @@ def resources_for(data_dir: Path) -> dict:
             "providers": [
                 {
                     "type": "feature",
-                    "name": "layers.demo.ogcserver.FrameProvider",
+                    "name": "mapstream.demo.ogcserver.FrameProvider",
                     "data": str(data),
                     "id_field": "id",
                     "crs": [

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ParseError
+from ..errors import ParseError
 
 __all__ = ["parse_feature_collection", "parse_off_loop", "FeatureCollectionMeta", "shutdown_pool"]
 
@@ -51,7 +51,7 @@ class FeatureCollectionMeta(dict):  # type: ignore[type-arg]
 
 
 def _mercator(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from .viewport import MAX_LAT, ORIGIN_SHIFT
+    from ..viewport import MAX_LAT, ORIGIN_SHIFT
 
     y = np.clip(y, -MAX_LAT, MAX_LAT)
     mx = x * ORIGIN_SHIFT / 180.0

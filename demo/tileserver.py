@@ -10,7 +10,7 @@ bounded in-memory LRU, so a tile is drawn once. ``GET /__stats`` answers the cou
 ``{"requests", "rendered", "not_modified", "failed"}``.
 
 The server runs in its own process (:class:`TileServer` starts ``python -m
-layers.demo.tileserver``), with a thread per connection: rendering never blocks the caller's
+mapstream.demo.tileserver``), with a thread per connection: rendering never blocks the caller's
 event loop. Optional ``latency`` (seconds per request) and ``fail_rate`` (fraction of tile
 requests answered 503, drawn from a seeded generator) make the async behaviour visible.
 """
@@ -265,7 +265,7 @@ class TileServer(ChildServer):
         From :meth:`start`: the child exited or did not report its port in time.
     """
 
-    module = "layers.demo.tileserver"
+    module = "mapstream.demo.tileserver"
     label = "tile server"
 
     def __init__(

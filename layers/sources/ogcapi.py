@@ -1,6 +1,6 @@
 """OGC API discovery: landing page, conformance, collections, one collection, queryables.
 
-Each document is fetched through the :class:`~layers.http.Fetcher` (so its HTTP cache applies)
+Each document is fetched through the :class:`~mapstream.layers.http.Fetcher` (so its HTTP cache applies)
 and parsed into a small frozen value type; the parsed objects are cached in the fetcher's memory
 LRU, keyed by URL, so every layer of a process shares one discovery per server.
 """
@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .errors import ParseError
+from ..errors import ParseError
 
 if TYPE_CHECKING:
-    from .http import Fetcher
+    from ..http import Fetcher
 
 __all__ = [
     "Link",
@@ -268,7 +268,7 @@ async def get_queryables(url: str, collection: str, fetcher: Fetcher) -> Queryab
     FetchError
         The request failed for another reason than 404.
     """
-    from .errors import StatusError
+    from ..errors import StatusError
 
     qurl = f"{_root(url)}/collections/{quote(collection, safe='')}/queryables"
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
-from ..errors import ServiceError
+from mapstream.layers.errors import ServiceError
 
 __all__ = ["ChildServer"]
 

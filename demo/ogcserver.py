@@ -16,7 +16,7 @@ share it::
             "extents": {"spatial": {"bbox": [-180, -90, 180, 90]}},
             "providers": [{
                 "type": "feature",
-                "name": "layers.demo.ogcserver.FrameProvider",  # or "SQLiteGPKG", "OGR", ...
+                "name": "mapstream.demo.ogcserver.FrameProvider",  # or "SQLiteGPKG", "OGR", ...
                 "data": "/path/points.gpkg",
                 "id_field": "id",
                 "time_field": "when",
@@ -130,7 +130,7 @@ class PygeoapiServer(ChildServer):
         (the child's stderr is included).
     """
 
-    module = "layers.demo.ogcserver"
+    module = "mapstream.demo.ogcserver"
     label = "pygeoapi"
 
     def __init__(

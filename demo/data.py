@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..cache import user_cache_dir
+from mapstream.layers.cache import user_cache_dir
 
 __all__ = [
     "COUNTRIES_FILE",

@@ -34,13 +34,13 @@ import orjson
 import pandas as pd
 
 from . import ogcapi
-from .errors import BadInputError, LayersError
+from ..errors import BadInputError, LayersError
 from .geojson import parse_off_loop
-from .types import Progress
-from .viewport import MAX_LAT, Viewport, lonlat_to_mercator
+from ..types import Progress
+from ..viewport import MAX_LAT, Viewport, lonlat_to_mercator
 
 if TYPE_CHECKING:
-    from .http import Fetcher
+    from ..http import Fetcher
 
 __all__ = ["FeatureLayer", "FeaturePage", "bbox_params", "split_box", "with_offset", "next_link"]
 
@@ -60,7 +60,7 @@ class FeaturePage:
     progress
         Pages done / planned, features so far, ``matched``, ``truncated``, ``complete``.
     errors
-        The :class:`~layers.errors.LayersError` of this page, if it failed.
+        The :class:`~mapstream.layers.errors.LayersError` of this page, if it failed.
     url
         The page's URL.
     """
@@ -575,7 +575,7 @@ async def parsed_page(
     Raises
     ------
     ParseError
-        As :func:`~layers.geojson.parse_off_loop`.
+        As :func:`~mapstream.layers.sources.geojson.parse_off_loop`.
     """
     memory = getattr(fetcher, "memory", None)
     digest = hashlib.blake2b(content, digest_size=16).digest()

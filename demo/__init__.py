@@ -1,6 +1,6 @@
 """Embedded demo services that run on loopback (no internet needed).
 
->>> from layers.demo import ensure_demo, start_demo   # cheap: nothing starts on import
+>>> from mapstream.demo import ensure_demo, start_demo   # cheap: nothing starts on import
 """
 
 from ._watchdog import watch_parent

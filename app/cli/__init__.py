@@ -1,6 +1,6 @@
 """The ``mapstream`` command line: prefetch, export, check, cache, demo and serve.
 
-The same async engine as the app (:mod:`layers`), driven in batch: warm the disk cache the app
+The same async engine as the app (:mod:`mapstream.layers`), driven in batch: warm the disk cache the app
 reads before a workshop, export a feature layer for offline work, check that a catalog's
 services answer, run the embedded demo services, or run the app.
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import click
 
-from layers import __version__
+from mapstream import __version__
 
-from ._cli_params import BBOX, DURATION, FRACTION, ZOOM_RANGE
+from .params import BBOX, DURATION, FRACTION, ZOOM_RANGE
 
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
@@ -52,8 +52,8 @@ def main() -> None:
 
 
 def _load_catalog(path: Path | None) -> Any:
-    from layers.catalog import load_catalog
-    from layers.errors import LayersError
+    from mapstream.layers.catalog import load_catalog
+    from mapstream.layers.errors import LayersError
 
     try:
         return load_catalog(path)
@@ -62,7 +62,7 @@ def _load_catalog(path: Path | None) -> Any:
 
 
 def _get_spec(catalog: Any, name: str) -> Any:
-    from layers.errors import LayersError
+    from mapstream.layers.errors import LayersError
 
     try:
         return catalog.get(name)
@@ -76,7 +76,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _fetcher(cache_dir: Path | None, concurrency: int | None = None, **kw: Any) -> Any:
-    from layers.http import Fetcher
+    from mapstream.layers.http import Fetcher
 
     if cache_dir is not None:
         kw["cache_dir"] = cache_dir
@@ -90,7 +90,7 @@ def _run(coro_fn, on_interrupt) -> Any:
 
     Engine errors become one line (exit 1); never a traceback for expected failures.
     """
-    from layers.errors import BadInputError, LayersError
+    from mapstream.layers.errors import BadInputError, LayersError
 
     try:
         return asyncio.run(coro_fn())
@@ -140,8 +140,8 @@ def prefetch(layer, bbox, zoom, concurrency, max_tiles, catalog_path, cache_dir,
     of items in BBOX. Resumable: tiles already cached and fresh cost no request. Ends with a
     summary (also after Ctrl-C).
     """
-    from ._cli_progress import ProgressBar, RunStats, format_summary
-    from ._cli_run import count_tiles, effective_concurrency, prefetch_features, prefetch_tiles, zoom_levels
+    from .progress import ProgressBar, RunStats, format_summary
+    from .run import count_tiles, effective_concurrency, prefetch_features, prefetch_tiles, zoom_levels
 
     catalog = _load_catalog(catalog_path)
     spec = _get_spec(catalog, layer)
@@ -173,8 +173,8 @@ def prefetch(layer, bbox, zoom, concurrency, max_tiles, catalog_path, cache_dir,
     stats = RunStats(unit="tiles" if tiled else "pages", total=n if tiled else None)
 
     async def go():
-        from layers.catalog import build_layer
-        from layers.errors import BadInputError
+        from mapstream.layers.catalog import build_layer
+        from mapstream.layers.errors import BadInputError
 
         async with _fetcher(cache_dir, concurrency) as fetcher:
             lay = await build_layer(spec, fetcher)
@@ -227,9 +227,9 @@ def export(layer, bbox, output, fmt, crs, force, catalog_path, cache_dir, quiet)
     The file appears only when complete: it is written under a temporary name beside the
     output and renamed at the end; a failure or Ctrl-C removes the temporary file.
     """
-    from ._cli_export import ExportError, format_for
-    from ._cli_progress import ProgressBar, RunStats, format_summary
-    from ._cli_run import export_layer
+    from .writers import ExportError, format_for
+    from .progress import ProgressBar, RunStats, format_summary
+    from .run import export_layer
 
     try:
         fmt = format_for(output, fmt)
@@ -250,7 +250,7 @@ def export(layer, bbox, output, fmt, crs, force, catalog_path, cache_dir, quiet)
     done: dict[str, Any] = {}
 
     async def go():
-        from layers.catalog import build_layer
+        from mapstream.layers.catalog import build_layer
 
         async with _fetcher(cache_dir) as fetcher:
             lay = await build_layer(spec, fetcher)
@@ -300,13 +300,13 @@ def check(catalog_path, cache_dir, timeout, as_json) -> None:
     Prints layer, status (up / down / error), HTTP status, latency, the cache validators the
     service sends (ETag, Last-Modified) and the error. Exits 1 if any layer is not up.
     """
-    from ._cli_run import format_table, probe_all
+    from .run import format_table, probe_all
 
     catalog = _load_catalog(catalog_path)
     rows: list[Any] = []
 
     async def go():
-        from layers.catalog import build_layer
+        from mapstream.layers.catalog import build_layer
 
         async with _fetcher(cache_dir) as fetcher:
             rows.extend(await probe_all(catalog.layers, fetcher, build_layer, timeout=timeout))
@@ -352,8 +352,8 @@ def cache(cache_dir, prune_to, clear) -> None:
     The bound is MAPSTREAM_CACHE_MAX_BYTES (default 1G); when the cache is full, expired
     responses that cannot be revalidated go first, then the least recently used.
     """
-    from layers.cache import DiskCache, default_cache_dir, parse_size
-    from layers.errors import BadInputError, LayersError
+    from mapstream.layers.cache import DiskCache, default_cache_dir, parse_size
+    from mapstream.layers.errors import BadInputError, LayersError
 
     if prune_to is not None and clear:
         raise click.UsageError("--prune and --clear exclude each other")
@@ -397,8 +397,8 @@ def demo(latency, fail_rate) -> None:
     import signal
     import threading
 
-    from layers.demo import start_demo
-    from layers.errors import LayersError
+    from mapstream.demo import start_demo
+    from mapstream.layers.errors import LayersError
 
     try:
         services = start_demo(latency=latency, fail_rate=fail_rate)
@@ -433,7 +433,9 @@ def serve_command(catalog: Path | None, extra: tuple[str, ...]) -> list[str]:
     >>> cmd[1:4], cmd[5:]
     (['-m', 'panel', 'serve'], ['--warm', '--port', '5007', '--args', '--catalog', 'c.yml'])
     """
-    app_dir = str(Path(__file__).resolve().parent)
+    from mapstream.app import APP_DIR
+
+    app_dir = str(APP_DIR)
     # --warm runs the app once at start-up: datashader's JIT compile and the parser processes
     # start then, not when the first visitor's layers need them (countries 32 s -> 7 s).
     cmd = [sys.executable, "-m", "panel", "serve", app_dir, "--warm", *extra]
@@ -459,6 +461,3 @@ def serve(catalog_path, panel_args) -> None:
     sys.stdout.flush()
     os.execvp(cmd[0], cmd)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -3,7 +3,7 @@
 Requesting one image per viewport would defeat caching (every pan is a new image) and could
 not share the tile pipeline. Instead :class:`WMSLayer` asks for one GetMap per tile of the XYZ
 grid, with the tile's bounds as BBOX, so panning reuses what is cached, requests run under the
-fetcher's per-host limit, and the mosaic is built exactly as for :class:`~layers.tiles.TileLayer`.
+fetcher's per-host limit, and the mosaic is built exactly as for :class:`~mapstream.layers.sources.tiles.TileLayer`.
 
 Axis order: WMS 1.3.0 follows the CRS's own axis order, so a latitude-first CRS such as
 EPSG:4326 takes ``BBOX=miny,minx,maxy,maxx``; 1.1.1 (``SRS=``) is always x, y. EPSG:3857, the
@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .errors import BadInputError
-from .tilemath import Tile, tile_bounds, wrap_x
+from ..errors import BadInputError
+from ..tilegrid import Tile, tile_bounds, wrap_x
 from .tiles import TiledLayer
-from .viewport import ORIGIN_SHIFT, lonlat_to_mercator
+from ..viewport import ORIGIN_SHIFT, lonlat_to_mercator
 
 __all__ = ["WMSLayer", "wms_bbox", "getmap_params", "VERSIONS"]
 

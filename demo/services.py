@@ -2,12 +2,12 @@
 
 Two child processes on ``127.0.0.1``, each in its own process group:
 
-* an OGC API Features server (pygeoapi, through :class:`~layers.demo.ogcserver.PygeoapiServer`)
-  over the demo data of :mod:`layers.demo.data`: ``countries`` (polygons), ``sensors``
+* an OGC API Features server (pygeoapi, through :class:`~mapstream.demo.ogcserver.PygeoapiServer`)
+  over the demo data of :mod:`mapstream.demo.data`: ``countries`` (polygons), ``sensors``
   (200 000 points) and ``borders`` (lines). Every collection is served by the in-memory
   ``FrameProvider`` (a spatial index, stable offset paging with ``numberMatched``), not by
   pygeoapi's GeoJSON provider that re-reads and filters the whole file on every request;
-* the basemap tile server of :mod:`layers.demo.tileserver`.
+* the basemap tile server of :mod:`mapstream.demo.tileserver`.
 
 :func:`ensure_demo` (async) and :func:`start_demo` (its sync twin, for the CLI) share one start:
 callers that arrive while the services start wait for the same start, and a cancelled caller
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, LayersError
+from mapstream.layers.errors import BadInputError, LayersError
 from ._watchdog import ENV as WATCHDOG_ENV
 from .data import ensure_data
 from .ogcserver import PygeoapiServer
@@ -63,7 +63,7 @@ def parse_duration(text: str | float) -> float:
     >>> parse_duration("soon")
     Traceback (most recent call last):
     ...
-    layers.errors.BadInputError: expected a duration like 150ms or 0.2s, got 'soon'
+    mapstream.layers.errors.BadInputError: expected a duration like 150ms or 0.2s, got 'soon'
     """
     if isinstance(text, (int, float)):
         value = float(text)
@@ -102,7 +102,7 @@ def demo_resources(paths: Mapping[str, Path]) -> dict[str, Any]:
     >>> sorted(demo_resources({"countries": Path("c"), "sensors": Path("s"), "borders": Path("b")}))
     ['borders', 'countries', 'sensors']
     """
-    provider = "layers.demo.ogcserver.FrameProvider"
+    provider = "mapstream.demo.ogcserver.FrameProvider"
 
     def resource(title: str, description: str, path: Path, **extra: Any) -> dict[str, Any]:
         return {
@@ -367,7 +367,7 @@ async def ensure_demo(
         ``MAPSTREAM_DEMO_LATENCY`` / ``MAPSTREAM_DEMO_FAIL_RATE``. Used by the first start
         only: later callers share the running services.
     data_dir
-        Where generated data is cached (default :func:`~layers.demo.data.demo_data_dir`).
+        Where generated data is cached (default :func:`~mapstream.demo.data.demo_data_dir`).
     timeout
         Seconds each server may take to answer.
 

@@ -7,13 +7,13 @@ INTERFACE CONTRACT (other modules build on it; extended, never broken):
   and metrics are process-wide; the ``httpx.AsyncClient``, limiters and single-flight table
   are created lazily per running event loop.
 - ``await f.get(url, *, params=None, headers=None, allow_status=(), cache=True) -> Response``.
-  Non-2xx statuses raise :class:`~layers.errors.StatusError` unless listed in ``allow_status``
-  (tiles pass ``(404, 204)``). Failures raise :class:`~layers.errors.FetchError` subclasses.
+  Non-2xx statuses raise :class:`~mapstream.layers.errors.StatusError` unless listed in ``allow_status``
+  (tiles pass ``(404, 204)``). Failures raise :class:`~mapstream.layers.errors.FetchError` subclasses.
 - ``await f.request(method, url, *, params=None, headers=None, content=None,
   allow_status=()) -> Response`` for anything else (never cached; retried only if idempotent).
-- ``f.memory``: byte-bounded thread-safe LRU for decoded objects (:class:`~layers.cache.MemoryLRU`):
+- ``f.memory``: byte-bounded thread-safe LRU for decoded objects (:class:`~mapstream.layers.cache.MemoryLRU`):
   ``get(key, default=None)``, ``put(key, value, nbytes)``, ``in``, ``nbytes``, ``clear()``.
-- ``f.metrics.snapshot() -> dict`` (:class:`~layers.metrics.FetchMetrics`),
+- ``f.metrics.snapshot() -> dict`` (:class:`~mapstream.layers.metrics.FetchMetrics`),
   ``f.set_host_limit(host, n)``, ``f.set_source_headers(url_prefix, headers)``,
   ``f.cache_has_fresh(url, params=None, headers=None) -> bool``, ``f.cached_entries() -> int``.
 - ``shared_fetcher()``: the process-wide instance the app and the CLI use.
@@ -28,7 +28,7 @@ retries idempotent requests on 429/502/503/504 and transport errors with full-ji
 or the server's ``Retry-After`` (capped), while the host's retry budget lasts.
 
 With the aiohttp transport (the default) an attempt skips ``client.send`` and goes straight
-to the client's own transport (:meth:`layers._aiohttp.AiohttpTransport.open`): the client has
+to the client's own transport (:meth:`mapstream.layers.http.transport.AiohttpTransport.open`): the client has
 no auth, cookie jar, mounts or event hooks to apply, and building the ``httpx.Request`` /
 ``httpx.Response`` pair, extracting cookies into a jar that refuses them all and re-parsing
 the URL cost more CPU than aiohttp's whole request (``python -m benchmarks.fetch``). What
@@ -53,10 +53,10 @@ from typing import Any
 
 import httpx
 
-from . import __version__
-from . import _aiohttp as _aio
-from ._limits import Limiter, RetryBudget, backoff_delay, parse_retry_after
-from .cache import (
+from mapstream._version import __version__
+from . import transport as _aio
+from .limits import Limiter, RetryBudget, backoff_delay, parse_retry_after
+from ..cache import (
     CacheEntry,
     DiskCache,
     MemoryLRU,
@@ -67,7 +67,7 @@ from .cache import (
     redact_url,
     refresh_entry,
 )
-from .errors import (
+from ..errors import (
     BadInputError,
     FetchError,
     FetchTimeoutError,
@@ -77,7 +77,7 @@ from .errors import (
     StatusError,
     TransportError,
 )
-from .metrics import FetchMetrics
+from ..metrics import FetchMetrics
 
 __all__ = ["Fetcher", "Response", "shared_fetcher", "USER_AGENT", "TRANSPORTS"]
 
@@ -237,7 +237,7 @@ class Fetcher:
         Retries a host may use before failures stop being retried; each success refunds
         0.1, so a dead host fails fast while a flaky one keeps being retried.
     max_response_bytes
-        Larger bodies raise :class:`~layers.errors.ResponseTooLargeError` while streaming.
+        Larger bodies raise :class:`~mapstream.layers.errors.ResponseTooLargeError` while streaming.
     headers
         Sent with every request (``User-Agent`` defaults to :data:`USER_AGENT`).
     source_headers
@@ -248,7 +248,7 @@ class Fetcher:
         returning a transport (called once per event loop).
     cache_dir
         Directory of the HTTP disk cache; ``None`` disables it. Default
-        :func:`~layers.cache.default_cache_dir` (``$MAPSTREAM_CACHE_DIR`` or the user cache).
+        :func:`~mapstream.layers.cache.default_cache_dir` (``$MAPSTREAM_CACHE_DIR`` or the user cache).
     ttl
         Freshness, in seconds, of responses that carry neither caching headers nor validators.
     memory_bytes
@@ -263,7 +263,7 @@ class Fetcher:
     -----
     Proxies and CA bundles come from the environment (``HTTPS_PROXY``, ``NO_PROXY``,
     ``SSL_CERT_FILE``, ``SSL_CERT_DIR``) with both named transports: httpx's ``trust_env`` for
-    ``"httpcore"``; for ``"aiohttp"`` (:mod:`layers._aiohttp`) the SSL context is httpx's
+    ``"httpcore"``; for ``"aiohttp"`` (:mod:`mapstream.layers.http.transport`) the SSL context is httpx's
     (which reads ``SSL_CERT_FILE``) and the session reads the proxy variables when any is set.
     Cookies are never stored: send them as source headers.
     A transport *instance* bypasses environment proxies (httpx's rule).
@@ -377,7 +377,7 @@ class Fetcher:
         if t == "httpcore":
             return None  # httpx builds its own, honouring proxies from the environment
         if t == "aiohttp":
-            from ._aiohttp import AiohttpTransport
+            from .transport import AiohttpTransport
 
             return AiohttpTransport()
         if isinstance(t, httpx.AsyncBaseTransport):

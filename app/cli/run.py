@@ -1,6 +1,6 @@
 """The async work behind ``mapstream prefetch`` and ``mapstream check``.
 
-Everything here takes the :class:`~layers.http.Fetcher` and the built layer as arguments, so
+Everything here takes the :class:`~mapstream.layers.http.Fetcher` and the built layer as arguments, so
 tests drive it against loopback servers; the click commands in :mod:`app.cli` only parse
 options, open the fetcher and print.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from layers.errors import (
+from mapstream.layers.errors import (
     FetchTimeoutError,
     LayersError,
     RetriesExhaustedError,
@@ -23,8 +23,8 @@ from layers.errors import (
     TransportError,
 )
 
-from ._cli_export import ExportError, atomic_output, open_writer
-from ._cli_progress import ProgressBar, RunStats
+from .writers import ExportError, atomic_output, open_writer
+from .progress import ProgressBar, RunStats
 
 __all__ = [
     "ProbeResult",
@@ -100,7 +100,7 @@ def count_tiles(bbox: tuple[float, float, float, float], zooms: Iterable[int]) -
     >>> count_tiles((-10, 35, 30, 60), range(0, 6)), count_tiles((170, -10, -170, 10), [3])
     (34, 4)
     """
-    from layers.tilemath import lonlat_bbox_to_mercator, tile_range
+    from mapstream.layers.tilegrid import lonlat_bbox_to_mercator, tile_range
 
     merc = lonlat_bbox_to_mercator(tuple(bbox))
     total = 0
@@ -177,8 +177,8 @@ async def prefetch_tiles(
 
 
 def feature_viewport(bbox: tuple[float, float, float, float]):
-    """The :class:`~layers.viewport.Viewport` a feature layer is loaded for, for ``bbox``."""
-    from layers.viewport import Viewport
+    """The :class:`~mapstream.layers.viewport.Viewport` a feature layer is loaded for, for ``bbox``."""
+    from mapstream.layers.viewport import Viewport
 
     return Viewport.from_lonlat(bbox, VIEW_WIDTH)
 

@@ -2,7 +2,7 @@
 
 ``atexit`` stops the demo services on a normal exit; a parent killed by a signal runs no
 ``atexit``. The starter passes its pid in ``MAPSTREAM_DEMO_PARENT``; a child that finds it at
-import of :mod:`layers.demo` (both servers run as ``python -m layers.demo.<server>``) watches
+import of :mod:`mapstream.demo` (both servers run as ``python -m mapstream.demo.<server>``) watches
 its parent and exits once it is gone, so nothing is left running.
 """
 

@@ -2,14 +2,14 @@
 loop and assembled into one georeferenced RGBA mosaic.
 
 :class:`TiledLayer` holds the pipeline every grid-aligned raster source shares (plan, fetch
-through the :class:`~layers.http.Fetcher`, decode in a thread, paint, crop); :class:`TileLayer`
-adds XYZ/TMS URL templates and xyzservices providers, and :class:`~layers.wms.WMSLayer` adds
+through the :class:`~mapstream.layers.http.Fetcher`, decode in a thread, paint, crop); :class:`TileLayer`
+adds XYZ/TMS URL templates and xyzservices providers, and :class:`~mapstream.layers.sources.wms.WMSLayer` adds
 WMS GetMap requests cut to the same grid, so both share limits, caches and the mosaic format.
 
 A mosaic is an :class:`xarray.DataArray` with dims ``("y", "x", "band")``, bands
 ``["r", "g", "b", "a"]``, ``uint8``, pixel-centre EPSG:3857 coordinates (y decreasing from the
 top row; x continuing past 20037508 m across the antimeridian, as in
-:class:`~layers.viewport.Viewport`) and attrs ``crs``, ``zoom``, ``tiles_used``,
+:class:`~mapstream.layers.viewport.Viewport`) and attrs ``crs``, ``zoom``, ``tiles_used``,
 ``tiles_missing`` (``"z/x/y"`` -> reason), ``errors``, ``progress`` and ``complete``.
 """
 
@@ -26,9 +26,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import xarray as xr
 
-from .errors import BadInputError, FetchError, LayersError, StatusError
-from .imaging import decode_tile
-from .tilemath import (
+from ..errors import BadInputError, FetchError, LayersError, StatusError
+from ..imaging import decode_tile
+from ..tilegrid import (
     Tile,
     lonlat_bbox_to_mercator,
     resolution,
@@ -37,8 +37,8 @@ from .tilemath import (
     wrap_x,
     zoom_for_resolution,
 )
-from .types import Progress
-from .viewport import ORIGIN_SHIFT, Viewport
+from ..types import Progress
+from ..viewport import ORIGIN_SHIFT, Viewport
 
 __all__ = ["TileLayer", "TiledLayer", "TilePlan", "Tile", "BANDS", "EMPTY_STATUSES"]
 
@@ -250,7 +250,7 @@ class TiledLayer:
         viewport
             What the user looks at.
         fetcher
-            The :class:`~layers.http.Fetcher` to use.
+            The :class:`~mapstream.layers.http.Fetcher` to use.
         frame_every
             Yield a partial mosaic after this many tiles (default: about eight frames per
             load, at least four tiles apart). ``0`` yields only the final mosaic.
@@ -422,7 +422,7 @@ class TileLayer(TiledLayer):
     >>> TileLayer("https://t.test/{x}/{y}.png")
     Traceback (most recent call last):
     ...
-    layers.errors.BadInputError: tile URL template needs {z}: 'https://t.test/{x}/{y}.png'
+    mapstream.layers.errors.BadInputError: tile URL template needs {z}: 'https://t.test/{x}/{y}.png'
     """
 
     def __init__(
@@ -489,7 +489,7 @@ class TileLayer(TiledLayer):
         >>> TileLayer.from_provider("No.Such")
         Traceback (most recent call last):
         ...
-        layers.errors.BadInputError: unknown tile provider 'No.Such' (see xyzservices.providers)
+        mapstream.layers.errors.BadInputError: unknown tile provider 'No.Such' (see xyzservices.providers)
         """
         import xyzservices
 

@@ -7,7 +7,7 @@ rows north from the bottom: :func:`tms_y`).
 
 Columns are handled *unwrapped*: a view that crosses 180 degrees eastwards has columns ``>= 2**z``
 (and one crossing westwards has negative columns); :func:`wrap_x` maps them back to the column
-the server knows, so the mosaic keeps increasing x like :class:`~layers.viewport.Viewport`.
+the server knows, so the mosaic keeps increasing x like :class:`~mapstream.layers.viewport.Viewport`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Measure the demo: start-up time, and a page of the big layer from the indexed provider
 against pygeoapi's GeoJSON provider over the same points. Prints ratios from one run::
 
-    python -m layers.demo.measure            # 200 000 points (the demo's layer)
-    python -m layers.demo.measure --points 20000 --pages 5
+    python -m mapstream.demo.measure            # 200 000 points (the demo's layer)
+    python -m mapstream.demo.measure --points 20000 --pages 5
 
 The GeoJSON provider re-reads and filters the whole file on every request; the demo's
 ``FrameProvider`` keeps the frame in memory with a spatial index.
