@@ -15,7 +15,7 @@ import re
 import tempfile
 import time
 
-from layers.catalog import load_catalog
+from mapstream.layers.catalog import load_catalog
 from tests.browser.served import drag, launch, plot_box, served_app, status_lines
 
 

@@ -12,7 +12,7 @@ conformance, collection, items with ``next`` links using ``offset`` and ``number
 
 It prints each wall time and the ratios, the parser's throughput (MB/s), each client's peak RSS
 growth, and the event loop's p99 lag during our loads; then the loop lag while one ~17 MB page
-is parsed in a thread vs in the process pool (the choice :mod:`layers.geojson` makes).
+is parsed in a thread vs in the process pool (the choice :mod:`mapstream.layers.sources.geojson` makes).
 
 Options: ``--executor auto|thread|process``, ``--features N``, ``--page N``, ``--latency S``, ``--skip-gdal``, ``--skip-owslib``.
 """
@@ -176,13 +176,13 @@ class PeakRSS:
 
 
 def ours(url: str, *, concurrent: bool, executor: str) -> tuple[float, int, dict, float]:
-    from layers.features import FeatureLayer
-    from layers.http import Fetcher
-    from layers.metrics import LoopLagMonitor
+    from mapstream.layers.sources.features import FeatureLayer
+    from mapstream.layers.http import Fetcher
+    from mapstream.layers.metrics import LoopLagMonitor
 
-    import layers.geojson
+    from mapstream.layers.sources import geojson
 
-    layers.geojson.DEFAULT_EXECUTOR = executor
+    geojson.DEFAULT_EXECUTOR = executor
 
     async def run() -> tuple[float, int, dict]:
         layer = FeatureLayer(url, COLLECTION, limit=1000, concurrent=concurrent)
@@ -232,7 +232,7 @@ def owslib(url: str, page: int) -> tuple[float, int, float]:
 
 
 def parse_throughput(n: int, page: int) -> tuple[float, float]:
-    from layers.geojson import parse_feature_collection
+    from mapstream.layers.sources.geojson import parse_feature_collection
 
     pages = make_pages(n, page, "http://x")
     total = sum(len(p) for p in pages)
@@ -243,8 +243,8 @@ def parse_throughput(n: int, page: int) -> tuple[float, float]:
 
 
 def big_page_lag(executor: str, body: bytes) -> tuple[dict, float]:
-    from layers.geojson import parse_off_loop, shutdown_pool
-    from layers.metrics import LoopLagMonitor
+    from mapstream.layers.sources.geojson import parse_off_loop, shutdown_pool
+    from mapstream.layers.metrics import LoopLagMonitor
 
     async def run() -> tuple[dict, float]:
         if executor == "process":  # warm the pool: start-up is paid once per process, not per page
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--page", type=int, default=1000)
     ap.add_argument("--latency", type=float, default=0.1)
     ap.add_argument("--executor", default="auto", choices=["auto", "thread", "process"],
-                    help="where our loads parse pages (layers.geojson.DEFAULT_EXECUTOR)")
+                    help="where our loads parse pages (mapstream.layers.sources.geojson.DEFAULT_EXECUTOR)")
     ap.add_argument("--skip-gdal", action="store_true")
     ap.add_argument("--skip-owslib", action="store_true")
     ap.add_argument("--serve", nargs=3, metavar=("N", "PAGE", "LATENCY"), help=argparse.SUPPRESS)

@@ -108,7 +108,7 @@ def _line(
 
 
 async def _engine_run(urls: list[str], **settings) -> float:
-    from layers.http import Fetcher
+    from mapstream.layers.http import Fetcher
 
     async with Fetcher(cache_dir=None, **settings) as f:
         return await _timed(asyncio.gather(*(f.get(u) for u in urls)))
@@ -131,7 +131,7 @@ async def _bare_httpx(urls: list[str], conc: int, transport=None) -> float:
 
 
 async def _bare_httpx_aio(urls: list[str], conc: int) -> float:
-    from layers._aiohttp import AiohttpTransport
+    from mapstream.layers.http.transport import AiohttpTransport
 
     return await _bare_httpx(urls, conc, transport=AiohttpTransport())
 
@@ -154,7 +154,7 @@ async def _bare_aiohttp(urls: list[str], conc: int, warm: bool = True) -> float:
 
 
 async def _engine_rps(urls: list[str], conc: int, transport: str) -> float:
-    from layers.http import Fetcher
+    from mapstream.layers.http import Fetcher
 
     async with Fetcher(
         cache_dir=None, per_host_limit=conc, global_limit=conc, transport=transport
@@ -164,7 +164,7 @@ async def _engine_rps(urls: list[str], conc: int, transport: str) -> float:
 
 
 async def main(full: bool, quick: bool, repeat: int = 3) -> None:
-    from layers.metrics import LoopLagMonitor
+    from mapstream.layers.metrics import LoopLagMonitor
 
     with Server() as srv:
         n_seq = 200 if full else 25

@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from layers.http import Fetcher
-from layers.imaging import decode_tile
-from layers.metrics import LoopLagMonitor
-from layers.tilemath import Tile, tile_bounds
-from layers.tiles import TileLayer
-from layers.viewport import Viewport
+from mapstream.layers.http import Fetcher
+from mapstream.layers.imaging import decode_tile
+from mapstream.layers.metrics import LoopLagMonitor
+from mapstream.layers.tilegrid import Tile, tile_bounds
+from mapstream.layers.sources.tiles import TileLayer
+from mapstream.layers.viewport import Viewport
 
 ZOOM, COL0, ROW0, COLS, ROWS = 8, 120, 80, 16, 8
 LIMIT = 8
