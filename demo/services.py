@@ -28,7 +28,6 @@ import concurrent.futures
 import json
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mapstream.layers.errors import BadInputError, LayersError
+from mapstream.layers.units import parse_duration
 from ._watchdog import ENV as WATCHDOG_ENV
 from .data import ensure_data
 from .ogcserver import PygeoapiServer
@@ -48,33 +48,6 @@ __all__ = ["DemoServices", "demo_resources", "ensure_demo", "parse_duration", "s
 
 PAGE_LIMIT = 1000  # pygeoapi's default page size for the demo
 _FAULT_SEQUENCE = 20_000  # injected outcomes drawn for item requests (then all succeed)
-
-
-def parse_duration(text: str | float) -> float:
-    """Seconds from ``"150ms"``, ``"0.2s"``, ``"2"`` or a number.
-
-    Raises
-    ------
-    BadInputError
-        Not a non-negative duration.
-
-    >>> parse_duration("150ms"), parse_duration("0.2s"), parse_duration("2"), parse_duration(0.5)
-    (0.15, 0.2, 2.0, 0.5)
-    >>> parse_duration("soon")
-    Traceback (most recent call last):
-    ...
-    mapstream.layers.errors.BadInputError: expected a duration like 150ms or 0.2s, got 'soon'
-    """
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", str(text))
-        if not m:
-            raise BadInputError(f"expected a duration like 150ms or 0.2s, got {text!r}")
-        value = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
-    if value < 0:
-        raise BadInputError(f"a duration cannot be negative, got {text!r}")
-    return value
 
 
 def _parse_rate(text: str | float) -> float:

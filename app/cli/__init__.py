@@ -352,7 +352,8 @@ def cache(cache_dir, prune_to, clear) -> None:
     The bound is MAPSTREAM_CACHE_MAX_BYTES (default 1G); when the cache is full, expired
     responses that cannot be revalidated go first, then the least recently used.
     """
-    from mapstream.layers.cache import DiskCache, default_cache_dir, parse_size
+    from mapstream.layers.cache import DiskCache, default_cache_dir
+    from mapstream.layers.units import parse_size
     from mapstream.layers.errors import BadInputError, LayersError
 
     if prune_to is not None and clear:

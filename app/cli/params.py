@@ -1,7 +1,8 @@
 """Parsing and validation of the CLI's option values: pure helpers, and the click types on them.
 
 Each parser raises :class:`ValueError` with one line a user can act on; the click types turn it
-into a usage error (exit code 2, no traceback).
+into a usage error (exit code 2, no traceback). Durations are parsed by the engine's
+:func:`~mapstream.layers.units.parse_duration` (the one the demo's settings use).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ __all__ = [
     "FRACTION",
     "ZOOM_RANGE",
     "parse_bbox",
-    "parse_duration",
     "parse_fraction",
     "parse_zoom_range",
 ]
@@ -98,24 +98,6 @@ def parse_zoom_range(text: str) -> range:
     return range(lo, hi + 1)
 
 
-def parse_duration(text: str) -> float:
-    """``"150ms"``, ``"1.5s"`` or a bare number of seconds, as seconds.
-
-    Raises
-    ------
-    ValueError
-        Not a non-negative duration.
-
-    >>> parse_duration("150ms"), parse_duration("2s"), parse_duration("0.25")
-    (0.15, 2.0, 0.25)
-    """
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*", text)
-    if m is None:
-        raise ValueError(f"expected a duration like 150ms or 0.2s, got {text!r}")
-    value = float(m.group(1))
-    return value / 1000.0 if m.group(2) == "ms" else value
-
-
 def parse_fraction(text: str) -> float:
     """``"0.05"`` or ``"5%"`` as a fraction in [0, 1].
 
@@ -159,5 +141,13 @@ class _Parsed(click.ParamType):
 
 BBOX = _Parsed("bbox", parse_bbox, "W,S,E,N")
 ZOOM_RANGE = _Parsed("zoom", parse_zoom_range, "LO-HI")
-DURATION = _Parsed("duration", parse_duration, "DURATION")
+def _parse_duration(text: str) -> float:
+    # The engine's parser, imported on use: importing mapstream.layers loads numpy, and
+    # importing the CLI stays light.
+    from mapstream.layers.units import parse_duration
+
+    return parse_duration(text)
+
+
+DURATION = _Parsed("duration", _parse_duration, "DURATION")
 FRACTION = _Parsed("fraction", parse_fraction, "FRACTION")
