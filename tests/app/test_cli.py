@@ -16,7 +16,7 @@ from shapely.geometry import Point
 from mapstream.app import cli
 from mapstream.app.cli.writers import atomic_output, open_writer, temp_path_for
 from mapstream.app.cli.progress import ProgressBar, RunStats, format_summary
-from mapstream.app.cli.run import prefetch_tiles
+from mapstream.app.cli.prefetch import prefetch_tiles
 from mapstream.layers.http import Fetcher
 from mapstream.layers.sources.tiles import TileLayer
 from mapstream.layers.viewport import Viewport
@@ -88,7 +88,7 @@ def test_existing_output_needs_force(tmp_path):
 def test_help_lists_every_command():
     result = invoke("--help")
     assert result.exit_code == 0
-    for name in ("prefetch", "export", "check", "demo", "serve"):
+    for name in ("prefetch", "export", "check", "cache", "demo", "serve"):
         assert name in result.output
 
 
@@ -96,7 +96,7 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, app.cli; print(sorted(m for m in ('panel', 'holoviews', 'bokeh', 'geopandas') if m in sys.modules))"
+    code = "import sys, mapstream.app.cli; print(sorted(m for m in ('panel', 'holoviews', 'bokeh', 'geopandas', 'numpy', 'httpx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -113,7 +113,7 @@ def test_serve_execs_panel_with_the_catalog(tmp_path, monkeypatch):
         seen["argv"] = argv
         raise SystemExit(0)
 
-    monkeypatch.setattr(cli.os, "execvp", fake_execvp)
+    monkeypatch.setattr(cli.serve.os, "execvp", fake_execvp)
     monkeypatch.delenv("MAPSTREAM_CATALOG", raising=False)
     result = invoke("serve", "--catalog", str(catalog), "--port", "5099")
     assert result.exit_code == 0, result.output
@@ -121,7 +121,7 @@ def test_serve_execs_panel_with_the_catalog(tmp_path, monkeypatch):
     assert argv[1:4] == ["-m", "panel", "serve"]
     assert (Path(argv[4]) / "main.py").is_file() and Path(argv[4]).name == "app"
     assert argv[5:] == ["--warm", "--port", "5099", "--args", "--catalog", str(catalog.resolve())]
-    assert cli.os.environ["MAPSTREAM_CATALOG"] == str(catalog.resolve())
+    assert cli.serve.os.environ["MAPSTREAM_CATALOG"] == str(catalog.resolve())
 
 
 def test_serve_rejects_a_missing_catalog(tmp_path):
@@ -282,7 +282,7 @@ EXPORT_BOX = (-60.0, -40.0, 60.0, 40.0)  # about 3 300 of the 20 000 test points
 
 @pytest.mark.parametrize("fmt,suffix", [("parquet", ".parquet"), ("gpkg", ".gpkg"), ("geojson", ".geojson")])
 async def test_export_of_a_paged_layer_equals_its_content(ogc_server, tmp_path, fmt, suffix):  # noqa: F811
-    from mapstream.app.cli.run import export_layer
+    from mapstream.app.cli.export import export_layer
     from mapstream.layers.sources.features import FeatureLayer
 
     layer = FeatureLayer(ogc_server.url, "points", limit=500)
@@ -292,7 +292,7 @@ async def test_export_of_a_paged_layer_equals_its_content(ogc_server, tmp_path, 
     bar = ProgressBar(stats, desc="points", enabled=False)
     async with Fetcher(cache_dir=tmp_path / "cache") as fetcher:
         writer = await export_layer(layer, fetcher, EXPORT_BOX, out, fmt=fmt, crs=crs, stats=stats, bar=bar)
-        want = await layer.fetch(Viewport.from_lonlat(EXPORT_BOX, 1024), fetcher)
+        want = (await layer.fetch(Viewport.from_lonlat(EXPORT_BOX, 1024), fetcher)).frame
     assert stats.done >= 5 and stats.failed == 0 and not stats.truncated
     assert writer.rows == len(want) == stats.features > 2000
     got = gpd.read_parquet(out) if fmt == "parquet" else gpd.read_file(out)
@@ -314,7 +314,7 @@ async def test_export_of_a_paged_layer_equals_its_content(ogc_server, tmp_path, 
 async def test_probe_reports_up_down_error_and_validators(tile_server, ogc_server, tmp_path):  # noqa: F811
     from types import SimpleNamespace as Spec
 
-    from mapstream.app.cli.run import format_table, probe_all
+    from mapstream.app.cli.check import format_table, probe_all
     from mapstream.layers.sources.features import FeatureLayer
     from tests.support.cli import ValidatorTileServer, dead_port
 
@@ -353,7 +353,7 @@ async def test_probe_reports_up_down_error_and_validators(tile_server, ogc_serve
 
 
 async def test_cancelled_export_leaves_no_file(make_ogc_server, tmp_path):  # noqa: F811
-    from mapstream.app.cli.run import export_layer
+    from mapstream.app.cli.export import export_layer
     from mapstream.layers.sources.features import FeatureLayer
 
     server = make_ogc_server(latency=0.3)
@@ -392,7 +392,7 @@ async def test_prefetch_wms_getmap_tiles_then_resume(tile_server, tmp_path):  # 
 
 
 def test_count_tiles_matches_the_layer_listing():
-    from mapstream.app.cli.run import count_tiles
+    from mapstream.app.cli.prefetch import count_tiles
 
     layer = TileLayer("http://t.test/{z}/{x}/{y}.png")
     for box in (BBOX, (170.0, -10.0, -170.0, 10.0), (-180.0, -85.0, 180.0, 85.0), (8.5, 47.3, 8.6, 47.4)):
@@ -405,14 +405,14 @@ def test_too_many_tiles_is_refused_before_any_request(tmp_path, monkeypatch):
 
     spec = Spec(name="base", kind="tiles", min_zoom=0, max_zoom=19, url="http://t.test/{z}/{x}/{y}.png")
     catalog = Spec(get=lambda name: spec)
-    monkeypatch.setattr(cli, "_load_catalog", lambda path: catalog)
+    monkeypatch.setattr(cli.prefetch, "open_catalog", lambda path: catalog)
     result = invoke("prefetch", "base", "--bbox", "-180,-85,180,85", "--zoom", "0-12", "--max-tiles", "1000")
     assert result.exit_code == 2
     assert "is more than --max-tiles 1000" in result.output
 
 
 async def test_prefetch_features_walks_every_page_then_resumes_from_cache(ogc_server, tmp_path):  # noqa: F811
-    from mapstream.app.cli.run import prefetch_features
+    from mapstream.app.cli.prefetch import prefetch_features
     from mapstream.layers.sources.features import FeatureLayer
 
     layer = FeatureLayer(ogc_server.url, "points", limit=500)
