@@ -22,9 +22,6 @@ is small enough to keep here, tested.
 
 from __future__ import annotations
 
-# redact_text / redact_url live in mapstream.layers.redact; re-exported here only until the
-# fetcher imports them from there.
-from ..redact import redact_text, redact_url
 from .dirs import default_cache_dir, user_cache_dir
 from .disk import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, DiskCache, DiskUsage, PruneResult, max_bytes_from_env
 from .memory import MemoryLRU
@@ -53,8 +50,6 @@ __all__ = [
     "make_entry",
     "max_bytes_from_env",
     "parse_cache_control",
-    "redact_text",
-    "redact_url",
     "refresh_entry",
     "user_cache_dir",
 ]
