@@ -1,214 +1,62 @@
-"""The fetch engine: one shared ``httpx.AsyncClient`` per event loop behind a :class:`Fetcher`.
+"""The :class:`Fetcher`: its settings, its state on each event loop, and the requests it serves.
 
-INTERFACE CONTRACT (other modules build on it; extended, never broken):
-
-- ``Fetcher(**settings)`` is an async context manager (``async with Fetcher() as f``) and can also
-  be used without one (``await f.aclose()`` at the end). Config, the disk cache, the memory LRU
-  and metrics are process-wide; the ``httpx.AsyncClient``, limiters and single-flight table
-  are created lazily per running event loop.
-- ``await f.get(url, *, params=None, headers=None, allow_status=(), cache=True) -> Response``.
-  Non-2xx statuses raise :class:`~mapstream.layers.errors.StatusError` unless listed in ``allow_status``
-  (tiles pass ``(404, 204)``). Failures raise :class:`~mapstream.layers.errors.FetchError` subclasses.
-- ``await f.request(method, url, *, params=None, headers=None, content=None,
-  allow_status=()) -> Response`` for anything else (never cached; retried only if idempotent).
-- ``f.memory``: byte-bounded thread-safe LRU for decoded objects (:class:`~mapstream.layers.cache.MemoryLRU`):
-  ``get(key, default=None)``, ``put(key, value, nbytes)``, ``in``, ``nbytes``, ``clear()``.
-- ``f.metrics.snapshot() -> dict`` (:class:`~mapstream.layers.metrics.FetchMetrics`),
-  ``f.set_host_limit(host, n)``, ``f.set_source_headers(url_prefix, headers)``,
-  ``f.cache_has_fresh(url, params=None, headers=None) -> bool``, ``f.cached_entries() -> int``.
-- ``shared_fetcher()``: the process-wide instance the app and the CLI use.
-
-How a GET goes: the caller's URL and headers (per-source headers first, the caller's on top)
-make a key; identical concurrent requests join one *flight*, a task of its own that is
-cancelled only when no caller is left waiting for it (single-flight). The flight consults the
-disk cache (fresh: served; stale with validators: conditional request, a 304 refreshes the
-entry), then sends: it waits for a slot on the per-host limiter and the global limiter (never
-inside the client's pool), streams the body under a size limit and a total timeout, and
-retries idempotent requests on 429/502/503/504 and transport errors with full-jitter backoff
-or the server's ``Retry-After`` (capped), while the host's retry budget lasts.
-
-With the aiohttp transport (the default) an attempt skips ``client.send`` and goes straight
-to the client's own transport (:meth:`mapstream.layers.http.transport.AiohttpTransport.open`): the client has
-no auth, cookie jar, mounts or event hooks to apply, and building the ``httpx.Request`` /
-``httpx.Response`` pair, extracting cookies into a jar that refuses them all and re-parsing
-the URL cost more CPU than aiohttp's whole request (``python -m benchmarks.fetch``). What
-``client.send`` did is kept: the client's default headers under the caller's, redirects
-followed by httpx's rules (:func:`_redirect`), httpx's ``Content-Encoding`` decoding, its
-``HTTP Request:`` log line and its exceptions (translated as before). Any other transport, or a
-client given event hooks or auth, still goes through ``client.send``.
+A GET goes: :mod:`.urls` (the URL httpx would send, and its host key) -> :mod:`.flight` (identical
+concurrent requests share one flight) -> :mod:`.cached` (the disk cache: fresh served, stale
+revalidated) -> :mod:`.retry` (attempts, backoff, the host's retry budget) -> :mod:`.wire` (one
+attempt: :mod:`.admission` slots, then the direct aiohttp path or ``client.send``) ->
+:class:`~.response.Response`. The package docstring (:mod:`mapstream.layers.http`) holds the
+contract other modules build on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http.cookiejar
-import logging
-import re
 import threading
-import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from mapstream._version import __version__
-from . import transport as _aio
-from .limits import Limiter, RetryBudget, backoff_delay, parse_retry_after
-from ..cache import (
-    CacheEntry,
-    DiskCache,
-    MemoryLRU,
-    cache_key,
-    default_cache_dir,
-    make_entry,
-    redact_text,
-    redact_url,
-    refresh_entry,
-)
-from ..errors import (
-    BadInputError,
-    FetchError,
-    FetchTimeoutError,
-    ParseError,
-    ResponseTooLargeError,
-    RetriesExhaustedError,
-    StatusError,
-    TransportError,
-)
-from ..metrics import FetchMetrics
 
-__all__ = ["Fetcher", "Response", "shared_fetcher", "USER_AGENT", "TRANSPORTS"]
+from ..cache import DiskCache, MemoryLRU, cache_key, default_cache_dir
+from ..errors import BadInputError
+from .admission import Admission
+from .cached import cached_get
+from .flight import SingleFlight
+from .logs import install_log_redaction
+from .metrics import FetchMetrics
+from .response import Response, check_status
+from .retry import RetryPolicy
+from .urls import normalize
+from .wire import Wire
 
-log = logging.getLogger(__name__)
+__all__ = ["Fetcher", "shared_fetcher", "USER_AGENT", "TRANSPORTS"]
 
 USER_AGENT = f"mapstream/{__version__} (+https://github.com/mapstream/mapstream)"
 
-#: Statuses worth retrying (for idempotent requests only).
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: Transport names ``Fetcher(transport=...)`` accepts; the first is the default, chosen by
 #: measurement (``python -m benchmarks.fetch``).
 TRANSPORTS = ("aiohttp", "httpcore")
 
 _DEFAULT = object()
 _NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-#: Statuses httpx follows when the response names a ``Location``.
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-#: Request headers a redirect may drop or change (:func:`_redirect`): never session defaults.
-_REDIRECT_SENSITIVE = frozenset({"authorization", "cookie", "host", "content-length", "transfer-encoding"})
-#: The fast path logs each exchange as httpx's client does, on its logger (same level, format).
-_HTTPX_LOG = logging.getLogger("httpx")
 
-
-class _RedactingFilter(logging.Filter):
-    """Redacts credentials from URLs in log records (httpx logs every request URL at INFO)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(
-                redact_text(str(a)) if isinstance(a, httpx.URL | str) else a for a in args
-            )
-        if isinstance(record.msg, str) and "://" in record.msg:
-            record.msg = redact_text(record.msg)
-        return True
-
-
-def _install_log_redaction() -> None:
-    for name in ("httpx", "httpcore", "httpx_aiohttp"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
-            logger.addFilter(_RedactingFilter())
-
-
-_install_log_redaction()
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """A complete response, from the network or the cache."""
-
-    url: str
-    status: int
-    headers: httpx.Headers
-    content: bytes
-    from_cache: bool = False
-    revalidated: bool = False
-    elapsed: float = 0.0
-
-    def json(self) -> Any:
-        """The body parsed as JSON.
-
-        Raises
-        ------
-        ParseError
-            The body is not valid JSON.
-        """
-        import orjson
-
-        try:
-            return orjson.loads(self.content)
-        except orjson.JSONDecodeError as exc:
-            raise ParseError(f"invalid JSON: {exc}", url=self.url) from exc
-
-    @property
-    def text(self) -> str:
-        """The body decoded with the charset the server declared (UTF-8 otherwise)."""
-        ctype = self.headers.get("content-type", "")
-        charset = "utf-8"
-        for part in ctype.split(";")[1:]:
-            name, _, value = part.strip().partition("=")
-            if name.lower() == "charset" and value:
-                charset = value.strip('"')
-        return self.content.decode(charset, errors="replace")
-
-
-def _from_entry(entry: CacheEntry, url: str, *, revalidated: bool, elapsed: float = 0.0) -> Response:
-    return Response(
-        url, entry.status, httpx.Headers(entry.headers), entry.body, True, revalidated, elapsed
-    )
-
-
-@dataclass(eq=False)
-class _Flight:
-    """One upstream request and the callers waiting for it, one future each."""
-
-    task: asyncio.Task[None] | None = None
-    waiters: list[asyncio.Future[Response]] = field(default_factory=list)
+install_log_redaction()
 
 
 @dataclass(eq=False)
 class _LoopState:
-    """What must live on one event loop: the client, limiters, in-flight table."""
+    """What must live on one event loop: the client, admission, the flights in the air."""
 
     loop: asyncio.AbstractEventLoop
     client: httpx.AsyncClient
-    global_limiter: Limiter
-    limiters: dict[str, Limiter] = field(default_factory=dict)
-    flights: dict[tuple[Any, ...], _Flight] = field(default_factory=dict)
-    #: The client's transport when attempts may skip ``client.send`` (see the module notes).
-    direct: Any = None
-    #: The client's default headers, names lower-cased, that the direct path sends itself
-    #: (none when the transport's session sends them all).
-    base_headers: dict[str, str] = field(default_factory=dict)
-    #: aiohttp's form of the connect/read/total timeouts, made once.
-    aio_timeout: Any = None
-
-
-def _translate(exc: Exception, url: str) -> FetchError:
-    """An httpx / aiohttp failure as one of ours (the caller raises it ``from exc``)."""
-    cause = exc.__cause__
-    if cause is not None and type(cause).__module__.startswith("aiohttp"):
-        # httpx-aiohttp maps every ClientConnectionError to ConnectTimeout: look underneath.
-        timed_out = isinstance(cause, TimeoutError)
-    else:
-        timed_out = isinstance(exc, httpx.TimeoutException | TimeoutError)
-    safe = redact_url(url)
-    if timed_out:
-        return FetchTimeoutError(f"timed out ({type(exc).__name__}): {safe}", url=safe)
-    return TransportError(f"{type(exc).__name__}: {redact_text(str(exc))} ({safe})", url=safe)
+    admission: Admission
+    flights: SingleFlight[Response]
+    wire: Wire
 
 
 class Fetcher:
@@ -319,11 +167,7 @@ class Fetcher:
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         )
         self.total_timeout = total_timeout
-        self.retry_attempts = retry_attempts
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.retry_after_cap = retry_after_cap
-        self.retry_budget = retry_budget
+        self.retry = RetryPolicy(retry_attempts, backoff_base, backoff_cap, retry_after_cap, retry_budget)
         self.max_response_bytes = max_response_bytes
         self.ttl = ttl
         self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
@@ -336,7 +180,6 @@ class Fetcher:
         self.disk: DiskCache | None = None if cache_dir is None else DiskCache(cache_dir)
         self.memory = MemoryLRU(memory_bytes)
         self.metrics = FetchMetrics()
-        self._budgets: dict[str, RetryBudget] = {}
         self._lock = threading.Lock()
         self._last_state: _LoopState | None = None
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
@@ -363,13 +206,7 @@ class Fetcher:
             for other in [lp for lp in self._loops if lp.is_closed()]:
                 del self._loops[other]
         if state is not None:
-            for fl in list(state.flights.values()):
-                if fl.task is not None:
-                    fl.task.cancel()
-                # A task cancelled before its first step never runs _fly's handlers: let the
-                # callers go here.
-                for w in fl.waiters:
-                    w.cancel()
+            state.flights.cancel_all()
             await state.client.aclose()
 
     def _make_transport(self) -> httpx.AsyncBaseTransport | None:
@@ -394,38 +231,39 @@ class Fetcher:
         with self._lock:
             state = self._loops.get(loop)
             if state is None:
-                client = httpx.AsyncClient(
-                    headers=self._headers,
-                    transport=self._make_transport(),
-                    timeout=self.timeouts,
-                    # No pool cap (our limiters admit requests), generous keep-alive.
-                    limits=httpx.Limits(
-                        max_connections=None,
-                        max_keepalive_connections=max(self.global_limit, 20),
-                        keepalive_expiry=30,
-                    ),
-                    follow_redirects=True,
-                    trust_env=True,
-                    # No cookie jar: one process-wide client must not carry a source's
-                    # cookies to later requests (credentials go in source headers).
-                    cookies=http.cookiejar.CookieJar(_NO_COOKIES),
-                )
-                state = _LoopState(loop, client, Limiter(self.global_limit))
-                if isinstance(client._transport, _aio.AiohttpTransport):
-                    state.direct = client._transport
-                    state.base_headers = dict(client.headers.items())
-                    if (
-                        self._transport == "aiohttp"  # made for this client alone
-                        and not _REDIRECT_SENSITIVE & state.base_headers.keys()
-                        and state.direct.set_default_headers(state.base_headers)
-                    ):
-                        state.base_headers = {}  # the session sends them (~5 us less a request)
-                    state.aio_timeout = _aio.client_timeout(
-                        self.timeouts.connect, self.timeouts.read, self.total_timeout
-                    )
-                self._loops[loop] = state
+                state = self._loops[loop] = self._new_state(loop)
             self._last_state = state
             return state
+
+    def _new_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
+        client = httpx.AsyncClient(
+            headers=self._headers,
+            transport=self._make_transport(),
+            timeout=self.timeouts,
+            # No pool cap (our limiters admit requests), generous keep-alive.
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=max(self.global_limit, 20),
+                keepalive_expiry=30,
+            ),
+            follow_redirects=True,
+            trust_env=True,
+            # No cookie jar: one process-wide client must not carry a source's
+            # cookies to later requests (credentials go in source headers).
+            cookies=http.cookiejar.CookieJar(_NO_COOKIES),
+        )
+        admission = Admission(self.global_limit, self._limit_for, self.metrics)
+        wire = Wire(
+            loop,
+            client,
+            admission,
+            self.metrics,
+            total_timeout=self.total_timeout,
+            max_response_bytes=self.max_response_bytes,
+            own_transport=self._transport == "aiohttp",  # made for this client alone
+        )
+        flights: SingleFlight[Response] = SingleFlight(loop, lambda: self.metrics.incr("coalesced"))
+        return _LoopState(loop, client, admission, flights, wire)
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -461,14 +299,12 @@ class Fetcher:
             self.host_limits[host] = limit
             states = list(self._loops.values())
         for st in states:
-            for netloc, lim in st.limiters.items():
-                new = self._limit_for(netloc)
-                if st.loop.is_closed():
-                    continue
-                if _running_loop() is st.loop:
-                    lim.set_limit(new)
-                else:
-                    st.loop.call_soon_threadsafe(lim.set_limit, new)
+            if st.loop.is_closed():
+                continue
+            if _running_loop() is st.loop:
+                st.admission.resize()
+            else:
+                st.loop.call_soon_threadsafe(st.admission.resize)
 
     def set_source_headers(self, url_prefix: str, headers: Mapping[str, str] | None) -> None:
         """Send ``headers`` (e.g. credentials) with every request whose URL starts with
@@ -483,21 +319,9 @@ class Fetcher:
     def _prepare(
         self, url: str, params: Mapping[str, Any] | None, headers: Mapping[str, str] | None
     ) -> tuple[str, str, dict[str, str]]:
-        """The request's host key (``netloc``), its URL as httpx encodes it, and its headers."""
-        netloc = None if params else _plain_netloc(url)
-        if netloc is not None:  # httpx would leave it as it is: no need to parse it (~15 us)
-            full = url
-        else:
-            try:
-                u = httpx.URL(url)
-                if params:
-                    u = u.copy_merge_params(params)
-            except (httpx.InvalidURL, TypeError, ValueError) as exc:
-                raise BadInputError(f"invalid URL {url!r}: {exc}") from exc
-            if u.scheme not in ("http", "https"):
-                raise BadInputError(f"not an http(s) URL: {redact_url(url)}")
-            full = str(u)
-            netloc = u.netloc.decode("ascii").lower()
+        """The request's host key (``netloc``), its URL as httpx encodes it, and its headers
+        (per-source headers first, the caller's on top)."""
+        netloc, full = normalize(url, params)
         merged: dict[str, str] = {}
         if self._source_headers:
             with self._lock:
@@ -508,7 +332,7 @@ class Fetcher:
             merged.update(headers)
         return netloc, full, merged
 
-    # -- public requests -------------------------------------------------------------------
+    # -- requests --------------------------------------------------------------------------
 
     async def get(
         self,
@@ -535,17 +359,26 @@ class Fetcher:
             The URL is not an http(s) URL.
         """
         netloc, full, hdrs = self._prepare(url, params, headers)
-        use_cache = cache and self.disk is not None
+        state = self._state()
         key = cache_key("GET", full, hdrs)
-        if use_cache:
-            resp = await self._single_flight(
-                ("GET", key, True), lambda: self._cached_get(netloc, full, hdrs, key)
+        disk = self.disk if cache else None
+        if disk is not None:
+
+            def send(cond: dict[str, str]) -> Any:
+                return self.retry.send(
+                    state.wire.attempt, "GET", full, netloc, {**hdrs, **cond}, None, self.metrics
+                )
+
+            resp = await state.flights.run(
+                ("GET", key, True),
+                lambda: cached_get(disk, key, full, send, ttl=self.ttl, metrics=self.metrics),
             )
         else:
-            resp = await self._single_flight(
-                ("GET", key, False), lambda: self._send("GET", netloc, full, hdrs, None)
+            resp = await state.flights.run(
+                ("GET", key, False),
+                lambda: self.retry.send(state.wire.attempt, "GET", full, netloc, hdrs, None, self.metrics),
             )
-        return _check_status(resp, allow_status)
+        return check_status(resp, allow_status)
 
     async def request(
         self,
@@ -557,7 +390,8 @@ class Fetcher:
         content: bytes | None = None,
         allow_status: tuple[int, ...] = (),
     ) -> Response:
-        """Any request, never cached; only idempotent methods are retried or coalesced.
+        """Any request, never cached; only idempotent methods are retried, and only GET and
+        HEAD without a body are coalesced.
 
         Raises
         ------
@@ -567,12 +401,15 @@ class Fetcher:
         """
         method = method.upper()
         netloc, full, hdrs = self._prepare(url, params, headers)
+        state = self._state()
         if method in ("GET", "HEAD") and content is None:
             key = (method, cache_key(method, full, hdrs), False)
-            resp = await self._single_flight(key, lambda: self._send(method, netloc, full, hdrs, None))
+            resp = await state.flights.run(
+                key, lambda: self.retry.send(state.wire.attempt, method, full, netloc, hdrs, None, self.metrics)
+            )
         else:
-            resp = await self._send(method, netloc, full, hdrs, content)
-        return _check_status(resp, allow_status)
+            resp = await self.retry.send(state.wire.attempt, method, full, netloc, hdrs, content, self.metrics)
+        return check_status(resp, allow_status)
 
     def cache_has_fresh(
         self, url: str, params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
@@ -590,400 +427,6 @@ class Fetcher:
     def cached_entries(self) -> int:
         """Number of responses in the disk cache (blocking: walks the directory)."""
         return 0 if self.disk is None else len(self.disk)
-
-    # -- machinery -------------------------------------------------------------------------
-
-    async def _single_flight(
-        self, key: tuple[Any, ...], factory: Callable[[], Awaitable[Response]]
-    ) -> Response:
-        # Each caller waits on a future of its own, which the flight's task resolves as its
-        # last step: a cancelled caller cancels only its future, and waking the callers takes
-        # no extra turn of the loop (asyncio.shield's callbacks cost one, and a third of the
-        # engine's own CPU time per request went to shield and a done-callback).
-        state = self._state()
-        flight = state.flights.get(key)
-        if flight is None:
-            flight = state.flights[key] = _Flight()
-            flight.task = state.loop.create_task(_fly(state, key, flight, factory))
-        else:
-            self.metrics.incr("coalesced")
-        waiter: asyncio.Future[Response] = state.loop.create_future()
-        flight.waiters.append(waiter)
-        try:
-            return await waiter
-        except BaseException:
-            if not waiter.cancelled():  # the outcome came, but this caller was cancelled
-                if waiter.done():
-                    waiter.exception()  # retrieved: nobody else will
-                raise
-            try:
-                flight.waiters.remove(waiter)
-            except ValueError:  # the flight was cancelled and let its waiters go
-                pass
-            if not flight.waiters and flight.task is not None and not flight.task.done():
-                # Nobody wants the result any more: drop it now (a new caller starts afresh).
-                if state.flights.get(key) is flight:
-                    del state.flights[key]
-                flight.task.cancel()
-            raise
-
-    async def _cached_get(
-        self, netloc: str, url: str, headers: dict[str, str], key: str
-    ) -> Response:
-        assert self.disk is not None
-        entry = await self._disk_call(self.disk.load, key)
-        if entry is not None and entry.is_fresh():
-            self.metrics.incr("cache_hits")
-            return _from_entry(entry, url, revalidated=False)
-        cond = entry.conditional_headers() if entry is not None else {}
-        resp = await self._send("GET", netloc, url, {**headers, **cond}, None)
-        if resp.status == 304 and entry is not None:
-            self.metrics.incr("revalidations")
-            new = refresh_entry(entry, resp.headers.multi_items(), self.ttl)
-            if new is None:
-                await self._disk_call(self.disk.delete, key)
-            else:
-                await self._disk_call(self.disk.store, key, new)
-            return _from_entry(entry, resp.url, revalidated=True, elapsed=resp.elapsed)
-        self.metrics.incr("cache_misses")
-        new = make_entry(url, resp.status, resp.headers.multi_items(), resp.content, self.ttl)
-        if new is not None:
-            await self._disk_call(self.disk.store, key, new)
-        elif entry is not None:
-            await self._disk_call(self.disk.delete, key)
-        return resp
-
-    async def _disk_call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        # A cache that cannot be read or written degrades to the network; it is logged, not
-        # raised, because the response itself is fine.
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except OSError as exc:
-            log.warning("HTTP disk cache unusable (%s: %s)", type(exc).__name__, exc)
-            return None
-
-    def _budget(self, host: str) -> RetryBudget:
-        b = self._budgets.get(host)  # never removed, so found means found
-        if b is not None:
-            return b
-        with self._lock:
-            b = self._budgets.get(host)
-            if b is None:
-                b = self._budgets[host] = RetryBudget(self.retry_budget)
-            return b
-
-    async def _send(
-        self, method: str, netloc: str, url: str, headers: dict[str, str], content: bytes | None
-    ) -> Response:
-        """One logical request: attempts, retries and backoff. Returns the final response for
-        any status that is not retried (the caller checks it)."""
-        budget = self._budget(netloc)
-        idempotent = method in IDEMPOTENT_METHODS
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
-            try:
-                resp = await self._attempt(method, url, netloc, headers, content)
-            except (FetchTimeoutError, TransportError) as exc:
-                error: FetchError = exc
-            else:
-                if resp.status not in RETRY_STATUSES or not idempotent:
-                    budget.success()
-                    return resp
-                error = StatusError(resp.status, redact_url(url))
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
-            if not idempotent:
-                self.metrics.incr("errors")
-                raise error
-            if attempt >= self.retry_attempts or not budget.try_spend():
-                self.metrics.incr("errors")
-                if attempt == 1:  # retries disabled, or the host's budget is spent: fail fast
-                    raise error
-                raise RetriesExhaustedError(redact_url(url), attempt, error) from error
-            if retry_after is not None:
-                delay = min(retry_after, self.retry_after_cap)
-            else:
-                delay = backoff_delay(attempt - 1, self.backoff_base, self.backoff_cap)
-            self.metrics.incr("retries")
-            await asyncio.sleep(delay)
-
-    async def _attempt(
-        self,
-        method: str,
-        url: str,
-        netloc: str,
-        headers: dict[str, str],
-        content: bytes | None,
-    ) -> Response:
-        state = self._state()
-        host_lim = state.limiters.get(netloc)
-        if host_lim is None:
-            host_lim = state.limiters[netloc] = Limiter(self._limit_for(netloc))
-        queued = time.perf_counter()
-        self.metrics.add_waiting(1)
-        try:
-            await host_lim.acquire()
-            try:
-                await state.global_limiter.acquire()
-            except BaseException:
-                host_lim.release()
-                raise
-        finally:
-            self.metrics.add_waiting(-1)
-        self.metrics.record_queue_wait(time.perf_counter() - queued)
-        self.metrics.add_in_flight(1)
-        start = time.perf_counter()
-        client = state.client
-        try:
-            if state.direct is not None and client.auth is None and not (
-                client.event_hooks["request"] or client.event_hooks["response"]
-            ):  # aiohttp applies the total timeout (cheaper than asyncio.timeout)
-                final, status, rheaders, body = await self._exchange(state, method, url, headers, content)
-            else:
-                async with asyncio.timeout(self.total_timeout):
-                    async with client.stream(method, url, headers=headers, content=content) as r:
-                        body = await self._read_body(r.aiter_bytes(), r.headers.get("content-length"), url)
-                final, status, rheaders = str(r.url), r.status_code, r.headers
-        except (httpx.TransportError, TimeoutError) as exc:
-            if isinstance(exc, httpx.UnsupportedProtocol):
-                raise BadInputError(f"unsupported URL {redact_url(url)}: {exc}") from exc
-            raise _translate(exc, url) from exc
-        except httpx.HTTPError as exc:  # decoding errors, too many redirects
-            safe = redact_url(url)
-            raise TransportError(f"{type(exc).__name__}: {redact_text(str(exc))} ({safe})", url=safe) from exc
-        finally:
-            self.metrics.add_in_flight(-1)
-            state.global_limiter.release()
-            host_lim.release()
-        elapsed = time.perf_counter() - start
-        self.metrics.record_response(elapsed, len(body))
-        return Response(final, status, rheaders, body, elapsed=elapsed)
-
-    async def _exchange(
-        self,
-        state: _LoopState,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        content: bytes | None,
-    ) -> tuple[str, int, httpx.Headers, bytes]:
-        """One attempt straight over the client's aiohttp transport, doing what ``client.send``
-        would: default headers, redirects, decoding, the log line. Returns the final URL, the
-        status, the headers and the body. The total timeout bounds the whole attempt,
-        redirects included.
-
-        Raises
-        ------
-        httpx.TransportError, httpx.TooManyRedirects, httpx.DecodingError
-            As ``client.send`` would (the caller translates them).
-        ResponseTooLargeError
-            The body is over the limit.
-        """
-        client = state.client
-        sent = state.base_headers
-        if headers:
-            sent = {**sent, **{k.lower(): v for k, v in headers.items()}}
-        content = content or None
-        timeout = state.aio_timeout
-        deadline = state.loop.time() + self.total_timeout
-        for _ in range(client.max_redirects + 1 if client.follow_redirects else 1):
-            resp = await state.direct.open(method, url, sent or None, content, timeout)
-            try:
-                _HTTPX_LOG.info('HTTP Request: %s %s "HTTP/1.1 %d %s"', method, url, resp.status, resp.reason or "")
-                location = resp.headers.get("Location")
-                if location is not None and resp.status in _REDIRECTS and client.follow_redirects:
-                    method, u, sent, content = _redirect(
-                        method, httpx.URL(url), resp.status, location, sent, content
-                    )
-                    url = str(u)
-                    left = deadline - state.loop.time()
-                    if left <= 0:
-                        raise httpx.ReadTimeout("total timeout spent on redirects")
-                    timeout = _aio.client_timeout(timeout.sock_connect, timeout.sock_read, left)
-                    continue
-                if resp.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-                    # Decoded by httpx: exactly the codings its Accept-Encoding offered.
-                    body = await self._read_body(
-                        _aio.wrap(resp).aiter_bytes(), resp.headers.get("Content-Length"), url
-                    )
-                elif resp.content_length is not None and resp.content_length <= self.max_response_bytes:
-                    body = await _aio.read(resp)  # the framing bounds it: one read, no chunk list
-                else:
-                    body = await self._read_body(
-                        _aio.iter_body(resp), resp.headers.get("Content-Length"), url
-                    )
-            finally:
-                _aio.release(resp)
-            return url, resp.status, httpx.Headers(resp.raw_headers), body
-        raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.")
-
-    async def _read_body(self, chunks: AsyncIterator[bytes], declared: str | None, url: str) -> bytes:
-        limit = self.max_response_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ResponseTooLargeError(redact_url(url), limit)
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > limit:  # checked while streaming, on decoded bytes (zip bombs too)
-                raise ResponseTooLargeError(redact_url(url), limit)
-            parts.append(chunk)
-        return b"".join(parts)
-
-
-_PORTS = {"http": 80, "https": 443}
-
-# URLs that httpx leaves exactly as they are: lower-case http(s) scheme and host, no userinfo,
-# no default port, a path and query of characters it never encodes, no fragment. Anything
-# else is parsed by httpx (tests/layers/test_http.py checks the two agree).
-_PLAIN_URL = re.compile(
-    r"(https?)://([a-z0-9._~-]+)(?::([1-9][0-9]{0,4}))?"
-    r"(/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*)(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*)?"
-)
-_IPV4_STYLE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
-_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.|$)){4}")
-_DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
-
-
-def _plain_netloc(url: str) -> str | None:
-    """``host[:port]`` of ``url`` if httpx would send ``url`` exactly as written, else ``None``
-    (then httpx parses and normalises it).
-
-    >>> _plain_netloc("https://tile.example.org/5/16/10.png?key=a%2Fb")
-    'tile.example.org'
-    >>> _plain_netloc("http://127.0.0.1:8080/a"), _plain_netloc("http://127.0.0.1:80/a")
-    ('127.0.0.1:8080', None)
-    >>> [_plain_netloc(u) for u in ("HTTP://h/a", "http://H/a", "http://h/a b", "http://h/./a", "http://h")]
-    [None, None, None, None, None]
-    """
-    m = _PLAIN_URL.fullmatch(url)
-    if m is None or len(url) > 65536:
-        return None
-    scheme, host, port, path = m.group(1, 2, 3, 4)
-    if port is not None and int(port) == _PORTS[scheme]:
-        return None
-    if _IPV4_STYLE.fullmatch(host) and not _IPV4.fullmatch(host):
-        return None  # httpx rejects it
-    if "/." in path and _DOT_SEGMENT.search(path):
-        return None  # httpx removes dot segments
-    return host if port is None else f"{host}:{port}"
-
-
-def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
-    return (a.scheme, a.host, a.port or _PORTS.get(a.scheme)) == (
-        b.scheme,
-        b.host,
-        b.port or _PORTS.get(b.scheme),
-    )
-
-
-def _redirect(
-    method: str,
-    url: httpx.URL,
-    status: int,
-    location: str,
-    headers: Mapping[str, str],
-    content: bytes | None,
-) -> tuple[str, httpx.URL, dict[str, str], bytes | None]:
-    """The request that follows a redirect, by the rules of httpx's client.
-
-    302 and 303 turn any method but HEAD into GET, 301 turns POST into GET (a GET drops the
-    body); a relative ``Location`` is resolved against ``url``; ``Authorization`` is dropped
-    when the origin changes (unless it is a plain http -> https upgrade); ``Cookie`` is always
-    dropped. ``headers`` have lower-case names.
-
-    >>> m, u, h, c = _redirect("POST", httpx.URL("http://a.test/x"), 303, "/y?z=1",
-    ...                        {"authorization": "t", "cookie": "c"}, b"{}")
-    >>> m, str(u), h, c
-    ('GET', 'http://a.test/y?z=1', {'authorization': 't'}, None)
-    >>> _redirect("GET", httpx.URL("http://a.test/x"), 307, "http://b.test/x", {"authorization": "t"}, None)[2]
-    {}
-    >>> _redirect("GET", httpx.URL("http://a.test/x"), 301, "https://a.test/x", {"authorization": "t"}, None)[2]
-    {'authorization': 't'}
-
-    Raises
-    ------
-    httpx.RemoteProtocolError
-        ``location`` is not a URL.
-    httpx.UnsupportedProtocol
-        It is not an http(s) URL.
-    """
-    new_method = method
-    if (status in (302, 303) and method != "HEAD") or (status == 301 and method == "POST"):
-        new_method = "GET"
-    try:
-        new = httpx.URL(location)
-    except httpx.InvalidURL as exc:
-        raise httpx.RemoteProtocolError(f"Invalid URL in location header: {exc}.") from None
-    if new.scheme and not new.host:
-        new = new.copy_with(host=url.host)
-    if new.is_relative_url:
-        new = url.join(new)
-    if url.fragment and not new.fragment:
-        new = new.copy_with(fragment=url.fragment)
-    if new.scheme not in ("http", "https"):
-        raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol '{new.scheme}://'.")
-    out = {k: v for k, v in headers.items() if k != "cookie"}
-    if not _same_origin(url, new):
-        upgrade = (
-            url.host == new.host
-            and (url.scheme, url.port or 80) == ("http", 80)
-            and (new.scheme, new.port or 443) == ("https", 443)
-        )
-        if not upgrade:
-            out.pop("authorization", None)
-        if "host" in out:
-            out["host"] = new.netloc.decode("ascii")
-    if new_method != method and new_method == "GET":
-        content = None
-        out.pop("content-length", None)
-        out.pop("transfer-encoding", None)
-    return new_method, new, out, content
-
-
-async def _fly(
-    state: _LoopState,
-    key: tuple[Any, ...],
-    flight: _Flight,
-    factory: Callable[[], Awaitable[Response]],
-) -> None:
-    """The body of a flight's task: run ``factory`` and hand its outcome to every waiter.
-
-    The task itself ends without an exception (the waiters re-raise it; nobody left means
-    nobody cares), or cancelled, which cancels the waiters still there.
-    """
-    try:
-        result = await factory()
-    except Exception as exc:  # noqa: BLE001  (any failure is the waiters' to re-raise)
-        _land(state, key, flight)
-        for w in flight.waiters:
-            if not w.done():
-                w.set_exception(exc)
-        return
-    except BaseException:  # cancelled (aclose), or the process is going down
-        _land(state, key, flight)
-        for w in flight.waiters:
-            w.cancel()
-        flight.waiters.clear()
-        raise
-    _land(state, key, flight)
-    for w in flight.waiters:
-        if not w.done():
-            w.set_result(result)
-
-
-def _land(state: _LoopState, key: tuple[Any, ...], flight: _Flight) -> None:
-    # Out of the table before anyone learns the outcome: a later caller starts afresh.
-    if state.flights.get(key) is flight:
-        del state.flights[key]
-
-
-def _check_status(resp: Response, allow_status: tuple[int, ...]) -> Response:
-    if 200 <= resp.status < 300 or resp.status in allow_status:
-        return resp
-    reason = httpx.codes.get_reason_phrase(resp.status)
-    raise StatusError(resp.status, redact_url(resp.url), reason=reason)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

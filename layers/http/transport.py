@@ -2,7 +2,8 @@
 
 httpx's own transport (httpcore) collapses under many concurrent requests (httpx #3215; see
 ``python -m benchmarks.fetch``), so the fetcher runs ``httpx.AsyncClient`` over aiohttp. This is
-a lean variant of ``httpx_aiohttp.AiohttpTransport`` that fixes what the fetcher needs:
+a lean variant of the ``AiohttpTransport`` of the httpx-aiohttp package (not a dependency) that
+fixes what the fetcher needs:
 
 - the URL is sent exactly as httpx encoded it (``yarl.URL(..., encoded=True)``): yarl would
   otherwise re-quote it (``%2F`` -> ``/``, ``%27`` -> ``'``), changing what servers receive;

@@ -1,31 +1,15 @@
-"""Fetch metrics and the event-loop lag monitor (layers/metrics.py)."""
+"""The event-loop lag monitor (mapstream.layers.metrics)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from mapstream.layers.metrics import FetchMetrics, LoopLagMonitor
-
-REQUIRED = {
-    "requests", "bytes", "latency_p50", "latency_p95", "latency_max", "retries", "cache_hits",
-    "cache_misses", "revalidations", "queue_wait_p95", "in_flight", "errors",
-}
+from mapstream.layers.metrics import LoopLagMonitor, percentile
 
 
-def test_snapshot_has_every_figure_and_percentiles():
-    m = FetchMetrics()
-    for i in range(1, 101):
-        m.record_response(i / 100, 10)
-    m.record_queue_wait(0.5)
-    m.add_in_flight(2)
-    s = m.snapshot()
-    assert REQUIRED <= s.keys()
-    assert (s["requests"], s["bytes"], s["in_flight"]) == (100, 1000, 2)
-    assert (s["latency_p50"], s["latency_p95"], s["latency_max"]) == (0.5, 0.95, 1.0)
-    assert s["queue_wait_p95"] == 0.5
-    m.reset()
-    assert m.snapshot()["requests"] == 0
+def test_percentile_is_nearest_rank():
+    assert [percentile([3, 1, 2], q) for q in (0, 34, 67, 100)] == [1, 2, 3, 3]
 
 
 async def test_lag_monitor_sees_a_blocked_loop():

@@ -1,0 +1,121 @@
+"""Admission: when an attempt may go on the wire (a slot of its host's limiter and one of the
+global limiter, per event loop).
+
+Requests wait here, on our own FIFO limiters, never inside the HTTP client's connection pool
+(which has no cap), so a limit can change while requests wait and cancelling a waiter costs
+nothing on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .metrics import FetchMetrics
+
+__all__ = ["Admission", "Limiter"]
+
+
+class Limiter:
+    """A FIFO semaphore whose limit can change while tasks wait (one per loop).
+
+    A cancelled waiter leaves the queue at once; a waiter cancelled just after being handed a
+    slot passes the slot on, so cancellation never leaks capacity.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for f in self._waiters if not f.done())
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    async def acquire(self) -> None:
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # we were handed a slot we will not use
+            else:
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self) -> None:
+        self.active -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.active < self.limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.active += 1
+                fut.set_result(None)
+
+
+class Admission:
+    """One event loop's gate: a :class:`Limiter` per host (``host[:port]``) and one over all.
+
+    Parameters
+    ----------
+    global_limit
+        Slots over all hosts.
+    limit_for
+        The limit of a host key (read again by :meth:`resize`).
+    metrics
+        Told how many requests wait and how long each waited.
+    """
+
+    def __init__(self, global_limit: int, limit_for: Callable[[str], int], metrics: FetchMetrics) -> None:
+        self.global_limiter = Limiter(global_limit)
+        self.limiters: dict[str, Limiter] = {}
+        self._limit_for = limit_for
+        self._metrics = metrics
+
+    async def enter(self, netloc: str) -> Limiter:
+        """Wait for a slot of ``netloc``'s limiter, then one of the global limiter (in that
+        order, so a busy host does not hold global slots while it queues). Returns the host's
+        limiter, to hand back to :meth:`leave` once the attempt is over."""
+        host = self.limiters.get(netloc)
+        if host is None:
+            host = self.limiters[netloc] = Limiter(self._limit_for(netloc))
+        metrics = self._metrics
+        queued = time.perf_counter()
+        metrics.add_waiting(1)
+        try:
+            await host.acquire()
+            try:
+                await self.global_limiter.acquire()
+            except BaseException:
+                host.release()
+                raise
+        finally:
+            metrics.add_waiting(-1)
+        metrics.record_queue_wait(time.perf_counter() - queued)
+        return host
+
+    def leave(self, host: Limiter) -> None:
+        """Give back the two slots :meth:`enter` took."""
+        self.global_limiter.release()
+        host.release()
+
+    def resize(self) -> None:
+        """Apply the current per-host limits to every host's limiter (waiters are woken at once
+        when a limit grows). Call it on the loop the limiters belong to."""
+        for netloc, limiter in self.limiters.items():
+            limiter.set_limit(self._limit_for(netloc))
