@@ -289,12 +289,4 @@ class WMSLayer(TiledLayer):
         resp = await fetcher.get(url, headers=self.headers or None)
         if "json" in info_format.lower():
             return resp.json()
-        return resp.content.decode(_charset(resp.headers.get("content-type", "")), errors="replace")
-
-
-def _charset(content_type: str) -> str:
-    for part in content_type.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key.lower() == "charset" and value:
-            return value.strip('"')
-    return "utf-8"
+        return resp.text
