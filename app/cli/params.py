@@ -8,8 +8,12 @@ into a usage error (exit code 2, no traceback). Durations are parsed by the engi
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mapstream.layers.types import Bounds
 
 __all__ = [
     "BBOX",
@@ -24,11 +28,9 @@ __all__ = [
 #: Deepest zoom level the CLI accepts (XYZ services rarely go past 22).
 MAX_ZOOM = 24
 
-BBox = tuple[float, float, float, float]
 
-
-def parse_bbox(text: str) -> BBox:
-    """``"W,S,E,N"`` in WGS84 degrees as a tuple of floats.
+def parse_bbox(text: str) -> Bounds:
+    """``"W,S,E,N"`` in WGS84 degrees as :class:`~mapstream.layers.types.Bounds`.
 
     West greater than east is a box across the antimeridian (``170,-10,-170,10``), as the
     layers take it.
@@ -39,9 +41,9 @@ def parse_bbox(text: str) -> BBox:
         Not four numbers, out of range, or an empty box.
 
     >>> parse_bbox("5.9, 45.8, 10.5, 47.8")
-    (5.9, 45.8, 10.5, 47.8)
-    >>> parse_bbox("170,-10,-170,10")
-    (170.0, -10.0, -170.0, 10.0)
+    Bounds(west=5.9, south=45.8, east=10.5, north=47.8)
+    >>> parse_bbox("170,-10,-170,10") == (170.0, -10.0, -170.0, 10.0)
+    True
     >>> parse_bbox("5,0,5,1")
     Traceback (most recent call last):
     ...
@@ -68,7 +70,10 @@ def parse_bbox(text: str) -> BBox:
         raise ValueError(f"west and east are both {w}: the box is empty")
     if s >= n:
         raise ValueError(f"south ({s}) must be less than north ({n})")
-    return (w, s, e, n)
+    # Imported on use: importing the engine loads numpy, and importing the CLI stays light.
+    from mapstream.layers.types import Bounds
+
+    return Bounds(w, s, e, n)
 
 
 def parse_zoom_range(text: str) -> range:
