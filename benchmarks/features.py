@@ -192,7 +192,7 @@ def ours(url: str, *, concurrent: bool, executor: str) -> tuple[float, int, dict
             lag = LoopLagMonitor(interval=0.005)
             async with lag:
                 t0 = time.perf_counter()
-                frame = await layer.fetch(None, fetcher)
+                frame = (await layer.fetch(None, fetcher)).frame
                 dt = time.perf_counter() - t0
             assert frame["id"].is_unique
             return dt, len(frame), lag.snapshot()

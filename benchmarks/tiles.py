@@ -125,8 +125,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 warm_mosaic = await layer.fetch(vp, f)
                 warm = time.perf_counter() - t0
                 warm_requests = f.metrics.snapshot()["requests"] - cold_requests
-        assert mosaic.attrs["errors"] == [] and len(mosaic.attrs["tiles_used"]) == n
-        assert np.array_equal(mosaic.values, warm_mosaic.values)
+        assert mosaic.errors == () and len(mosaic.tiles_used) == n
+        assert np.array_equal(mosaic.image.values, warm_mosaic.image.values)
 
         with tempfile.TemporaryDirectory() as tmp:
             seq, seq_requests = await sequential(layer, vp, tmp)

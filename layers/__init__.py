@@ -7,6 +7,7 @@ ARCHITECTURE.md at the repository's root maps its modules.
 from __future__ import annotations
 
 from .errors import LayersError
+from .types import Bounds, Layer
 from .viewport import Viewport
 
-__all__ = ["LayersError", "Viewport"]
+__all__ = ["Bounds", "Layer", "LayersError", "Viewport"]

@@ -22,6 +22,11 @@ services on loopback, no internet needed); a team points ``--catalog PATH`` or
 The URLs ``demo://ogc`` (OGC API Features) and ``demo://tiles`` (the basemap) name the embedded
 demo services; :func:`build_layer` starts them on first use.
 
+:func:`build_layer` does not know the kinds: it asks the sources' registry
+(:func:`mapstream.layers.sources.layer_class`) for the class of ``spec.kind`` and calls its
+``from_spec``. The kinds a catalog accepts (:data:`KINDS`) are checked against that registry by
+the tests.
+
 Validation happens on load (pydantic, unknown keys rejected): a wrong key, a bad URL, an unknown
 provider or a missing environment variable is one :class:`~mapstream.layers.errors.CatalogError` naming
 the file, the layer and the key. Header values are secrets: they never appear in a repr, a
@@ -49,14 +54,13 @@ from pydantic import (
 
 from .errors import BadInputError, CatalogError
 
-if TYPE_CHECKING:
-    from .sources.features import FeatureLayer
+if TYPE_CHECKING:  # pragma: no cover
     from .http import Fetcher
-    from .sources.tiles import TileLayer
-    from .sources.wms import WMSLayer
+    from .types import Layer
 
 __all__ = [
     "DEMO_CATALOG",
+    "KINDS",
     "Catalog",
     "LayerSpec",
     "Style",
@@ -69,6 +73,11 @@ __all__ = [
 CATALOG_DIR = Path(__file__).with_name("catalogs")
 DEMO_CATALOG = CATALOG_DIR / "demo.yml"
 DEMO_URLS = ("demo://ogc", "demo://tiles")
+#: The ``kind`` values a catalog accepts: one per source registered in
+#: :mod:`mapstream.layers.sources` (validation must not import the sources and their
+#: dependencies, so the list is written here; a test checks it against the registry).
+KINDS = ("tiles", "wms", "features")
+Kind = Literal[KINDS]  # type: ignore[valid-type]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REDACTED = "***"
 
@@ -166,7 +175,7 @@ class LayerSpec(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     title: str = ""
-    kind: Literal["tiles", "wms", "features"]
+    kind: Kind
     url: str | None = None
     provider: str | None = None
     collection: str | None = None
@@ -443,20 +452,11 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
     return catalog
 
 
-def _prefixes(template: str, subdomains: list[str]) -> list[str]:
-    """URL prefixes (scheme://host/path up to the first placeholder) that a template requests.
-
-    >>> _prefixes("https://{s}.t.test/{z}/{x}/{y}.png", ["a", "b"])
-    ['https://a.t.test/', 'https://b.t.test/']
-    >>> _prefixes("http://h:8/tiles/{z}/{x}/{y}.png", ["a"])
-    ['http://h:8/tiles/']
-    """
-    names = [template.replace("{s}", s) for s in subdomains] if "{s}" in template else [template]
-    return sorted({n.split("{", 1)[0] for n in names})
-
-
-async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> TileLayer | WMSLayer | FeatureLayer:
+async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> Layer:
     """The engine layer for ``spec``, with the fetcher set up for its host.
+
+    The layer class is the one registered for ``spec.kind``; its ``from_spec(spec, url,
+    **zooms)`` builds it and its ``request_prefixes()`` say which URLs get the limits and headers.
 
     Starts the demo services first (without blocking the event loop) when the spec uses them.
     Applies ``spec.concurrency`` (``fetcher.set_host_limit``) and ``spec.headers``
@@ -471,9 +471,7 @@ async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> TileLayer | WMSLayer
     LayersError
         The demo services could not start.
     """
-    from .sources.features import FeatureLayer
-    from .sources.tiles import TileLayer
-    from .sources.wms import WMSLayer
+    from .sources import layer_class
 
     url = spec.url
     demo_max_zoom = None
@@ -481,38 +479,15 @@ async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> TileLayer | WMSLayer
         from mapstream.demo import ensure_demo  # the demo is a room of its own, started on first use
 
         services = await ensure_demo()
-        url = services.tiles_url if spec.kind == "tiles" else services.ogc_url
+        url = {"demo://tiles": services.tiles_url, "demo://ogc": services.ogc_url}[spec.url]
         demo_max_zoom = services.max_zoom
     zooms: dict[str, Any] = {"min_zoom": spec.min_zoom}
     max_zoom = spec.max_zoom if spec.max_zoom is not None else demo_max_zoom
     if max_zoom is not None:
         zooms["max_zoom"] = max_zoom
-    layer: TileLayer | WMSLayer | FeatureLayer
-    if spec.kind == "tiles":
-        extra: dict[str, Any] = dict(zooms, name=spec.name)
-        if spec.attribution:
-            extra["attribution"] = spec.attribution
-        if spec.provider is not None:
-            # from_provider's first parameter is also called ``name``: set ours afterwards.
-            layer = TileLayer.from_provider(
-                spec.provider, **{k: v for k, v in extra.items() if k != "name"}
-            )
-            layer.name = spec.name
-        else:
-            layer = TileLayer(url, **extra)
-        prefixes = _prefixes(layer.url_template, list(layer.subdomains))
-    elif spec.kind == "wms":
-        layer = WMSLayer(
-            url, spec.wms_layers or [], attribution=spec.attribution, name=spec.name, **zooms
-        )
-        prefixes = [url.split("?", 1)[0]]
-    else:
-        layer = FeatureLayer(
-            url, spec.collection or "", limit=spec.page_size, max_features=spec.max_features, name=spec.name
-        )
-        prefixes = [layer.url + "/"]
+    layer = layer_class(spec.kind).from_spec(spec, url, **zooms)
     headers = spec.resolved_headers()
-    for prefix in prefixes:
+    for prefix in layer.request_prefixes():
         if spec.concurrency is not None:
             fetcher.set_host_limit(urlsplit(prefix).netloc, spec.concurrency)
         if headers:

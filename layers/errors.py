@@ -1,8 +1,14 @@
-"""Errors raised by the :mod:`layers` engine.
+"""Errors raised by the :mod:`mapstream.layers` engine.
 
 Every failure the engine reports is a :class:`LayersError`. Foreign exceptions (httpx, OS,
 parsers) are translated once, at the boundary where they occur, with ``raise ... from exc`` so
 the original stays attached as ``__cause__``.
+
+Every error survives ``copy.deepcopy`` and ``pickle`` with its message and attributes (results
+carry errors, and results are copied and sent to worker processes): :meth:`LayersError.__reduce__`
+rebuilds an error from its ``args`` and attributes without calling ``__init__``, whose
+parameters differ from ``args`` (``StatusError(status, url)`` has the message as its one arg).
+The cause and traceback are not kept, as for any pickled exception.
 
 The tree::
 
@@ -15,6 +21,7 @@ The tree::
     │   ├── TransportError      connection refused, reset, truncated body, TLS, ...
     │   ├── ResponseTooLargeError  the body exceeded the fetcher's size limit
     │   └── RetriesExhaustedError  retries used up; ``last_error`` is the final failure
+    ├── TileError               one tile of a mosaic that failed (keeps its key, URL, status)
     ├── ParseError              a response that could not be decoded or parsed (keeps URL)
     └── ServiceError            an embedded demo service that would not start
 """
@@ -31,13 +38,34 @@ __all__ = [
     "TransportError",
     "ResponseTooLargeError",
     "RetriesExhaustedError",
+    "TileError",
     "ParseError",
     "ServiceError",
 ]
 
 
 class LayersError(Exception):
-    """Base class of every error the engine raises."""
+    """Base class of every error the engine raises.
+
+    >>> import copy, pickle
+    >>> err = RetriesExhaustedError("http://h/a", 3, StatusError(503, "http://h/a"))
+    >>> again = pickle.loads(pickle.dumps(err))
+    >>> str(again) == str(err), again.attempts, again.last_error.status, again.url
+    (True, 3, 503, 'http://h/a')
+    >>> copy.deepcopy(StatusError(404, "http://h/b")).status
+    404
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[LayersError], args: tuple[object, ...], state: dict[str, object]) -> LayersError:
+    """An error of ``cls`` with ``args`` and attributes ``state``, without calling ``__init__``."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class BadInputError(LayersError, ValueError):
@@ -71,6 +99,7 @@ class StatusError(FetchError):
         text = f"HTTP {status}{' ' + reason if reason else ''} for {url}"
         super().__init__(text, url=url)
         self.status = status
+        self.reason = reason
 
 
 class FetchTimeoutError(FetchError):
@@ -96,6 +125,34 @@ class RetriesExhaustedError(FetchError):
         super().__init__(f"gave up on {url} after {attempts} attempts: {last_error}", url=url)
         self.attempts = attempts
         self.last_error = last_error
+
+
+class TileError(LayersError):
+    """One tile of a mosaic that failed; the mosaic shows a transparent hole in its place.
+
+    Parameters
+    ----------
+    key
+        The tile's ``"z/x/y"``.
+    reason
+        Why, in words (``"HTTP 503"``, ``"not a decodable image: ..."``); secrets redacted.
+    url
+        The tile's URL (secrets redacted).
+    status
+        The HTTP status when the server answered with an error status.
+
+    >>> str(TileError("3/1/2", "HTTP 503", status=503))
+    '3/1/2: HTTP 503'
+    """
+
+    def __init__(
+        self, key: str, reason: str, *, url: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+        self.url = url
+        self.status = status
 
 
 class ParseError(LayersError):

@@ -14,16 +14,7 @@ import numpy as np
 
 from .errors import ParseError
 
-__all__ = ["decode_rgba", "decode_tile", "transparent"]
-
-
-def transparent(size: int) -> np.ndarray:
-    """A fully transparent ``(size, size, 4)`` RGBA tile.
-
-    >>> transparent(2).shape, int(transparent(2).max())
-    ((2, 2, 4), 0)
-    """
-    return np.zeros((size, size, 4), dtype=np.uint8)
+__all__ = ["decode_rgba", "decode_tile"]
 
 
 def decode_rgba(content: bytes, size: int | None = None, *, url: str | None = None) -> np.ndarray:

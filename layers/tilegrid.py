@@ -1,4 +1,8 @@
-"""Web Mercator tile-grid arithmetic: pure functions, no I/O.
+"""Web Mercator tile-grid arithmetic: pure functions, no I/O. All of the engine's grid math.
+
+Every place that works on the XYZ grid calls these: the tile and WMS sources (zoom choice,
+planning, pixel windows, mosaic coordinates, the pixel of a point query), the CLI's prefetch and
+the demo tile server (tile bounds).
 
 The grid is the usual XYZ ("slippy map") one: at zoom ``z`` the world square
 ``[-ORIGIN_SHIFT, ORIGIN_SHIFT]`` (EPSG:3857 metres) is cut into ``2**z`` x ``2**z`` tiles, column
@@ -15,20 +19,27 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
+
 from .errors import BadInputError
-from .viewport import ORIGIN_SHIFT, lonlat_bbox_to_mercator
+from .projection import ORIGIN_SHIFT, lonlat_bbox_to_mercator
+from .types import Bounds
 
 __all__ = [
     "Tile",
+    "PixelWindow",
     "WORLD_SIZE",
     "resolution",
     "zoom_for_resolution",
     "tile_bounds",
     "tile_range",
     "tiles_in_bbox",
+    "tile_at",
+    "pixel_window",
+    "tiles_in_window",
+    "pixel_centres",
     "wrap_x",
     "tms_y",
-    "lonlat_bbox_to_mercator",
 ]
 
 #: Width (and height) of the Web Mercator world, in metres.
@@ -36,6 +47,24 @@ WORLD_SIZE = 2.0 * ORIGIN_SHIFT
 
 # Floating-point slack when a bound falls exactly on a tile edge (1 mm is far below a pixel).
 _EPS = 1e-3
+
+
+class PixelWindow(NamedTuple):
+    """A rectangle of a zoom's global pixel grid: columns ``col0..col1``, rows ``row0..row1``.
+
+    Column 0 is the antimeridian's west edge, row 0 the top (north) of the world; the ends are
+    exclusive. Columns are unwrapped like :class:`Tile` columns.
+    """
+
+    col0: int
+    row0: int
+    col1: int
+    row1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return (self.row1 - self.row0, self.col1 - self.col0)
 
 
 class Tile(NamedTuple):
@@ -123,7 +152,7 @@ def tms_y(y: int, zoom: int) -> int:
     return 2**zoom - 1 - y
 
 
-def tile_bounds(tile: Tile, tile_size: int = 256) -> tuple[float, float, float, float]:
+def tile_bounds(tile: Tile) -> Bounds:
     """(west, south, east, north) of a tile in EPSG:3857 metres (unwrapped column kept).
 
     >>> tile_bounds(Tile(0, 0, 0)) == (-ORIGIN_SHIFT, -ORIGIN_SHIFT, ORIGIN_SHIFT, ORIGIN_SHIFT)
@@ -135,10 +164,10 @@ def tile_bounds(tile: Tile, tile_size: int = 256) -> tuple[float, float, float, 
     span = WORLD_SIZE / 2**tile.z
     west = -ORIGIN_SHIFT + tile.x * span
     north = ORIGIN_SHIFT - tile.y * span
-    return (west, north - span, west + span, north)
+    return Bounds(west, north - span, west + span, north)
 
 
-def tile_range(bounds: tuple[float, float, float, float], zoom: int) -> tuple[range, range] | None:
+def tile_range(bounds: Bounds, zoom: int) -> tuple[range, range] | None:
     """Columns and rows of the tiles covering ``bounds`` (EPSG:3857, west, south, east, north).
 
     Columns are unwrapped (see the module docstring). Rows are clamped at the poles of Web
@@ -166,7 +195,7 @@ def tile_range(bounds: tuple[float, float, float, float], zoom: int) -> tuple[ra
     return range(x0, max(x1, x0 + 1)), range(y0, max(y1, y0 + 1))
 
 
-def tiles_in_bbox(bounds: tuple[float, float, float, float], zoom: int) -> list[Tile]:
+def tiles_in_bbox(bounds: Bounds, zoom: int) -> list[Tile]:
     """Tiles covering an EPSG:3857 box, row by row from the north-west (columns unwrapped).
 
     >>> tiles_in_bbox((-1, -1, 1, 1), 1)
@@ -179,3 +208,75 @@ def tiles_in_bbox(bounds: tuple[float, float, float, float], zoom: int) -> list[
         return []
     xs, ys = ranges
     return [Tile(zoom, x, y) for y in ys for x in xs]
+
+
+def tile_at(x: float, y: float, zoom: int) -> Tile:
+    """The tile holding the EPSG:3857 point (``x``, ``y``), inside the world (edges clamped).
+
+    >>> tile_at(0.0, 0.0, 1), tile_at(ORIGIN_SHIFT, -ORIGIN_SHIFT, 1)
+    (Tile(z=1, x=1, y=1), Tile(z=1, x=1, y=1))
+    """
+    n = 2**zoom
+    span = WORLD_SIZE / n
+    col = min(n - 1, max(0, int((x + ORIGIN_SHIFT) // span)))
+    row = min(n - 1, max(0, int((ORIGIN_SHIFT - y) // span)))
+    return Tile(zoom, col, row)
+
+
+def pixel_window(bounds: Bounds, zoom: int, tile_size: int = 256) -> PixelWindow:
+    """The pixels of ``zoom``'s grid that cover an EPSG:3857 box (at least one column).
+
+    Rows are clamped at the poles of Web Mercator: a box entirely beyond its latitudes gives an
+    empty window (``row1 == row0``). A bound within a millionth of a pixel of a pixel edge is
+    taken to be on it.
+
+    >>> pixel_window((-ORIGIN_SHIFT, -ORIGIN_SHIFT, ORIGIN_SHIFT, ORIGIN_SHIFT), 1)
+    PixelWindow(col0=0, row0=0, col1=512, row1=512)
+    >>> pixel_window((0, 0, 1, 1), 0).shape          # a speck: one pixel
+    (1, 1)
+    >>> pixel_window((0, 3e7, 1e6, 4e7), 2).shape    # north of the world: no rows
+    (0, 26)
+    """
+    res = resolution(zoom, tile_size)
+    world_px = tile_size * 2**zoom
+    eps = 1e-6
+    west, south, east, north = bounds
+    c0 = math.floor((west + ORIGIN_SHIFT) / res + eps)
+    c1 = max(c0 + 1, math.ceil((east + ORIGIN_SHIFT) / res - eps))
+    r0 = max(0, math.floor((ORIGIN_SHIFT - north) / res + eps))
+    r1 = min(world_px, math.ceil((ORIGIN_SHIFT - south) / res - eps))
+    return PixelWindow(c0, min(r0, world_px), c1, max(r1, min(r0, world_px)))
+
+
+def tiles_in_window(window: PixelWindow, zoom: int, tile_size: int = 256) -> list[Tile]:
+    """Tiles holding the pixels of ``window``, row by row from the north-west.
+
+    >>> tiles_in_window(PixelWindow(250, 0, 260, 10), 1)
+    [Tile(z=1, x=0, y=0), Tile(z=1, x=1, y=0)]
+    >>> tiles_in_window(PixelWindow(0, 5, 10, 5), 1)   # no rows: no tiles
+    []
+    """
+    c0, r0, c1, r1 = window
+    if r1 <= r0 or c1 <= c0:
+        return []
+    return [
+        Tile(zoom, tx, ty)
+        for ty in range(r0 // tile_size, (r1 - 1) // tile_size + 1)
+        for tx in range(c0 // tile_size, (c1 - 1) // tile_size + 1)
+    ]
+
+
+def pixel_centres(
+    window: PixelWindow, zoom: int, tile_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """EPSG:3857 coordinates of the pixel centres of ``window``: x increasing, y decreasing.
+
+    >>> x, y = pixel_centres(PixelWindow(0, 0, 2, 1), 0, tile_size=2)
+    >>> (x / ORIGIN_SHIFT).round(9).tolist(), (y / ORIGIN_SHIFT).round(9).tolist()
+    ([-0.5, 0.5], [0.5])
+    """
+    res = resolution(zoom, tile_size)
+    c0, r0, c1, r1 = window
+    x = -ORIGIN_SHIFT + (np.arange(c0, c1) + 0.5) * res
+    y = ORIGIN_SHIFT - (np.arange(r0, r1) + 0.5) * res
+    return x, y

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..errors import ParseError
+from ..types import Bounds
 
 if TYPE_CHECKING:
     from ..http import Fetcher
@@ -31,7 +32,6 @@ __all__ = [
     "get_collections",
     "get_collection",
     "get_queryables",
-    "crs_uri",
 ]
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
@@ -42,17 +42,6 @@ CONF_CRS = "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs"
 CONF_FILTER = "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter"
 
 ACCEPT_JSON = {"Accept": "application/json"}
-
-
-def crs_uri(code: str) -> str:
-    """The OGC URI of an ``EPSG:nnnn`` code (other strings are returned unchanged).
-
-    >>> crs_uri("EPSG:3857")
-    'http://www.opengis.net/def/crs/EPSG/0/3857'
-    """
-    if code.upper().startswith("EPSG:"):
-        return f"http://www.opengis.net/def/crs/EPSG/0/{code.split(':', 1)[1]}"
-    return code
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +93,7 @@ class Collection:
     id: str
     title: str
     description: str
-    bbox: tuple[float, float, float, float] | None
+    bbox: Bounds | None
     temporal: tuple[str | None, str | None] | None
     crs: tuple[str, ...]
     storage_crs: str | None
@@ -116,7 +105,7 @@ class Collection:
         """Build from a collection document.
 
         >>> c = Collection.parse({"id": "x", "extent": {"spatial": {"bbox": [[0, 1, 2, 3]]}}})
-        >>> c.bbox, c.crs, c.item_type
+        >>> tuple(c.bbox), c.crs, c.item_type
         ((0.0, 1.0, 2.0, 3.0), ('http://www.opengis.net/def/crs/OGC/1.3/CRS84',), 'feature')
         """
         extent = doc.get("extent") or {}
@@ -126,7 +115,7 @@ class Collection:
             first = boxes[0] if isinstance(boxes[0], list) else boxes
             if len(first) >= 4:
                 half = len(first) // 2  # 3D boxes: (x0, y0, z0, x1, y1, z1)
-                bbox = (float(first[0]), float(first[1]), float(first[half]), float(first[half + 1]))
+                bbox = Bounds(float(first[0]), float(first[1]), float(first[half]), float(first[half + 1]))
         intervals = (extent.get("temporal") or {}).get("interval") or []
         temporal = tuple(intervals[0][:2]) if intervals and intervals[0] else None
         return cls(

@@ -6,11 +6,13 @@ through the :class:`~mapstream.layers.http.Fetcher`, decode in a thread, paint, 
 adds XYZ/TMS URL templates and xyzservices providers, and :class:`~mapstream.layers.sources.wms.WMSLayer` adds
 WMS GetMap requests cut to the same grid, so both share limits, caches and the mosaic format.
 
-A mosaic is an :class:`xarray.DataArray` with dims ``("y", "x", "band")``, bands
-``["r", "g", "b", "a"]``, ``uint8``, pixel-centre EPSG:3857 coordinates (y decreasing from the
-top row; x continuing past 20037508 m across the antimeridian, as in
-:class:`~mapstream.layers.viewport.Viewport`) and attrs ``crs``, ``zoom``, ``tiles_used``,
-``tiles_missing`` (``"z/x/y"`` -> reason), ``errors``, ``progress`` and ``complete``.
+A load yields :class:`~mapstream.layers.types.Mosaic` frames: the image is an
+:class:`xarray.DataArray` with dims ``("y", "x", "band")``, bands ``["r", "g", "b", "a"]``,
+``uint8``, pixel-centre EPSG:3857 coordinates (y decreasing from the top row; x continuing past
+20037508 m across the antimeridian, as in :class:`~mapstream.layers.viewport.Viewport`) and attrs
+``crs`` and ``zoom`` only; progress, errors (one :class:`~mapstream.layers.errors.TileError` per
+failed tile), ``tiles_used`` and ``tiles_missing`` (``"z/x/y"`` -> reason) are fields of the
+:class:`~mapstream.layers.types.Mosaic`. All grid arithmetic is :mod:`~mapstream.layers.tilegrid`'s.
 """
 
 from __future__ import annotations
@@ -21,26 +23,34 @@ import math
 import os
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 import xarray as xr
 
-from ..errors import BadInputError, FetchError, LayersError, StatusError
+from ..errors import BadInputError, FetchError, LayersError, StatusError, TileError
 from ..imaging import decode_tile
+from ..projection import lonlat_bbox_to_mercator
 from ..tilegrid import (
+    PixelWindow,
     Tile,
-    lonlat_bbox_to_mercator,
-    resolution,
+    pixel_centres,
+    pixel_window,
     tiles_in_bbox,
+    tiles_in_window,
     tms_y,
     wrap_x,
     zoom_for_resolution,
 )
-from ..types import Progress
-from ..viewport import ORIGIN_SHIFT, Viewport
+from ..types import Bounds, Mosaic, Progress, QueryResult
+from ..viewport import Viewport
+from . import register
 
-__all__ = ["TileLayer", "TiledLayer", "TilePlan", "Tile", "BANDS", "EMPTY_STATUSES"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..catalog import LayerSpec
+    from ..http import Fetcher
+
+__all__ = ["TileLayer", "TiledLayer", "TilePlan", "BANDS", "EMPTY_STATUSES"]
 
 #: Band labels of every mosaic.
 BANDS = ["r", "g", "b", "a"]
@@ -67,20 +77,21 @@ class TilePlan(NamedTuple):
     urls
         The URL of each tile, in the same order.
     window
-        (col0, row0, col1, row1): the mosaic's pixels in the zoom's global pixel grid.
+        The mosaic's pixels in the zoom's global pixel grid.
+    tile_size
+        Pixel size of the tiles.
     """
 
     zoom: int
     tiles: list[Tile]
     urls: list[str]
-    window: tuple[int, int, int, int]
+    window: PixelWindow
     tile_size: int
 
     @property
     def shape(self) -> tuple[int, int]:
         """(height, width) of the mosaic in pixels."""
-        c0, r0, c1, r1 = self.window
-        return (r1 - r0, c1 - c0)
+        return self.window.shape
 
 
 class _Outcome(NamedTuple):
@@ -89,13 +100,14 @@ class _Outcome(NamedTuple):
     cached: bool
     reason: str | None  # why the tile is missing, when it is
     failed: bool
+    status: int | None = None  # the error status, when the server answered one
 
 
 class TiledLayer:
     """Base of raster layers served on the Web Mercator tile grid.
 
-    Subclasses implement :meth:`tile_url`. Settings are immutable after construction, so
-    :meth:`plan` is a pure function of the viewport.
+    Subclasses implement :meth:`tile_url` and :meth:`query`. Settings are immutable after
+    construction, so :meth:`plan` is a pure function of the viewport.
     """
 
     def __init__(
@@ -136,6 +148,13 @@ class TiledLayer:
             )
         return int(zoom)
 
+    def _check_tile(self, tile: Tile) -> int:
+        """The tile's zoom, checked against the layer's range, and its row against the grid."""
+        z = self._check_zoom(tile.z)
+        if not 0 <= tile.y < 2**z:
+            raise BadInputError(f"tile row {tile.y} is outside zoom {z}'s 0..{2**z - 1}")
+        return z
+
     def zoom_for(self, viewport: Viewport) -> int:
         """The zoom whose resolution best matches the viewport's, clamped to the layer's range."""
         viewport = Viewport.create(*viewport)
@@ -146,7 +165,7 @@ class TiledLayer:
             max_zoom=self.max_zoom,
         )
 
-    def tiles_for_bbox(self, bbox_lonlat: Sequence[float], zoom: int) -> list[Tile]:
+    def tiles_for_bbox(self, bbox_lonlat: Bounds, zoom: int) -> list[Tile]:
         """Tiles covering a (west, south, east, north) box in degrees at ``zoom``.
 
         ``east < west`` crosses the antimeridian; columns east of it are unwrapped (>= 2**zoom).
@@ -178,27 +197,14 @@ class TiledLayer:
         viewport = Viewport.create(*viewport)
         zoom = self.zoom_for(viewport) if zoom is None else self._check_zoom(zoom)
         size = self.tile_size
-        res = resolution(zoom, size)
-        world_px = size * 2**zoom
-        eps = 1e-6
-        (x0, x1), (y0, y1) = viewport.x_range, viewport.y_range
-        c0 = math.floor((x0 + ORIGIN_SHIFT) / res + eps)
-        c1 = max(c0 + 1, math.ceil((x1 + ORIGIN_SHIFT) / res - eps))
-        r0 = max(0, math.floor((ORIGIN_SHIFT - y1) / res + eps))  # clamped at the poles
-        r1 = min(world_px, math.ceil((ORIGIN_SHIFT - y0) / res - eps))
-        if r1 <= r0:  # entirely beyond Web Mercator's latitudes
-            return TilePlan(zoom, [], [], (c0, r0, c1, r0), size)
-        tiles = [
-            Tile(zoom, tx, ty)
-            for ty in range(r0 // size, (r1 - 1) // size + 1)
-            for tx in range(c0 // size, (c1 - 1) // size + 1)
-        ]
+        window = pixel_window(viewport.bounds, zoom, size)  # rows clamped at the poles
+        tiles = tiles_in_window(window, zoom, size)
         if len(tiles) > MAX_TILES:
             raise BadInputError(
                 f"{len(tiles)} tiles needed at zoom {zoom} (more than {MAX_TILES}): zoom in, or "
                 f"lower {self.name}'s min_zoom ({self.min_zoom})"
             )
-        return TilePlan(zoom, tiles, [self.tile_url(t) for t in tiles], (c0, r0, c1, r1), size)
+        return TilePlan(zoom, tiles, [self.tile_url(t) for t in tiles], window, size)
 
     # -- loading ------------------------------------------------------------------------------
     def _memory_key(self, url: str) -> Any:
@@ -206,7 +212,7 @@ class TiledLayer:
         # shared across layers that send different ones.
         return (url, tuple(sorted(self.headers.items()))) if self.headers else url
 
-    async def _fetch_one(self, url: str, fetcher: Any) -> _Outcome:
+    async def _fetch_one(self, url: str, fetcher: Fetcher) -> _Outcome:
         key = self._memory_key(url)
         hit = fetcher.memory.get(key)
         if isinstance(hit, np.ndarray) and hit.shape[:2] != (self.tile_size, self.tile_size):
@@ -216,7 +222,8 @@ class TiledLayer:
         try:
             resp = await fetcher.get(url, headers=self.headers or None, allow_status=EMPTY_STATUSES)
         except FetchError as exc:
-            return _Outcome(url, None, False, self._redact(_describe(exc)), True)
+            status = exc.status if isinstance(exc, StatusError) else None
+            return _Outcome(url, None, False, self._redact(_describe(exc)), True, status)
         if resp.status in EMPTY_STATUSES or not resp.content:
             fetcher.memory.put(key, f"{_EMPTY}:{resp.status}", 64)
             return _Outcome(url, None, resp.from_cache, f"empty ({resp.status})", False)
@@ -235,15 +242,15 @@ class TiledLayer:
         return _Outcome(url, image, resp.from_cache, None, False)
 
     async def load(
-        self, viewport: Viewport, fetcher: Any, *, frame_every: int | None = None
-    ) -> AsyncIterator[xr.DataArray]:
+        self, viewport: Viewport, fetcher: Fetcher, *, frame_every: int | None = None
+    ) -> AsyncIterator[Mosaic]:
         """Yield the mosaic as tiles arrive (a frame every few tiles), then the final one.
 
         Tiles are requested concurrently through ``fetcher`` (its per-host limit applies),
         decoded in worker threads and kept decoded in ``fetcher.memory`` keyed by URL, so
         loading a viewport seen before makes no request. A tile answered 404 or 204 is
-        transparent; a tile that fails is a transparent hole reported in the ``errors`` and
-        ``tiles_missing`` attrs while the rest of the mosaic stands.
+        transparent; a tile that fails is a transparent hole reported in the mosaic's
+        ``errors`` and ``tiles_missing`` while the rest of the mosaic stands.
 
         Parameters
         ----------
@@ -276,7 +283,7 @@ class TiledLayer:
                 outcome = await next_done
                 for tile in placements[outcome.url]:
                     self._paint(canvas, plan, tile, outcome.image)
-                    state.add(tile, outcome)
+                    state.add(tile, outcome, self._redact(outcome.url))
                 if frame_every and state.done - last_frame >= frame_every and state.done < total:
                     last_frame = state.done
                     # copying a large canvas takes milliseconds: not on the event loop
@@ -287,7 +294,7 @@ class TiledLayer:
                 task.cancel()
         yield self._mosaic(canvas, plan, state, complete=True)
 
-    async def fetch(self, viewport: Viewport, fetcher: Any) -> xr.DataArray:
+    async def fetch(self, viewport: Viewport, fetcher: Fetcher) -> Mosaic:
         """The final mosaic of :meth:`load` (no partial frames are built).
 
         Raises
@@ -297,7 +304,7 @@ class TiledLayer:
         """
         async with contextlib.aclosing(self.load(viewport, fetcher, frame_every=0)) as frames:
             async for mosaic in frames:
-                if mosaic.attrs["complete"]:
+                if mosaic.complete:
                     return mosaic
         raise RuntimeError("load() ended without a complete mosaic")  # cannot happen
 
@@ -318,11 +325,8 @@ class TiledLayer:
 
     def _mosaic(
         self, data: np.ndarray, plan: TilePlan, state: _LoadState, *, complete: bool
-    ) -> xr.DataArray:
-        res = resolution(plan.zoom, plan.tile_size)
-        c0, r0, c1, r1 = plan.window
-        x = -ORIGIN_SHIFT + (np.arange(c0, c1) + 0.5) * res
-        y = ORIGIN_SHIFT - (np.arange(r0, r1) + 0.5) * res
+    ) -> Mosaic:
+        x, y = pixel_centres(plan.window, plan.zoom, plan.tile_size)
         progress = Progress(
             done=state.done,
             total=state.total,
@@ -331,21 +335,21 @@ class TiledLayer:
             cached=state.cached,
             complete=complete,
         )
-        return xr.DataArray(
+        image = xr.DataArray(
             data,
             dims=("y", "x", "band"),
             coords={"y": y, "x": x, "band": BANDS},
             name=self.name,
-            attrs={
-                "crs": "EPSG:3857",
-                "zoom": plan.zoom,
-                "tiles_used": list(state.used),
-                "tiles_missing": dict(state.missing),
-                "errors": list(state.errors),
-                "progress": progress,
-                "complete": complete,
-                "attribution": self.attribution,
-            },
+            attrs={"crs": "EPSG:3857", "zoom": plan.zoom},
+        )
+        return Mosaic(
+            image=image,
+            progress=progress,
+            errors=tuple(state.errors),
+            zoom=plan.zoom,
+            tiles_used=tuple(state.used),
+            tiles_missing=dict(state.missing),
+            attribution=self.attribution or None,
         )
 
 
@@ -357,9 +361,9 @@ class _LoadState:
         self.done = self.failed = self.cached = 0
         self.used: dict[str, None] = {}  # ordered set
         self.missing: dict[str, str] = {}
-        self.errors: list[str] = []
+        self.errors: list[TileError] = []
 
-    def add(self, tile: Tile, outcome: _Outcome) -> None:
+    def add(self, tile: Tile, outcome: _Outcome, url: str) -> None:
         self.done += 1
         self.cached += outcome.cached
         if outcome.image is not None:
@@ -368,7 +372,8 @@ class _LoadState:
             self.missing[tile.key] = outcome.reason
         if outcome.failed:
             self.failed += 1
-            self.errors.append(f"{tile.key}: {outcome.reason}")
+            reason = outcome.reason or "failed"
+            self.errors.append(TileError(tile.key, reason, url=url, status=outcome.status))
 
 
 def _reason(hit: Any) -> str | None:
@@ -381,6 +386,7 @@ def _describe(exc: FetchError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@register
 class TileLayer(TiledLayer):
     """An XYZ or TMS tile service from a URL template or an xyzservices provider.
 
@@ -424,6 +430,8 @@ class TileLayer(TiledLayer):
     ...
     mapstream.layers.errors.BadInputError: tile URL template needs {z}: 'https://t.test/{x}/{y}.png'
     """
+
+    kind: ClassVar[str] = "tiles"
 
     def __init__(
         self,
@@ -469,6 +477,45 @@ class TileLayer(TiledLayer):
 
     def __repr__(self) -> str:
         return f"TileLayer({self.url_template!r}, name={self.name!r})"
+
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, url: str | None, **zooms: int) -> TileLayer:
+        """The layer a catalog entry describes: its ``provider``, or ``url`` as the template.
+
+        ``zooms`` are ``min_zoom`` and, when known, ``max_zoom``.
+
+        Raises
+        ------
+        BadInputError
+            As the constructor or :meth:`from_provider`.
+        """
+        extra: dict[str, Any] = dict(zooms)
+        if spec.attribution:
+            extra["attribution"] = spec.attribution
+        if spec.provider is None:
+            return cls(url or "", name=spec.name, **extra)
+        # from_provider's first parameter is also called ``name``: set ours afterwards.
+        layer = cls.from_provider(spec.provider, **extra)
+        layer.name = spec.name
+        return layer
+
+    def request_prefixes(self) -> list[str]:
+        """URL prefixes (scheme://host/path up to the first placeholder) the layer requests.
+
+        The catalog gives each its host limit and headers.
+
+        >>> TileLayer("https://{s}.t.test/{z}/{x}/{y}.png", subdomains="ab").request_prefixes()
+        ['https://a.t.test/', 'https://b.t.test/']
+        >>> TileLayer("http://h:8/tiles/{z}/{x}/{y}.png").request_prefixes()
+        ['http://h:8/tiles/']
+        """
+        template = self.url_template
+        names = [template.replace("{s}", s) for s in self.subdomains] if "{s}" in template else [template]
+        return sorted({n.split("{", 1)[0] for n in names})
+
+    async def query(self, lon: float, lat: float, fetcher: Fetcher) -> QueryResult:
+        """Always ``[]``: XYZ tiles are pictures and hold no attributes to inspect."""
+        return []
 
     @classmethod
     def from_provider(cls, name: str, **overrides: Any) -> TileLayer:
@@ -541,9 +588,7 @@ class TileLayer(TiledLayer):
         BadInputError
             A zoom outside the layer's range, a row outside the world, or a missing API key.
         """
-        z = self._check_zoom(tile.z)
-        if not 0 <= tile.y < 2**z:
-            raise BadInputError(f"tile row {tile.y} is outside zoom {z}'s 0..{2**z - 1}")
+        z = self._check_tile(tile)
         x = wrap_x(tile.x, z)
         y = tms_y(tile.y, z) if self.tms else tile.y
         values = {

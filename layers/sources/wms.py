@@ -1,5 +1,8 @@
 """WMS layers: GetMap cut into tile-sized requests on the Web Mercator grid, and GetFeatureInfo.
 
+:meth:`WMSLayer.query` answers a point query (click-inspect) with GetFeatureInfo, as rows of
+properties like every other :class:`~mapstream.layers.types.Layer`.
+
 Requesting one image per viewport would defeat caching (every pan is a new image) and could
 not share the tile pipeline. Instead :class:`WMSLayer` asks for one GetMap per tile of the XYZ
 grid, with the tile's bounds as BBOX, so panning reuses what is cached, requests run under the
@@ -14,15 +17,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import BadInputError
-from ..tilegrid import Tile, tile_bounds, wrap_x
+from ..projection import lonlat_to_mercator
+from ..tilegrid import Tile, tile_at, tile_bounds, wrap_x
+from ..types import Bounds, QueryResult
+from . import register
 from .tiles import TiledLayer
-from ..viewport import ORIGIN_SHIFT, lonlat_to_mercator
 
-__all__ = ["WMSLayer", "wms_bbox", "getmap_params", "VERSIONS"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..catalog import LayerSpec
+    from ..http import Fetcher
+
+__all__ = ["WMSLayer", "wms_bbox", "getmap_params", "info_rows", "VERSIONS"]
 
 #: Supported WMS versions.
 VERSIONS = ("1.1.1", "1.3.0")
@@ -30,7 +39,7 @@ VERSIONS = ("1.1.1", "1.3.0")
 _LAT_FIRST = {"EPSG:4326", "EPSG:4258", "EPSG:4269", "EPSG:4267"}
 
 
-def wms_bbox(bounds: tuple[float, float, float, float], crs: str, version: str) -> str:
+def wms_bbox(bounds: Bounds, crs: str, version: str) -> str:
     """The BBOX parameter for (west, south, east, north) ``bounds`` in ``crs``.
 
     >>> wms_bbox((1, 2, 3, 4), "EPSG:3857", "1.3.0")
@@ -52,7 +61,7 @@ def _num(value: float) -> str:
 
 
 def getmap_params(
-    bounds: tuple[float, float, float, float],
+    bounds: Bounds,
     size: int,
     *,
     layers: str,
@@ -88,6 +97,23 @@ def getmap_params(
     return params
 
 
+def info_rows(info: Any) -> QueryResult:
+    """Rows of properties from a GetFeatureInfo answer (GeoJSON, other JSON, or text).
+
+    >>> info_rows({"type": "FeatureCollection", "features": [{"properties": {"a": 1}}]})
+    [{'a': 1}]
+    >>> info_rows({"a": 1}), info_rows("  <p>a road</p> "), info_rows("")
+    ([{'a': 1}], [{'answer': '<p>a road</p>'}], [])
+    """
+    if isinstance(info, dict) and isinstance(info.get("features"), list):
+        return [dict(f.get("properties") or {}) for f in info["features"] if isinstance(f, dict)]
+    if isinstance(info, dict):
+        return [info]
+    text = str(info).strip()
+    return [{"answer": text[:2000]}] if text else []
+
+
+@register
 class WMSLayer(TiledLayer):
     """A WMS 1.1.1 / 1.3.0 service drawn as a tile mosaic in EPSG:3857.
 
@@ -126,6 +152,8 @@ class WMSLayer(TiledLayer):
     >>> "BBOX=-20037508.342789244%2C0%2C0%2C20037508.342789244" in url
     True
     """
+
+    kind: ClassVar[str] = "wms"
 
     def __init__(
         self,
@@ -171,6 +199,27 @@ class WMSLayer(TiledLayer):
     def __repr__(self) -> str:
         return f"WMSLayer({self.url!r}, {self.layers!r}, version={self.version!r})"
 
+    @classmethod
+    def from_spec(cls, spec: LayerSpec, url: str | None, **zooms: int) -> WMSLayer:
+        """The layer a catalog entry describes (``url``, ``wms_layers``, ``attribution``).
+
+        Raises
+        ------
+        BadInputError
+            As the constructor.
+        """
+        return cls(
+            url or "", spec.wms_layers or [], attribution=spec.attribution, name=spec.name, **zooms
+        )
+
+    def request_prefixes(self) -> list[str]:
+        """The endpoint without its query: the prefix the catalog gives limits and headers.
+
+        >>> WMSLayer("http://w.test/wms?map=x", "a").request_prefixes()
+        ['http://w.test/wms']
+        """
+        return [self.url.split("?", 1)[0]]
+
     def _url(self, params: Mapping[str, str]) -> str:
         parts = urlsplit(self.url)
         base = parse_qsl(parts.query, keep_blank_values=True)
@@ -179,9 +228,7 @@ class WMSLayer(TiledLayer):
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     def _params(self, tile: Tile) -> dict[str, str]:
-        z = self._check_zoom(tile.z)
-        if not 0 <= tile.y < 2**z:
-            raise BadInputError(f"tile row {tile.y} is outside zoom {z}'s 0..{2**z - 1}")
+        z = self._check_tile(tile)
         bounds = tile_bounds(Tile(z, wrap_x(tile.x, z), tile.y))
         return getmap_params(
             bounds,
@@ -237,14 +284,12 @@ class WMSLayer(TiledLayer):
             )
         zoom = self._check_zoom(self.max_zoom if zoom is None else zoom)
         x, y = lonlat_to_mercator(lon, lat)
-        n = 2**zoom
-        span = 2 * ORIGIN_SHIFT / n
-        col = min(n - 1, int((x + ORIGIN_SHIFT) // span))
-        row = min(n - 1, int((ORIGIN_SHIFT - y) // span))
-        w, s, e, north = tile_bounds(Tile(zoom, col, row))
+        tile = tile_at(x, y, zoom)
+        w, _, e, north = tile_bounds(tile)
+        span = e - w
         px = min(self.tile_size - 1, int((x - w) / span * self.tile_size))
         py = min(self.tile_size - 1, int((north - y) / span * self.tile_size))
-        params = self._params(Tile(zoom, col, row))
+        params = self._params(tile)
         i_key, j_key = ("I", "J") if self.version == "1.3.0" else ("X", "Y")
         params.update(
             {
@@ -258,21 +303,23 @@ class WMSLayer(TiledLayer):
         )
         return self._url(params)
 
-    async def get_feature_info(
+    async def query(
         self,
         lon: float,
         lat: float,
-        fetcher: Any,
+        fetcher: Fetcher,
         *,
         info_format: str = "application/json",
         zoom: int | None = None,
         feature_count: int = 10,
-    ) -> Any:
+    ) -> QueryResult:
         """Ask the service what is at (``lon``, ``lat``): GetFeatureInfo on the layer's layers.
 
         Returns
         -------
-        The parsed JSON for a JSON ``info_format``, else the response text (HTML, GML, plain).
+        QueryResult
+            One row of properties per feature of a GeoJSON answer; the object of other JSON;
+            ``{"answer": text}`` for a text answer (HTML, GML, plain) (:func:`info_rows`).
 
         Raises
         ------
@@ -288,5 +335,6 @@ class WMSLayer(TiledLayer):
         )
         resp = await fetcher.get(url, headers=self.headers or None)
         if "json" in info_format.lower():
-            return resp.json()
-        return resp.text
+            return info_rows(resp.json())
+        text = resp.text
+        return info_rows(text)

@@ -145,15 +145,17 @@ async def test_every_demo_layer_answers(demo):
             view = Viewport.from_lonlat(EUROPE, 400)
             if spec.kind == "tiles":
                 assert isinstance(layer, TileLayer) and layer.url_template == demo.tiles_url
-                mosaic = await layer.fetch(view, fetcher)
+                mosaic = (await layer.fetch(view, fetcher)).image
                 assert mosaic.shape[-1] == 4 and int(mosaic[..., 3].max()) == 255
             else:
                 assert isinstance(layer, FeatureLayer) and layer.url == demo.ogc_url
-                frame = await layer.fetch(view, fetcher)
-                assert len(frame) > 0 and not frame.attrs["errors"], spec.name
+                result = await layer.fetch(view, fetcher)
+                frame = result.frame
+                assert len(frame) > 0 and not result.errors, spec.name
                 if spec.name == "sensors":
                     # more than one page (1000 a page) over a real socket
-                    assert frame.attrs["matched"] > 1000 and len(frame) == frame.attrs["matched"]
+                    matched = result.progress.matched
+                    assert matched > 1000 and len(frame) == matched
                     assert {"value", "kind", "when"} <= set(frame.columns)
 
 

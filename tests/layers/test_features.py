@@ -11,7 +11,8 @@ import shapely
 from mapstream.layers.errors import ParseError, StatusError
 from mapstream.layers.sources.features import FeatureLayer
 from mapstream.layers.http import Fetcher
-from mapstream.layers.viewport import Viewport, lonlat_to_mercator
+from mapstream.layers.projection import lonlat_to_mercator
+from mapstream.layers.viewport import Viewport
 from tests.support.ogc import N_POINTS, PAGE_LIMIT, make_points, ogc_data, ogc_server, make_ogc_server  # noqa: F401
 
 ALL_IDS = set(range(1, N_POINTS + 1))
@@ -60,7 +61,7 @@ async def test_every_feature_exactly_once(ogc_server, fetcher, kwargs):
 
 async def test_pages_stream_typed_mercator_frames(ogc_server, fetcher, points):
     layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT)
-    frame = await layer.fetch(None, fetcher)
+    frame = (await layer.fetch(None, fetcher)).frame
     assert str(frame.crs) == "EPSG:3857" and frame["valid"].all()
     assert pd.api.types.is_integer_dtype(frame["count"])
     assert pd.api.types.is_float_dtype(frame["value"])
@@ -76,19 +77,20 @@ async def test_pages_stream_typed_mercator_frames(ogc_server, fetcher, points):
 async def test_bbox_narrows_like_the_server_data(ogc_server, fetcher, points):
     box = (-10.0, 35.0, 30.0, 60.0)
     layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT)
-    frame = await layer.fetch(Viewport.from_lonlat(box, 400), fetcher)
+    frame = (await layer.fetch(Viewport.from_lonlat(box, 400), fetcher)).frame
     inside = points[points.intersects(shapely.box(*box))]
     assert 0 < len(frame) < N_POINTS
     assert set(_ids(frame)) == set(inside["id"].tolist())
 
 
-async def test_bbox_on_polygons_and_features_at(ogc_server, fetcher):
+async def test_bbox_on_polygons_and_query(ogc_server, fetcher):
     layer = FeatureLayer(ogc_server.url, "countries", limit=20)
-    europe = await layer.fetch(Viewport.from_lonlat((0, 44, 10, 50), 400), fetcher)
+    europe = (await layer.fetch(Viewport.from_lonlat((0, 44, 10, 50), 400), fetcher)).frame
     assert "France" in set(europe["name"]) and "Brazil" not in set(europe["name"])
-    at_paris = await layer.features_at(2.35, 48.85, fetcher, radius_m=1000)
-    assert list(at_paris["name"]) == ["France"]
-    every = await layer.fetch(None, fetcher)
+    at_paris = await layer.query(2.35, 48.85, fetcher, radius_m=1000)
+    assert [row["name"] for row in at_paris] == ["France"]
+    assert "geometry" not in at_paris[0]  # rows of properties
+    every = (await layer.fetch(None, fetcher)).frame
     assert len(every) == 177 and every["id"].is_unique  # Natural Earth lowres countries
     assert set(every.geometry.geom_type) == {"Polygon", "MultiPolygon"}  # mixed types are fine
 
@@ -96,7 +98,7 @@ async def test_bbox_on_polygons_and_features_at(ogc_server, fetcher):
 async def test_datetime_narrows(ogc_server, fetcher, points):
     interval = "2024-03-01T00:00:00Z/2024-03-31T00:00:00Z"
     layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT, datetime=interval)
-    frame = await layer.fetch(None, fetcher)
+    frame = (await layer.fetch(None, fetcher)).frame
     lo, hi = pd.Timestamp("2024-03-01", tz="UTC"), pd.Timestamp("2024-03-31", tz="UTC")
     want = points[(points["when"] >= lo) & (points["when"] <= hi)]
     assert 0 < len(frame) < N_POINTS
@@ -109,7 +111,7 @@ async def test_cql2_text_filter_and_properties(ogc_server, fetcher, points):
         ogc_server.url, "points", limit=PAGE_LIMIT,
         filter="count < 100 AND kind = 'alpha'", properties=["count", "kind"],
     )
-    frame = await layer.fetch(None, fetcher)
+    frame = (await layer.fetch(None, fetcher)).frame
     want = points[(points["count"] < 100) & (points["kind"] == "alpha")]
     assert 0 < len(frame) < N_POINTS
     assert set(_ids(frame)) == set(want["id"].tolist())
@@ -119,8 +121,9 @@ async def test_cql2_text_filter_and_properties(ogc_server, fetcher, points):
 async def test_a_503_on_one_page_is_retried(make_ogc_server, fetcher):
     server = make_ogc_server(faults={"offset=1000": ["503"]})
     layer = FeatureLayer(server.url, "points", limit=PAGE_LIMIT)
-    frame = await layer.fetch(None, fetcher)
-    assert len(frame) == N_POINTS and frame["id"].is_unique and not frame.attrs["errors"]
+    result = await layer.fetch(None, fetcher)
+    frame = result.frame
+    assert len(frame) == N_POINTS and frame["id"].is_unique and not result.errors
     assert fetcher.metrics.snapshot()["retries"] >= 1
 
 
@@ -142,11 +145,12 @@ async def test_malformed_page_is_reported_and_earlier_pages_stay(make_ogc_server
 @pytest.mark.parametrize("concurrent", [True, False])
 async def test_cap_truncates_and_says_so(ogc_server, fetcher, concurrent):
     layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT, max_features=1234, concurrent=concurrent)
-    frame = await layer.fetch(None, fetcher)
+    result = await layer.fetch(None, fetcher)
+    frame = result.frame
     assert len(frame) == 1234 and frame["id"].is_unique
-    assert frame.attrs["truncated"] is True and frame.attrs["matched"] == N_POINTS
+    assert result.truncated is True and result.progress.matched == N_POINTS
     # the walk stopped at the cap: 3 pages of 500, not 40
-    assert frame.attrs["pages"] == 3
+    assert result.progress.done == 3
 
 
 async def test_unknown_collection_is_a_status_error(ogc_server, fetcher):
@@ -200,16 +204,16 @@ async def test_antimeridian_view_and_part2_crs(ogc_server, fetcher, points):
 
 async def test_a_page_seen_before_is_not_parsed_again(ogc_server, fetcher, monkeypatch):
     """The same view again (the plot's real size arriving, another session) reuses parsed pages."""
-    import mapstream.layers.sources.features as features
+    import mapstream.layers.sources.geojson as geojson
 
     calls: list[int] = []
-    real = features.parse_off_loop
+    real = geojson.parse_off_loop
 
     async def counting(content, **kw):
         calls.append(len(content))
         return await real(content, **kw)
 
-    monkeypatch.setattr(features, "parse_off_loop", counting)
+    monkeypatch.setattr(geojson, "parse_off_loop", counting)
     layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT)
     world = Viewport.from_lonlat((-180, -85, 180, 85), 512)
     first = [p async for p in layer.load(world, fetcher)]

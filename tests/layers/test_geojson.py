@@ -9,7 +9,7 @@ import shapely
 
 from mapstream.layers.errors import ParseError
 from mapstream.layers.sources.geojson import parse_feature_collection, parse_off_loop
-from mapstream.layers.viewport import lonlat_to_mercator
+from mapstream.layers.projection import lonlat_to_mercator
 
 
 def fc(features, **extra) -> bytes:

@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from mapstream.layers.errors import BadInputError
+from mapstream.layers.errors import BadInputError, TileError
 from mapstream.layers.http import Fetcher
 from mapstream.layers.tilegrid import WORLD_SIZE, Tile, tile_bounds
 from mapstream.layers.sources.tiles import TileLayer
-from mapstream.layers.types import Progress
-from mapstream.layers.viewport import ORIGIN_SHIFT, Viewport
+from mapstream.layers.types import Layer, Mosaic, Progress
+from mapstream.layers.projection import ORIGIN_SHIFT
+from mapstream.layers.viewport import Viewport
 from tests.support.tileserver import TileServer, tile_colour
 from tests.support.tileserver import tile_server as tile_server_fixture
 
@@ -21,7 +22,7 @@ tile_server = tile_server_fixture  # the loopback server fixture (shared with th
 
 
 def expected_pixels(mosaic, *, tms_server: bool = False) -> np.ndarray:
-    """The RGBA each pixel of ``mosaic`` must have, from its pixel-centre coordinates."""
+    """The RGBA each pixel of ``mosaic`` (an image) must have, from its pixel-centre coordinates."""
     z = mosaic.attrs["zoom"]
     n = 2**z
     span = WORLD_SIZE / n
@@ -57,15 +58,18 @@ def check_mosaic_shape(mosaic, viewport: Viewport) -> None:
 async def test_every_pixel_comes_from_its_tile(tile_server, fetcher):
     layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png", name="solid")
     vp = Viewport.from_lonlat((5.3, 43.1, 17.9, 49.7), width=700, height=500)
-    mosaic = await layer.fetch(vp, fetcher)
+    result = await layer.fetch(vp, fetcher)
+    assert isinstance(result, Mosaic)
+    mosaic = result.image
     check_mosaic_shape(mosaic, vp)
-    assert mosaic.attrs["zoom"] == layer.zoom_for(vp)
+    assert mosaic.attrs == {"crs": "EPSG:3857", "zoom": result.zoom}  # results are fields
+    assert result.zoom == layer.zoom_for(vp)
     np.testing.assert_array_equal(mosaic.values, expected_pixels(mosaic))
     plan = layer.plan(vp)
-    assert sorted(mosaic.attrs["tiles_used"]) == sorted(t.key for t in plan.tiles)
-    assert mosaic.attrs["tiles_missing"] == {} and mosaic.attrs["errors"] == []
-    assert mosaic.attrs["complete"] is True
-    p = mosaic.attrs["progress"]
+    assert sorted(result.tiles_used) == sorted(t.key for t in plan.tiles)
+    assert result.tiles_missing == {} and result.errors == ()
+    assert result.complete is True
+    p = result.progress
     assert isinstance(p, Progress) and p.unit == "tiles"
     assert (p.done, p.total, p.failed, p.cached, p.complete) == (len(plan.tiles),) * 2 + (
         0,
@@ -78,12 +82,13 @@ async def test_every_pixel_comes_from_its_tile(tile_server, fetcher):
 async def test_antimeridian_mosaic_takes_tiles_from_both_sides(tile_server, fetcher):
     layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png")
     vp = Viewport.from_lonlat((170, -20, -165, 5), width=600)  # east < west: crosses 180
-    mosaic = await layer.fetch(vp, fetcher)
+    result = await layer.fetch(vp, fetcher)
+    mosaic = result.image
     check_mosaic_shape(mosaic, vp)
     assert mosaic.x.values[-1] > ORIGIN_SHIFT > mosaic.x.values[0]  # x keeps increasing
     np.testing.assert_array_equal(mosaic.values, expected_pixels(mosaic))
-    z = mosaic.attrs["zoom"]
-    columns = {int(key.split("/")[1]) for key in mosaic.attrs["tiles_used"]}
+    z = result.zoom
+    columns = {int(key.split("/")[1]) for key in result.tiles_used}
     assert 0 in columns and 2**z - 1 in columns
     paths = {p.split("/")[2] for p in tile_server.requests}
     assert all(0 <= int(c) < 2**z for c in paths)  # the server only sees wrapped columns
@@ -92,11 +97,11 @@ async def test_antimeridian_mosaic_takes_tiles_from_both_sides(tile_server, fetc
 async def test_tms_rows_are_flipped(tile_server, fetcher):
     layer = TileLayer(tile_server.url + "/tms/{z}/{x}/{y}.png", tms=True)
     vp = Viewport.from_lonlat((-30, 20, 10, 60), width=400)
-    mosaic = await layer.fetch(vp, fetcher)
+    mosaic = (await layer.fetch(vp, fetcher)).image
     np.testing.assert_array_equal(mosaic.values, expected_pixels(mosaic))
     minus_y = TileLayer(tile_server.url + "/tms/{z}/{x}/{-y}.png")
     fetcher.memory.clear()
-    again = await minus_y.fetch(vp, fetcher)
+    again = (await minus_y.fetch(vp, fetcher)).image
     np.testing.assert_array_equal(again.values, mosaic.values)
 
 
@@ -105,7 +110,7 @@ async def test_retina_tiles_are_512_px_at_one_zoom_less(tile_server, fetcher):
     retina = TileLayer(tile_server.url + "/{z}/{x}/{y}{r}.png", tile_size=512)
     vp = Viewport.from_lonlat((-10, 35, 25, 60), width=800)
     assert retina.zoom_for(vp) == plain.zoom_for(vp) - 1
-    mosaic = await retina.fetch(vp, fetcher)
+    mosaic = (await retina.fetch(vp, fetcher)).image
     assert all(p.endswith("@2x.png") for p in tile_server.requests)
     np.testing.assert_array_equal(mosaic.values, expected_pixels(mosaic))
 
@@ -113,7 +118,7 @@ async def test_retina_tiles_are_512_px_at_one_zoom_less(tile_server, fetcher):
 @pytest.mark.parametrize("ext", ["jpg", "webp"])
 async def test_jpeg_and_webp_decode(tile_server, fetcher, ext):
     layer = TileLayer(tile_server.url + "/{z}/{x}/{y}." + ext)
-    mosaic = await layer.fetch(Viewport.from_lonlat((0, 0, 20, 20), width=300), fetcher)
+    mosaic = (await layer.fetch(Viewport.from_lonlat((0, 0, 20, 20), width=300), fetcher)).image
     diff = np.abs(mosaic.values.astype(int) - expected_pixels(mosaic).astype(int))
     assert diff.max() <= 3  # JPEG is lossy, even for one colour
 
@@ -127,13 +132,16 @@ async def test_missing_empty_and_failing_tiles(tile_server, fetcher):
     tile_server.missing.add(tuple(gone))
     tile_server.empty.add(tuple(blank))
     tile_server.failing.add(tuple(broken))
-    mosaic = await layer.fetch(vp, fetcher)
-    missing = mosaic.attrs["tiles_missing"]
+    result = await layer.fetch(vp, fetcher)
+    mosaic = result.image
+    missing = result.tiles_missing
     assert missing[gone.key] == "empty (404)" and missing[blank.key] == "empty (204)"
     assert "500" in missing[broken.key]
-    assert len(mosaic.attrs["errors"]) == 1 and broken.key in mosaic.attrs["errors"][0]
-    assert mosaic.attrs["progress"].failed == 1
-    assert len(mosaic.attrs["tiles_used"]) == len(tiles) - 3
+    assert len(result.errors) == 1 and broken.key in str(result.errors[0])
+    error = result.errors[0]
+    assert isinstance(error, TileError) and (error.key, error.status) == (broken.key, 500)
+    assert result.progress.failed == 1
+    assert len(result.tiles_used) == len(tiles) - 3
     # holes are transparent, every other pixel is right
     expected = expected_pixels(mosaic)
     hole = np.zeros(mosaic.shape[:2], dtype=bool)
@@ -157,9 +165,9 @@ async def test_second_fetch_of_same_viewport_makes_no_request(tile_server, fetch
     second = await layer.fetch(vp, fetcher)
     assert len(tile_server.requests) == served
     assert fetcher.metrics.snapshot()["requests"] == requests
-    np.testing.assert_array_equal(first.values, second.values)
-    assert second.attrs["tiles_missing"] == first.attrs["tiles_missing"]
-    p = second.attrs["progress"]
+    np.testing.assert_array_equal(first.image.values, second.image.values)
+    assert second.tiles_missing == first.tiles_missing
+    p = second.progress
     assert p.cached == p.total == len(layer.plan(vp).tiles)
 
 
@@ -173,7 +181,7 @@ async def test_raw_bytes_come_back_from_the_disk_cache(tile_server, tmp_path):
         f.memory.clear()
         second = await layer.fetch(vp, f)
     assert len(tile_server.requests) == served
-    np.testing.assert_array_equal(first.values, second.values)
+    np.testing.assert_array_equal(first.image.values, second.image.values)
 
 
 async def test_load_yields_partial_frames_then_the_final_one(tile_server, fetcher):
@@ -183,13 +191,13 @@ async def test_load_yields_partial_frames_then_the_final_one(tile_server, fetche
     assert total >= 20
     frames = [m async for m in layer.load(vp, fetcher)]
     assert 2 <= len(frames) < total  # a frame every few tiles, not one per tile
-    done = [f.attrs["progress"].done for f in frames]
+    done = [f.progress.done for f in frames]
     assert done == sorted(done) and done[-1] == total
-    assert [f.attrs["complete"] for f in frames] == [False] * (len(frames) - 1) + [True]
-    opaque = [int((f.values[..., 3] > 0).sum()) for f in frames]
+    assert [f.complete for f in frames] == [False] * (len(frames) - 1) + [True]
+    opaque = [int((f.image.values[..., 3] > 0).sum()) for f in frames]
     assert opaque == sorted(opaque) and opaque[0] < opaque[-1]
     # a frame handed out earlier is not painted on afterwards
-    assert int((frames[0].values[..., 3] > 0).sum()) == opaque[0]
+    assert int((frames[0].image.values[..., 3] > 0).sum()) == opaque[0]
 
 
 async def test_tiles_are_fetched_concurrently(tmp_path):
@@ -231,7 +239,8 @@ async def test_api_key_comes_from_env_and_is_never_reported(tile_server, fetcher
     mosaic = await layer.fetch(vp, fetcher)
     assert all(f"apikey={secret}" in p for p in tile_server.requests)
     assert secret not in repr(layer) and secret not in str(vars(layer))
-    assert mosaic.attrs["errors"] and secret not in str(mosaic.attrs)
+    assert mosaic.errors and secret not in repr(mosaic.errors) and secret not in str(mosaic)
+    assert all(secret not in (e.url or "") for e in mosaic.errors)
     monkeypatch.delenv("MAPSTREAM_TEST_KEY")
     with pytest.raises(BadInputError, match="MAPSTREAM_TEST_KEY"):
         layer.plan(vp)
@@ -325,14 +334,14 @@ async def test_decoding_runs_in_worker_threads(tile_server, fetcher, monkeypatch
     monkeypatch.setattr(imaging, "decode_rgba", spy)
     layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png")
     mosaic = await layer.fetch(Viewport.from_lonlat((0, 0, 30, 30), width=300), fetcher)
-    assert len(threads) == len(mosaic.attrs["tiles_used"]) > 0
+    assert len(threads) == len(mosaic.tiles_used) > 0
     assert threading.main_thread() not in threads
 
 
 async def test_view_wider_than_the_world_repeats_tiles_without_refetching(tile_server, fetcher):
     layer = TileLayer(tile_server.url + "/{z}/{x}/{y}.png", max_zoom=1)
     vp = Viewport.create((-1.5 * WORLD_SIZE, 1.5 * WORLD_SIZE), (-4e7, 4e7), 900, 600)
-    mosaic = await layer.fetch(vp, fetcher)
+    mosaic = (await layer.fetch(vp, fetcher)).image
     check_mosaic_shape(mosaic, vp)
     assert mosaic.y.values[0] < ORIGIN_SHIFT and mosaic.y.values[-1] > -ORIGIN_SHIFT
     z = mosaic.attrs["zoom"]

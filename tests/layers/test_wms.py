@@ -11,7 +11,8 @@ from mapstream.layers.errors import BadInputError, ParseError, StatusError
 from mapstream.layers.http import Fetcher
 from mapstream.layers.tilegrid import Tile, tile_bounds
 from mapstream.layers.sources.tiles import TileLayer
-from mapstream.layers.viewport import ORIGIN_SHIFT, Viewport, lonlat_to_mercator
+from mapstream.layers.projection import ORIGIN_SHIFT, lonlat_to_mercator
+from mapstream.layers.viewport import Viewport
 from mapstream.layers.sources.wms import WMSLayer, wms_bbox
 from tests.layers.test_tiles import expected_pixels
 from tests.support.tileserver import tile_server as tile_server_fixture
@@ -29,8 +30,9 @@ async def fetcher(tmp_path):
 async def test_getmap_mosaic_is_pixel_exact(tile_server, fetcher, version):
     wms = WMSLayer(tile_server.url + "/wms", ["roads", "water"], version=version)
     vp = Viewport.from_lonlat((-20, 30, 25, 60), width=600)
-    mosaic = await wms.fetch(vp, fetcher)
-    assert mosaic.attrs["errors"] == []  # the fixture answers 400 to any wrong parameter
+    result = await wms.fetch(vp, fetcher)
+    mosaic = result.image
+    assert result.errors == ()  # the fixture answers 400 to any wrong parameter
     np.testing.assert_array_equal(mosaic.values, expected_pixels(mosaic))
     plan = wms.plan(vp)
     assert len(tile_server.wms_params) == len(plan.tiles)
@@ -52,13 +54,13 @@ async def test_getmap_mosaic_is_pixel_exact(tile_server, fetcher, version):
 async def test_wms_shares_tile_grid_cache_and_wraps_antimeridian(tile_server, fetcher):
     wms = WMSLayer(tile_server.url + "/wms?map=demo", "roads,water", tile_size=512, max_zoom=12)
     vp = Viewport.from_lonlat((165, -30, -170, 0), width=700)
-    mosaic = await wms.fetch(vp, fetcher)
+    mosaic = (await wms.fetch(vp, fetcher)).image
     assert mosaic.x.values[-1] > ORIGIN_SHIFT
     np.testing.assert_array_equal(mosaic.values, expected_pixels(mosaic))
     assert all(q["MAP"] == "demo" and q["WIDTH"] == "512" for q in tile_server.wms_params)
     served = len(tile_server.requests)
     again = await wms.fetch(vp, fetcher)
-    assert len(tile_server.requests) == served and again.attrs["progress"].cached == len(
+    assert len(tile_server.requests) == served and again.progress.cached == len(
         wms.plan(vp).tiles
     )
 
@@ -69,23 +71,23 @@ async def test_service_exception_leaves_a_reported_hole(tile_server, fetcher):
     bad = wms.plan(vp).tiles[0]
     tile_server.failing.add(tuple(bad))
     mosaic = await wms.fetch(vp, fetcher)
-    assert "layer broken" in mosaic.attrs["tiles_missing"][bad.key]
-    assert len(mosaic.attrs["errors"]) == 1 and mosaic.attrs["progress"].failed == 1
-    assert len(mosaic.attrs["tiles_used"]) == len(wms.plan(vp).tiles) - 1
+    assert "layer broken" in mosaic.tiles_missing[bad.key]
+    assert len(mosaic.errors) == 1 and mosaic.progress.failed == 1
+    assert len(mosaic.tiles_used) == len(wms.plan(vp).tiles) - 1
 
 
 async def test_wrong_parameters_are_reported_not_raised(tile_server, fetcher):
     wms = WMSLayer(tile_server.url + "/wms", "not-a-layer")
     mosaic = await wms.fetch(Viewport.from_lonlat((0, 0, 10, 10), width=256), fetcher)
-    assert mosaic.attrs["errors"] and all("HTTP 400" in e for e in mosaic.attrs["errors"])
-    assert int(mosaic.values.max()) == 0
+    assert mosaic.errors and all("HTTP 400" in str(e) and e.status == 400 for e in mosaic.errors)
+    assert int(mosaic.image.values.max()) == 0
 
 
 @pytest.mark.parametrize("version", ["1.1.1", "1.3.0"])
-async def test_get_feature_info(tile_server, fetcher, version):
+async def test_query_is_get_feature_info(tile_server, fetcher, version):
     wms = WMSLayer(tile_server.url + "/wms", "roads,water", version=version, max_zoom=10)
-    info = await wms.get_feature_info(12.5, 41.9, fetcher)
-    props = info["features"][0]["properties"]
+    rows = await wms.query(12.5, 41.9, fetcher)
+    props = rows[0]
     x, y = lonlat_to_mercator(12.5, 41.9)
     pixel = 2 * ORIGIN_SHIFT / 2**10 / 256
     assert abs(props["x"] - x) <= pixel and abs(props["y"] - y) <= pixel
@@ -93,9 +95,9 @@ async def test_get_feature_info(tile_server, fetcher, version):
     assert q["REQUEST"] == "GetFeatureInfo" and q["INFO_FORMAT"] == "application/json"
     assert ("I" in q) == (version == "1.3.0") and ("X" in q) == (version == "1.1.1")
     with pytest.raises(StatusError):
-        await WMSLayer(tile_server.url + "/wms", "other").get_feature_info(0, 0, fetcher)
+        await WMSLayer(tile_server.url + "/wms", "other").query(0, 0, fetcher)
     with pytest.raises(ParseError):  # a PNG is not JSON
-        await NotJSONWMS(tile_server.url).get_feature_info(0, 0, fetcher)
+        await NotJSONWMS(tile_server.url).query(0, 0, fetcher)
 
 
 class NotJSONWMS(WMSLayer):

@@ -1,4 +1,4 @@
-"""Pure tile math against the OpenStreetMap wiki's reference formula and known tiles."""
+"""Pure tile-grid math against the OpenStreetMap wiki's reference formula and known tiles."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import random
 import pytest
 
 from mapstream.layers.errors import BadInputError
+from mapstream.layers.projection import ORIGIN_SHIFT, lonlat_bbox_to_mercator, lonlat_to_mercator
 from mapstream.layers.tilegrid import (
     Tile,
-    lonlat_bbox_to_mercator,
     tile_bounds,
     tile_range,
     tiles_in_bbox,
@@ -18,7 +18,7 @@ from mapstream.layers.tilegrid import (
     wrap_x,
     zoom_for_resolution,
 )
-from mapstream.layers.viewport import ORIGIN_SHIFT, Viewport, lonlat_to_mercator
+from mapstream.layers.viewport import Viewport
 
 
 def osm_tile(lon: float, lat: float, zoom: int) -> tuple[int, int]:
