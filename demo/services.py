@@ -44,7 +44,7 @@ from .data import ensure_data
 from .ogcserver import PygeoapiServer
 from .tileserver import MAX_ZOOM, TileServer
 
-__all__ = ["DemoServices", "demo_resources", "ensure_demo", "parse_duration", "start_demo"]
+__all__ = ["DemoServices", "demo_resources", "ensure_demo", "start_demo"]
 
 PAGE_LIMIT = 1000  # pygeoapi's default page size for the demo
 _FAULT_SEQUENCE = 20_000  # injected outcomes drawn for item requests (then all succeed)
