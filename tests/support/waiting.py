@@ -1,7 +1,12 @@
-"""Waiting on a condition in tests: poll it until it holds or a deadline passes (never a bare sleep)."""
+"""Waiting on a condition in tests: poll it until it holds or a deadline passes (never a bare sleep).
+
+:func:`wait_for` blocks (threads, subprocesses, browsers); :func:`async_wait_for` is the same for
+a test on the event loop, which must keep running while the condition is polled.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,3 +29,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.0
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+async def async_wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
+    """:func:`wait_for` on the event loop: ``await asyncio.sleep(interval)`` between the calls.
+
+    >>> asyncio.run(async_wait_for(lambda: "ok", 1))
+    'ok'
+    >>> asyncio.run(async_wait_for(lambda: 0, 0.01))
+    0
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        await asyncio.sleep(interval)
