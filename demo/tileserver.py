@@ -34,9 +34,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from mapstream.layers.projection import MAX_LAT
+from mapstream.layers.tilegrid import Tile, tile_bounds
+
 from ._child import ChildServer
 
-__all__ = ["MAX_ZOOM", "TILE_PATH", "Basemap", "TileServer", "in_range", "tile_bounds"]
+__all__ = ["MAX_ZOOM", "TILE_PATH", "Basemap", "TileServer", "in_range"]
 
 MAX_ZOOM = 10
 #: Seconds a client may reuse a tile without revalidating it.
@@ -46,22 +49,7 @@ STYLE_VERSION = 1  # part of the ETag: bump when the drawing changes
 SEA = (170, 211, 223)
 LAND = (242, 239, 233)
 BORDER = (150, 140, 160)
-_HALF = 20037508.342789244
 _TILE_RE = re.compile(r"^/tiles/(\d+)/(\d+)/(\d+)\.png$")
-
-
-def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
-    """Web Mercator bounds (west, south, east, north) of XYZ tile ``z/x/y``.
-
-    >>> [round(v) for v in tile_bounds(0, 0, 0)]
-    [-20037508, -20037508, 20037508, 20037508]
-    >>> [round(v) for v in tile_bounds(1, 1, 0)]
-    [0, 0, 20037508, 20037508]
-    """
-    size = 2 * _HALF / (1 << z)
-    west = -_HALF + x * size
-    north = _HALF - y * size
-    return (west, north - size, west + size, north)
 
 
 def in_range(z: int, x: int, y: int, max_zoom: int = MAX_ZOOM) -> bool:
@@ -82,7 +70,7 @@ class Basemap:
         import shapely
 
         gdf = pyogrio.read_dataframe(path)
-        geoms = shapely.clip_by_rect(np.asarray(gdf.geometry.values), -180, -85.0511, 180, 85.0511)
+        geoms = shapely.clip_by_rect(np.asarray(gdf.geometry.values), -180, -MAX_LAT, 180, MAX_LAT)
         self.geoms = gdf.set_geometry(geoms).to_crs(3857).geometry.to_numpy()
         self.tree = shapely.STRtree(self.geoms)
 
@@ -91,7 +79,7 @@ class Basemap:
         import shapely
         from PIL import Image, ImageDraw
 
-        w, s, e, n = tile_bounds(z, x, y)
+        w, s, e, n = tile_bounds(Tile(z, x, y))
         px = size * supersample
         scale = px / (e - w)
         pad = (e - w) * 0.02  # clip a little outside so outlines at the edge are drawn

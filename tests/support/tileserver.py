@@ -29,10 +29,16 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+if TYPE_CHECKING:  # pragma: no cover
+    from mapstream.layers.types import Bounds
+
+# The server is the tests' independent reference for the grid: it does its own arithmetic
+# rather than calling mapstream.layers.tilegrid, which it checks.
 ORIGIN_SHIFT = 20037508.342789244
 _TILE = re.compile(
     r"^/(?P<tms>tms/)?(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)(?P<r>@2x)?\.(?P<ext>png|jpg|webp)$"
@@ -58,7 +64,7 @@ def render(colour: tuple[int, int, int, int], size: int, ext: str = "png") -> by
     return buf.getvalue()
 
 
-def bbox_to_tile(bbox: tuple[float, float, float, float]) -> tuple[int, int, int] | None:
+def bbox_to_tile(bbox: Bounds) -> tuple[int, int, int] | None:
     """The XYZ tile whose bounds are ``bbox`` (west, south, east, north, EPSG:3857), if any."""
     w, s, e, n = bbox
     span = e - w
