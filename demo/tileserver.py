@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mapstream.layers.projection import MAX_LAT
-from mapstream.layers.tilegrid import Tile, tile_bounds
+from mapstream.layers.tilegrid import Tile, in_grid, tile_bounds
 
 from ._child import ChildServer
 
@@ -58,7 +58,7 @@ def in_range(z: int, x: int, y: int, max_zoom: int = MAX_ZOOM) -> bool:
     >>> in_range(0, 0, 0), in_range(2, 3, 3), in_range(2, 4, 0), in_range(MAX_ZOOM + 1, 0, 0)
     (True, True, False, False)
     """
-    return 0 <= z <= max_zoom and 0 <= x < (1 << z) and 0 <= y < (1 << z)
+    return 0 <= z <= max_zoom and in_grid(Tile(z, x, y))
 
 
 class Basemap:

@@ -35,6 +35,7 @@ __all__ = [
     "tile_range",
     "tiles_in_bbox",
     "tile_at",
+    "in_grid",
     "pixel_window",
     "tiles_in_window",
     "pixel_centres",
@@ -141,6 +142,16 @@ def wrap_x(x: int, zoom: int) -> int:
     (0, 7, 5)
     """
     return x % (2**zoom)
+
+
+def in_grid(tile: Tile) -> bool:
+    """Whether ``tile`` is one of its zoom's ``2**z`` x ``2**z`` tiles (column not unwrapped).
+
+    >>> in_grid(Tile(2, 3, 3)), in_grid(Tile(2, 4, 0)), in_grid(Tile(2, 0, -1))
+    (True, False, False)
+    """
+    n = 2**tile.z
+    return tile.z >= 0 and 0 <= tile.x < n and 0 <= tile.y < n
 
 
 def tms_y(y: int, zoom: int) -> int:

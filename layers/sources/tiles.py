@@ -34,6 +34,7 @@ from ..projection import lonlat_bbox_to_mercator
 from ..tilegrid import (
     PixelWindow,
     Tile,
+    in_grid,
     pixel_centres,
     pixel_window,
     tiles_in_bbox,
@@ -151,7 +152,7 @@ class TiledLayer:
     def _check_tile(self, tile: Tile) -> int:
         """The tile's zoom, checked against the layer's range, and its row against the grid."""
         z = self._check_zoom(tile.z)
-        if not 0 <= tile.y < 2**z:
+        if not in_grid(Tile(z, wrap_x(tile.x, z), tile.y)):
             raise BadInputError(f"tile row {tile.y} is outside zoom {z}'s 0..{2**z - 1}")
         return z
 
