@@ -14,7 +14,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 __all__ = ["SECRET_PARAMS", "redact_text", "redact_url"]
 
 #: Substrings of a query parameter's name (lower-cased) that mark its value as a secret.
-SECRET_PARAMS = ("key", "token", "secret", "password", "signature", "sig", "auth", "credential", "cookie")
+SECRET_PARAMS = (
+    "key", "token", "secret", "password", "signature", "sig", "auth", "credential", "cookie"
+)
 
 _URL_RE = re.compile(r"""https?://[^\s"'<>]+""")
 

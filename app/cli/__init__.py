@@ -39,6 +39,13 @@ def main() -> None:
     """mapstream: a reactive map for Panel/HoloViz, and batch tools for its data."""
 
 
-for _command in (prefetch.prefetch, export.export, check.check, cache.cache, demo.demo, serve.serve):
+for _command in (
+    prefetch.prefetch,
+    export.export,
+    check.check,
+    cache.cache,
+    demo.demo,
+    serve.serve,
+):
     main.add_command(_command)
 del _command

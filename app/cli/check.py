@@ -17,7 +17,15 @@ from typing import Any
 import click
 
 from .params import DURATION
-from .shared import TILE_ABSENT, cache_option, catalog_option, layer_headers, make_fetcher, open_catalog, run_async
+from .shared import (
+    TILE_ABSENT,
+    cache_option,
+    catalog_option,
+    layer_headers,
+    make_fetcher,
+    open_catalog,
+    run_async,
+)
 
 __all__ = ["ProbeResult", "check", "format_table", "probe_all", "probe_layer"]
 

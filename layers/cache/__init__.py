@@ -23,7 +23,14 @@ is small enough to keep here, tested.
 from __future__ import annotations
 
 from .dirs import default_cache_dir, user_cache_dir
-from .disk import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, DiskCache, DiskUsage, PruneResult, max_bytes_from_env
+from .disk import (
+    DEFAULT_MAX_BYTES,
+    MAX_BYTES_ENV,
+    DiskCache,
+    DiskUsage,
+    PruneResult,
+    max_bytes_from_env,
+)
 from .memory import MemoryLRU
 from .policy import (
     CACHEABLE_STATUSES,

@@ -10,13 +10,18 @@ from mapstream.layers.units import parse_duration, parse_size
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("150ms", 0.15), ("0.2s", 0.2), ("2", 2.0), (" 1.5 s ", 1.5), (".5", 0.5), ("0", 0.0), (0.25, 0.25), (3, 3.0)],
+    [
+        ("150ms", 0.15), ("0.2s", 0.2), ("2", 2.0), (" 1.5 s ", 1.5), (".5", 0.5), ("0", 0.0),
+        (0.25, 0.25), (3, 3.0),
+    ],
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["soon", "", "-1s", "1h", "1.2.3s", "ms", -0.5, float("inf"), float("nan")])
+@pytest.mark.parametrize(
+    "text", ["soon", "", "-1s", "1h", "1.2.3s", "ms", -0.5, float("inf"), float("nan")]
+)
 def test_a_bad_duration_is_bad_input_and_a_value_error(text):
     with pytest.raises(BadInputError) as info:
         parse_duration(text)
