@@ -4,8 +4,8 @@
 """
 
 from ._watchdog import watch_parent
-from .services import DemoServices, current_demo, ensure_demo, parse_duration, start_demo, start_demo_soon
+from .services import DemoServices, current_demo, ensure_demo, start_demo, start_demo_soon
 
-__all__ = ["DemoServices", "current_demo", "ensure_demo", "parse_duration", "start_demo", "start_demo_soon"]
+__all__ = ["DemoServices", "current_demo", "ensure_demo", "start_demo", "start_demo_soon"]
 
 watch_parent()  # in a demo child only: exit when the starter dies (see _watchdog)

@@ -1,8 +1,8 @@
 """Measure the demo: start-up time, and a page of the big layer from the indexed provider
 against pygeoapi's GeoJSON provider over the same points. Prints ratios from one run::
 
-    python -m mapstream.demo.measure            # 200 000 points (the demo's layer)
-    python -m mapstream.demo.measure --points 20000 --pages 5
+    python -m benchmarks.demo            # 200 000 points (the demo's layer)
+    python -m benchmarks.demo --points 20000 --pages 5
 
 The GeoJSON provider re-reads and filters the whole file on every request; the demo's
 ``FrameProvider`` keeps the frame in memory with a spatial index.
@@ -17,8 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .ogcserver import PygeoapiServer
-from .services import demo_resources, start_demo
+from mapstream.demo.ogcserver import PygeoapiServer
+from mapstream.demo.services import demo_resources, start_demo
 
 QUERIES = (
     "limit=1000&bbox=0,40,10,50",  # a viewport over western Europe
