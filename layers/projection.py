@@ -22,6 +22,7 @@ __all__ = [
     "lonlat_bbox_to_mercator",
     "lonlat_to_mercator",
     "lonlat_to_mercator_arrays",
+    "mercator_scale",
     "mercator_to_lonlat",
 ]
 
@@ -69,6 +70,16 @@ def mercator_to_lonlat(x: float, y: float) -> tuple[float, float]:
     lon = x * 180.0 / ORIGIN_SHIFT
     lat = math.degrees(2.0 * math.atan(math.exp(y * math.pi / ORIGIN_SHIFT)) - math.pi / 2.0)
     return lon, lat
+
+
+def mercator_scale(lat: float) -> float:
+    """How many EPSG:3857 metres one metre on the ground spans at latitude ``lat`` (1/cos).
+
+    >>> mercator_scale(0.0), round(mercator_scale(60.0), 6)
+    (1.0, 2.0)
+    """
+    lat = max(-MAX_LAT, min(MAX_LAT, lat))
+    return 1.0 / max(math.cos(math.radians(lat)), 1e-6)
 
 
 def lonlat_bbox_to_mercator(bbox: Bounds) -> Bounds:

@@ -38,6 +38,7 @@ __all__ = [
     "in_grid",
     "pixel_window",
     "tiles_in_window",
+    "tile_window",
     "pixel_centres",
     "wrap_x",
     "tms_y",
@@ -275,6 +276,16 @@ def tiles_in_window(window: PixelWindow, zoom: int, tile_size: int = 256) -> lis
         for ty in range(r0 // tile_size, (r1 - 1) // tile_size + 1)
         for tx in range(c0 // tile_size, (c1 - 1) // tile_size + 1)
     ]
+
+
+def tile_window(tile: Tile, tile_size: int = 256) -> PixelWindow:
+    """The pixels of ``tile`` in its zoom's global pixel grid (unwrapped column kept).
+
+    >>> tile_window(Tile(1, 1, 0))
+    PixelWindow(col0=256, row0=0, col1=512, row1=256)
+    """
+    left, top = tile.x * tile_size, tile.y * tile_size
+    return PixelWindow(left, top, left + tile_size, top + tile_size)
 
 
 def pixel_centres(

@@ -112,8 +112,8 @@ class Mosaic:
     progress
         Tiles done / planned, failed and cached; ``complete`` on the last frame.
     errors
-        One :class:`~mapstream.layers.errors.LayersError` per tile that failed (a transparent
-        hole in the image).
+        One :class:`~mapstream.layers.errors.TileError` per tile that failed (a transparent
+        hole in the image); it keeps the tile's key, URL and status.
     zoom
         The zoom level of the tiles.
     tiles_used

@@ -17,7 +17,6 @@ Closing or cancelling the iterator cancels every request of the load at once.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote
@@ -27,7 +26,7 @@ import orjson
 import pandas as pd
 
 from ..errors import BadInputError, LayersError
-from ..projection import MAX_LAT, lonlat_to_mercator
+from ..projection import MAX_LAT, lonlat_to_mercator, mercator_scale
 from ..types import Bounds, FeaturePage, FeatureResult, Progress, QueryResult
 from ..viewport import Viewport
 from . import ogcapi, register
@@ -296,8 +295,7 @@ class FeatureLayer:
         import shapely
 
         x, y = lonlat_to_mercator(lon, lat)
-        scale = 1.0 / max(math.cos(math.radians(max(-MAX_LAT, min(MAX_LAT, lat)))), 1e-6)
-        r = radius_m * scale  # Mercator metres are stretched by 1/cos(lat)
+        r = radius_m * mercator_scale(lat)  # Mercator metres are stretched by 1/cos(lat)
         vp = Viewport.create((x - r, x + r), (y - r, y + r), 1, 1)
         frame = (await self.fetch(vp, fetcher)).frame
         if not len(frame):

@@ -39,6 +39,7 @@ from ..tilegrid import (
     pixel_window,
     tiles_in_bbox,
     tiles_in_window,
+    tile_window,
     tms_y,
     wrap_x,
     zoom_for_resolution,
@@ -314,11 +315,10 @@ class TiledLayer:
     def _paint(canvas: np.ndarray, plan: TilePlan, tile: Tile, image: np.ndarray | None) -> None:
         if image is None:
             return  # the canvas is transparent already
-        size = plan.tile_size
         c0, r0, c1, r1 = plan.window
-        left, top = tile.x * size, tile.y * size
-        a0, a1 = max(left, c0), min(left + size, c1)
-        b0, b1 = max(top, r0), min(top + size, r1)
+        left, top, right, bottom = tile_window(tile, plan.tile_size)
+        a0, a1 = max(left, c0), min(right, c1)
+        b0, b1 = max(top, r0), min(bottom, r1)
         if a1 > a0 and b1 > b0:
             canvas[b0 - r0 : b1 - r0, a0 - c0 : a1 - c0] = image[
                 b0 - top : b1 - top, a0 - left : a1 - left
