@@ -45,7 +45,7 @@ def create_app(
     build_layer: Callable[..., Any] | None = None,
     height: int = 600,
 ) -> Any:
-    """A new map session: a :class:`~app.views.MapApp` (a Panel viewer).
+    """A new map session: a :class:`~mapstream.app.views.MapApp` (a Panel viewer).
 
     Nothing is loaded until the page is shown: ``pn.state.onload`` then starts the visible
     layers in priority order, and the demo services start in the background when the catalog

@@ -108,10 +108,6 @@ class LayerLoader:
         """The current load task, if any."""
         return self._task
 
-    def is_current(self, key: Hashable) -> bool:
-        """Whether ``key`` is the viewport this loader is loading or has loaded last."""
-        return not self._closed and key == self.key
-
     def request(self, key: Hashable, *, force: bool = False) -> asyncio.Task[None]:
         """Load ``key``: cancel the running load (latest wins) and start a new task.
 

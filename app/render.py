@@ -1,18 +1,21 @@
 """Drawing: feature frames rasterized with datashader, tile mosaics as RGBA images.
 
 Everything here is synchronous and CPU-bound; the app calls it through :func:`asyncio.to_thread`
-so that the event loop never runs datashader. Images are plain
-``(height, width, 4)`` uint8 arrays in Web Mercator with the viewport's bounds; :mod:`app.views`
-turns them into GeoViews ``RGB`` elements.
+(:mod:`mapstream.app.frames`) so that the event loop never runs datashader. Images are plain
+``(height, width, 4)`` uint8 arrays in Web Mercator with the viewport's bounds;
+:mod:`mapstream.app.plot` turns them into GeoViews ``RGB`` elements.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mapstream.layers.types import Mosaic
 
 __all__ = [
     "Aggregates",
@@ -20,13 +23,11 @@ __all__ = [
     "aggregate_features",
     "merge_aggregates",
     "shade_aggregates",
-    "empty_image",
     "mosaic_image",
     "over_rgba",
     "shade_features",
     "grow_aggregate",
     "line_footprint",
-    "to_rgba",
     "warm_up",
 ]
 
@@ -46,49 +47,21 @@ class Image(NamedTuple):
     def opaque_pixels(self) -> int:
         """How many pixels have a non-zero alpha.
 
-        >>> empty_image((0, 0, 1, 1), 4, 3).opaque_pixels
+        >>> Image(np.zeros((3, 4, 4), dtype=np.uint8), (0.0, 0.0, 1.0, 1.0)).opaque_pixels
         0
         """
         return int(np.count_nonzero(self.rgba[..., 3]))
 
 
-def empty_image(bounds: tuple[float, float, float, float], width: int = 1, height: int = 1) -> Image:
-    """A fully transparent image.
+def mosaic_image(mosaic: Mosaic) -> Image:
+    """A tile layer's :class:`~mapstream.layers.types.Mosaic` as an :class:`Image`.
 
-    >>> empty_image((0, 0, 10, 10), 2, 3).rgba.shape
-    (3, 2, 4)
+    The mosaic's image is an xarray ``(y, x, band)`` uint8 RGBA array; the bounds are the pixel
+    edges (its coordinates are pixel centres).
     """
-    return Image(np.zeros((max(1, height), max(1, width), 4), dtype=np.uint8), tuple(map(float, bounds)))
-
-
-def to_rgba(color: str, opacity: float = 1.0) -> tuple[int, int, int, int]:
-    """A CSS hex colour (``#rgb`` or ``#rrggbb``) or a named colour as an RGBA tuple.
-
-    >>> to_rgba("#ff8000", 0.5)
-    (255, 128, 0, 128)
-    >>> to_rgba("#f00")
-    (255, 0, 0, 255)
-    """
-    c = str(color).strip()
-    if not c.startswith("#"):
-        from matplotlib.colors import to_hex
-
-        c = to_hex(c)
-    c = c.lstrip("#")
-    if len(c) == 3:
-        c = "".join(ch * 2 for ch in c)
-    r, g, b = (int(c[i : i + 2], 16) for i in (0, 2, 4))
-    return r, g, b, int(round(255 * max(0.0, min(1.0, float(opacity)))))
-
-
-def mosaic_image(mosaic: Any) -> Image:
-    """A tile layer's mosaic (xarray ``(y, x, band)`` uint8 RGBA, y decreasing) as an :class:`Image`.
-
-    The bounds are the pixel edges (the coordinates are pixel centres).
-    """
-    data = np.asarray(mosaic.values)
-    xs = np.asarray(mosaic.coords["x"].values, dtype=float)
-    ys = np.asarray(mosaic.coords["y"].values, dtype=float)
+    data = np.asarray(mosaic.image.values)
+    xs = np.asarray(mosaic.image.coords["x"].values, dtype=float)
+    ys = np.asarray(mosaic.image.coords["y"].values, dtype=float)
     dx = abs(xs[1] - xs[0]) if len(xs) > 1 else 1.0
     dy = abs(ys[1] - ys[0]) if len(ys) > 1 else 1.0
     if len(ys) > 1 and ys[0] < ys[-1]:

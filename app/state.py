@@ -1,7 +1,10 @@
-"""Per-session state: the viewport, the visible layers and each layer's status.
+"""Per-session state: the viewport, the visible layers and each layer's status, as params.
 
-One :class:`MapState` per session; nothing session-specific lives in module globals. The status
-text helpers are pure and doctested.
+One :class:`MapState` per session; nothing session-specific lives in module globals. The
+session (:mod:`mapstream.app.session`) writes these params, always by assignment so that their
+watchers fire; the side panel's widgets are built from them and bound to them
+(:mod:`mapstream.app.sidebar`). The helpers below them (status text, error reasons, viewports
+from plot ranges, equal aspect, the initial view) are pure and doctested.
 """
 
 from __future__ import annotations
@@ -11,9 +14,23 @@ from typing import Any
 
 import param
 
+from mapstream.layers.projection import lonlat_to_mercator
 from mapstream.layers.viewport import Viewport
 
-__all__ = ["LayerStatus", "MapState", "equal_aspect", "status_text", "viewport_from_ranges"]
+__all__ = [
+    "DEFAULT_BOUNDS",
+    "LayerStatus",
+    "MapState",
+    "by_priority",
+    "equal_aspect",
+    "error_reason",
+    "initial_viewport",
+    "status_text",
+    "viewport_from_ranges",
+]
+
+#: Initial view when the catalog gives none: most of the world, in lon/lat.
+DEFAULT_BOUNDS = (-170.0, -60.0, 170.0, 75.0)
 
 
 class LayerStatus(param.Parameterized):
@@ -22,7 +39,7 @@ class LayerStatus(param.Parameterized):
     state = param.Selector(default="idle", objects=["idle", "loading", "done", "error", "hidden"])
     done = param.Integer(default=0)
     total = param.Integer(default=None, allow_None=True)
-    unit = param.String(default="tiles")
+    unit = param.String(default="", doc="Progress.unit of the layer's loads; '' until one reports.")
     features = param.Integer(default=0)
     matched = param.Integer(default=None, allow_None=True)
     cached = param.Integer(default=0)
@@ -32,8 +49,12 @@ class LayerStatus(param.Parameterized):
     elapsed = param.Number(default=0.0)
     error = param.String(default="")
 
+    @param.depends(
+        "state", "done", "total", "unit", "features", "elapsed", "error", "truncated", "cap", "cached",
+        "failed",
+    )
     def text(self) -> str:
-        """The status as one line (see :func:`status_text`)."""
+        """The status as one line (see :func:`status_text`); a pane given it follows every change."""
         return status_text(
             self.state, self.done, self.total, self.unit, self.features, self.elapsed,
             self.error, self.truncated, self.cap, self.cached, self.failed,
@@ -57,6 +78,8 @@ def status_text(
 
     >>> status_text("loading", 3, 12)
     'loading 3 of 12 tiles'
+    >>> status_text("loading", unit="")  # no progress reported yet
+    'loading'
     >>> status_text("done", 12, 12, elapsed=0.84, cached=5)
     'done: 12 tiles in 0.8 s (5 cached)'
     >>> status_text("done", 2, None, "pages", features=150, elapsed=1.0, truncated=True, cap=150)
@@ -65,10 +88,15 @@ def status_text(
     'error: HTTP 500 from 127.0.0.1'
     """
     if state == "loading":
+        if not unit:
+            return "loading"
         of = f" of {total}" if total is not None else ""
         return f"loading {done}{of} {unit}"
     if state == "done":
-        what = f"{features} features, {done} {unit}" if unit == "pages" else f"{done} {unit}"
+        if unit == "pages":
+            what = f"{features} features, {done} {unit}"
+        else:
+            what = f"{done} {unit}" if unit else "nothing"
         extra = []
         if cached:
             extra.append(f"{cached} cached")
@@ -83,6 +111,48 @@ def status_text(
     if state == "error":
         return f"error: {error}"
     return state
+
+
+def error_reason(exc: BaseException | object) -> str:
+    """An error as one line of at most 300 characters (status lines, notifications, inspect).
+
+    >>> error_reason(ConnectionError("refused"))
+    'refused'
+    >>> error_reason(TimeoutError())
+    'TimeoutError'
+    >>> len(error_reason(ValueError("x" * 500)))
+    300
+    """
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def by_priority(specs: Any) -> list[Any]:
+    """Layer specs in priority order, lower first (ties keep catalog order).
+
+    The order of the preload, of the side panel and of the drawing (lower drawn underneath).
+
+    >>> from types import SimpleNamespace as S
+    >>> [s.name for s in by_priority([S(name="top", priority=2), S(name="base", priority=0)])]
+    ['base', 'top']
+    """
+    return sorted(specs, key=lambda s: s.priority)
+
+
+def initial_viewport(catalog: Any, height: int, width: int = 900) -> Viewport:
+    """The view a map opens on: the catalog's ``bbox`` (lon/lat) or :data:`DEFAULT_BOUNDS`.
+
+    ``width`` is a guess until the browser reports the plot's size.
+
+    >>> from types import SimpleNamespace as S
+    >>> vp = initial_viewport(S(bbox=(0, 0, 10, 10)), 600)
+    >>> vp.width, vp.height, round(vp.x_range[1])
+    (900, 600, 1113195)
+    """
+    bbox = getattr(catalog, "bbox", None) or DEFAULT_BOUNDS
+    x0, y0 = lonlat_to_mercator(bbox[0], bbox[1])
+    x1, y1 = lonlat_to_mercator(bbox[2], bbox[3])
+    return Viewport.create((x0, x1), (y0, y1), width, height)
 
 
 def viewport_from_ranges(
@@ -141,18 +211,39 @@ def equal_aspect(viewport: Viewport) -> Viewport:
 
 
 class MapState(param.Parameterized):
-    """Everything one session knows: viewport, visible layers, statuses, inspect answers."""
+    """Everything one session knows: viewport, visible layers, statuses, inspect answers.
+
+    >>> state = MapState.for_layers(["base", "pts"], visible=["base"])
+    >>> state.status("pts").text()
+    'idle'
+    >>> seen = []
+    >>> _ = state.param.watch(lambda ev: seen.append(ev.new), "visible")
+    >>> state.visible = [*state.visible, "pts"]  # assigned, never mutated: watchers fire
+    >>> seen
+    [['base', 'pts']]
+    """
 
     viewport = param.Parameter(default=None, doc="The current Viewport (EPSG:3857).")
-    visible = param.List(default=[], doc="Names of the visible layers.")
-    statuses = param.Dict(default={}, doc="Layer name -> LayerStatus.")
+    visible = param.List(default=[], item_type=str, doc="Names of the visible layers.")
+    statuses = param.Dict(default={}, doc="Layer name -> LayerStatus (one per layer, made up front).")
     inspect_html = param.String(default="", doc="Escaped HTML of the click-inspect answers.")
-    metrics = param.Dict(default={}, doc="Engine metrics snapshot.")
+    metrics = param.Dict(default={}, doc="Engine metrics snapshot (replaced, never mutated).")
+    completed = param.Integer(default=0, doc="Loads completed (done or error) in this session.")
+
+    @classmethod
+    def for_layers(cls, names: list[str], visible: list[str], **params: Any) -> MapState:
+        """A state with an idle :class:`LayerStatus` for every layer of ``names``."""
+        statuses = {name: LayerStatus(name=f"status_{name}") for name in names}
+        return cls(visible=list(visible), statuses=statuses, **params)
 
     def status(self, name: str) -> LayerStatus:
-        """The status of layer ``name`` (created idle on first use)."""
-        if name not in self.statuses:
-            self.statuses[name] = LayerStatus(name=f"status_{name}")
+        """The status of layer ``name``.
+
+        Raises
+        ------
+        KeyError
+            No layer of that name.
+        """
         return self.statuses[name]
 
     def update_status(self, name: str, **values: Any) -> LayerStatus:

@@ -1,4 +1,9 @@
-"""Fake layers and catalogs for component tests of the app (no server, no network)."""
+"""Fake layers and catalogs for component tests of the app (no server, no network).
+
+The fakes implement the engine's :class:`~mapstream.layers.types.Layer` contract: ``load``
+yields :class:`~mapstream.layers.types.Mosaic` or :class:`~mapstream.layers.types.FeaturePage`,
+``query`` answers rows of properties.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import numpy as np
 import shapely
 import xarray as xr
 
-from mapstream.layers.types import Progress
+from mapstream.layers.types import FeaturePage, Mosaic, Progress
 
 
 def spec(name, kind="tiles", priority=0, visible=True, style=None, max_features=None):
@@ -26,6 +31,9 @@ def catalog(*specs):
 
 class FakeTiles:
     """Yields ``frames`` mosaics filling the viewport with one colour, ``delay`` apart."""
+
+    kind = "tiles"
+    attribution = None
 
     def __init__(self, frames=3, delay=0.01, color=(200, 30, 30, 255), fail=False):
         self.frames, self.delay, self.color, self.fail = frames, delay, color, fail
@@ -43,17 +51,20 @@ class FakeTiles:
             data[: 8 * i // self.frames] = self.color
             xs = np.linspace(x0, x1, 8, endpoint=False) + (x1 - x0) / 16
             ys = np.linspace(y1, y0, 8, endpoint=False) - (y1 - y0) / 16
-            complete = i == self.frames
-            yield xr.DataArray(
-                data, dims=("y", "x", "band"), coords={"y": ys, "x": xs, "band": list("rgba")},
-                attrs={"progress": Progress(i, self.frames, "tiles", complete=complete), "errors": (),
-                       "complete": complete},
-            )
+            image = xr.DataArray(data, dims=("y", "x", "band"), coords={"y": ys, "x": xs, "band": list("rgba")},
+                                 attrs={"crs": "EPSG:3857"})
+            yield Mosaic(image, Progress(i, self.frames, "tiles", complete=i == self.frames))
         self.finished.append(viewport)
+
+    async def query(self, lon, lat, fetcher):
+        return []  # an XYZ layer has no point query
 
 
 class FakeFeatures:
-    """Yields ``pages`` pages of points spread over the viewport; ``props`` for features_at."""
+    """Yields ``pages`` pages of points spread over the viewport; ``props`` answers ``query``."""
+
+    kind = "features"
+    attribution = None
 
     def __init__(self, pages=2, per_page=50, delay=0.01, props=None):
         self.pages, self.per_page, self.delay = pages, per_page, delay
@@ -69,15 +80,14 @@ class FakeFeatures:
             xs = rng.uniform(x0, x1, self.per_page)
             ys = rng.uniform(y0, y1, self.per_page)
             frame = gpd.GeoDataFrame({"id": range(self.per_page)}, geometry=shapely.points(xs, ys), crs=3857)
-            yield SimpleNamespace(
-                frame=frame,
-                progress=Progress(i, self.pages, "pages", features=i * self.per_page, complete=i == self.pages),
-                errors=(), url=f"fake://page{i}",
+            yield FeaturePage(
+                frame, Progress(i, self.pages, "pages", features=i * self.per_page, complete=i == self.pages),
+                (), f"fake://page{i}",
             )
 
-    async def features_at(self, lon, lat, fetcher):
+    async def query(self, lon, lat, fetcher):
         await asyncio.sleep(self.delay)
-        return gpd.GeoDataFrame([dict(self.props)], geometry=[shapely.Point(0, 0)], crs=3857)
+        return [dict(self.props)]
 
 
 def builder(layers):

@@ -1,4 +1,4 @@
-"""Component tests of the map session (MapApp) with fake layers: no browser, no network."""
+"""Component tests of the map (MapApp: session, plot and side panel) with fake layers: no browser, no network."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from mapstream.app import create_app
 from mapstream.app.views import MapApp
 from mapstream.layers.viewport import Viewport
 
+from tests.support.waiting import async_wait_for
+
 from .fakes import FakeFeatures, FakeTiles, builder, catalog, spec
 
 
@@ -21,7 +23,7 @@ def _vp(i: int) -> Viewport:
 
 def _app(layers, specs, settle=0.0, **kw):
     app = create_app(catalog(*specs), fetcher=object(), build_layer=builder(layers), **kw)
-    app.view_settle = settle  # most tests check loading itself: feature layers start at once
+    app.session.view_settle = settle  # most tests check loading itself: feature layers start at once
     return app
 
 
@@ -30,14 +32,14 @@ async def test_single_viewport_loads_every_visible_layer_with_status():
     app = _app({"base": tiles, "pts": feats},
                [spec("base"), spec("pts", "features", 1, style={"color": "#00ff00", "point_size": 4})])
     assert isinstance(app, MapApp)
-    await asyncio.gather(*app.set_viewport(_vp(0)))
+    await asyncio.gather(*app.session.set_viewport(_vp(0)))
     assert app.state.status("base").text() .startswith("done: 3 tiles")
     assert app.state.status("pts").text().startswith("done: 100 features, 2 pages")
-    assert app.applied["base"][-1] == (_vp(0), True)
-    assert app.applied["pts"][-1] == (_vp(0), True)
-    assert app._images["base"].opaque_pixels == 64
-    assert app._images["pts"].opaque_pixels > 50  # points drawn by datashader
-    assert app._pipes["pts"].data is app._images["pts"]  # pushed through the Pipe
+    assert app.session.applied["base"][-1] == (_vp(0), True)
+    assert app.session.applied["pts"][-1] == (_vp(0), True)
+    assert app.session.images["base"].opaque_pixels == 64
+    assert app.session.images["pts"].opaque_pixels > 50  # points drawn by datashader
+    assert app.plot.pipes["pts"].data is app.session.images["pts"]  # pushed through the Pipe
     await app.aclose()
 
 
@@ -46,12 +48,12 @@ async def test_burst_of_viewports_only_the_last_is_applied():
     app = _app({"base": tiles, "pts": feats}, [spec("base"), spec("pts", "features", 1)])
     tasks = []
     for i in range(25):
-        tasks += app.set_viewport(_vp(i))
+        tasks += app.session.set_viewport(_vp(i))
         await asyncio.sleep(0.003)
     await asyncio.gather(*tasks, return_exceptions=True)
     final = _vp(24)
     for name in ("base", "pts"):
-        applied = app.applied[name]
+        applied = app.session.applied[name]
         assert applied[-1] == (final, True)
         # nothing of an earlier view was applied after the final view's first result
         first_final = next(i for i, (vp, _) in enumerate(applied) if vp == final)
@@ -59,7 +61,7 @@ async def test_burst_of_viewports_only_the_last_is_applied():
         # only the final view completed: superseded loads were cancelled before their end
         assert [vp for vp, complete in applied if complete] == [final]
     assert tiles.finished == [final]
-    assert app._loaders["base"].cancelled >= 20
+    assert app.session.loaders["base"].cancelled >= 20
     assert app.state.status("base").state == "done"
     await app.aclose()
 
@@ -67,45 +69,69 @@ async def test_burst_of_viewports_only_the_last_is_applied():
 async def test_hidden_layer_is_cancelled_cleared_and_reloaded_when_shown():
     tiles = FakeTiles(frames=50, delay=0.01)
     app = _app({"base": tiles, "top": FakeTiles(frames=1)}, [spec("base"), spec("top", priority=1)])
-    tasks = app.set_viewport(_vp(0))
+    tasks = app.session.set_viewport(_vp(0))
     await asyncio.sleep(0.05)
-    app.set_visible("base", False)
+    app.session.set_visible("base", False)
     assert app.state.status("base").state == "hidden"
-    assert app._images["base"] is None and app._pipes["base"].data is None
+    assert app.session.images["base"] is None and app.plot.pipes["base"].data is None
     await asyncio.sleep(0)
     assert tasks[0].cancelled() or tasks[0].done()
     assert "base" not in app.state.visible
-    n = len(app.applied["base"])
+    n = len(app.session.applied["base"])
     await asyncio.sleep(0.05)
-    assert len(app.applied["base"]) == n  # nothing applied while hidden
+    assert len(app.session.applied["base"]) == n  # nothing applied while hidden
     tiles.frames = 1
-    app.set_visible("base", True)
-    await app._loaders["base"].task
-    assert app.applied["base"][-1] == (_vp(0), True)
-    assert app._toggles["base"].value is True
+    app.session.set_visible("base", True)
+    await app.session.loaders["base"].task
+    assert app.session.applied["base"][-1] == (_vp(0), True)
+    assert "base" in app.sidebar.toggles.value  # the toggle follows the state
+    await app.aclose()
+
+
+async def test_the_layer_toggles_and_status_lines_are_bound_to_the_state_both_ways():
+    tiles = FakeTiles(frames=50, delay=0.01)
+    app = _app({"base": tiles, "top": FakeTiles(frames=1)}, [spec("top", priority=1), spec("base")])
+    toggles = app.sidebar.toggles
+    assert toggles.options == {"Base": "base", "Top": "top"}  # priority order
+    assert toggles.value == ["base", "top"]
+    tasks = app.session.set_viewport(_vp(0))
+    assert await async_wait_for(lambda: app.session.applied["base"], 10), "a first frame"
+    assert app.sidebar.status_panes["base"].object == app.state.status("base").text() != "idle"
+    toggles.value = ["top"]  # the user unticks "Base"
+    assert app.state.visible == ["top"]
+    assert app.state.status("base").state == "hidden"
+    assert app.sidebar.status_panes["base"].object == "hidden"
+    assert app.plot.pipes["base"].data is None
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert tiles.finished == []  # its load was cancelled
+    app.state.visible = ["top", "base"]  # and a change of the state ticks the box
+    assert set(toggles.value) == {"base", "top"}
+    tiles.frames = 1
+    await app.session.loaders["base"].task
+    assert app.state.status("base").state == "done"
     await app.aclose()
 
 
 async def test_failing_layer_shows_error_and_retry_while_others_work():
     bad = FakeTiles(fail=True)
     app = _app({"base": FakeTiles(), "bad": bad}, [spec("base"), spec("bad", priority=1)])
-    await asyncio.gather(*app.set_viewport(_vp(0)))
+    await asyncio.gather(*app.session.set_viewport(_vp(0)))
     st = app.state.status("bad")
     assert st.state == "error" and "refused" in st.error
-    assert app._retry["bad"].visible and not app._retry["base"].visible
-    assert "error: upstream refused" in app._status_panes["bad"].object
+    assert app.sidebar.retry["bad"].visible and not app.sidebar.retry["base"].visible
+    assert "error: upstream refused" in app.sidebar.status_panes["bad"].object
     assert app.state.status("base").state == "done"
     bad.fail = False
-    await app.retry("bad")
+    await app.session.retry("bad")
     assert app.state.status("bad").state == "done"
-    assert not app._retry["bad"].visible
+    assert not app.sidebar.retry["bad"].visible
     await app.aclose()
 
 
 async def test_inspect_queries_visible_feature_layers_and_escapes_values():
     feats = FakeFeatures()
     app = _app({"base": FakeTiles(), "pts": feats}, [spec("base"), spec("pts", "features", 1)])
-    await app.inspect(10.0, 50.0)
+    await app.session.inspect(10.0, 50.0)
     out = app.state.inspect_html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out
     assert "<script>" not in out
@@ -115,16 +141,16 @@ async def test_inspect_queries_visible_feature_layers_and_escapes_values():
 async def test_close_cancels_tasks_and_stops_applying():
     tiles = FakeTiles(frames=100, delay=0.01)
     app = _app({"base": tiles}, [spec("base")])
-    tasks = app.set_viewport(_vp(0))
+    tasks = app.session.set_viewport(_vp(0))
     await asyncio.sleep(0.03)
     assert app.state.status("base").state == "loading"
     await app.aclose()
     assert all(t.done() for t in tasks)
     assert app.state.status("base").text() == "idle"  # no load is under way any more
-    n = len(app.applied["base"])
+    n = len(app.session.applied["base"])
     await asyncio.sleep(0.03)
-    assert len(app.applied["base"]) == n
-    assert app.set_viewport(_vp(1)) == []
+    assert len(app.session.applied["base"]) == n
+    assert app.session.set_viewport(_vp(1)) == []
 
 
 async def test_many_sessions_leave_no_task_or_app_behind():
@@ -134,7 +160,7 @@ async def test_many_sessions_leave_no_task_or_app_behind():
     baseline = len(asyncio.all_tasks())
     for i in range(15):
         app = _app({"base": FakeTiles(frames=20, delay=0.005)}, [spec("base")])
-        app.set_viewport(_vp(i))
+        app.session.set_viewport(_vp(i))
         await asyncio.sleep(0.01)
         await app.aclose()
         refs.append(weakref.ref(app))
@@ -154,9 +180,9 @@ def test_metrics_view_reads_the_engine_metrics():
                 return {"requests": 7, "latency_p95": 0.123, "cache_hits": 3, "cache_misses": 1}
 
     app = create_app(catalog(spec("base")), fetcher=F(), build_layer=builder({"base": FakeTiles()}))
-    snap = app.refresh_metrics()
+    snap = app.session.refresh_metrics()
     assert snap["requests"] == 7
-    text = app.metrics_pane.object
+    text = app.sidebar.metrics_pane.object  # bound to state.metrics
     assert "requests: 7" in text and "123 ms" in text and "75%" in text
 
 
@@ -164,7 +190,7 @@ def test_metrics_view_reads_the_engine_metrics():
 def test_catalog_visibility_sets_toggles(visible):
     app = create_app(catalog(spec("a"), spec("b", priority=1, visible=visible)), fetcher=object(),
                      build_layer=builder({}))
-    assert app._toggles["b"].value is visible
+    assert ("b" in app.sidebar.toggles.value) is visible
     assert ("b" in app.state.visible) is visible
 
 
@@ -187,24 +213,16 @@ async def test_feature_status_counts_pages_as_they_arrive_while_shading_runs(mon
     feats = FakeFeatures(pages=6, per_page=20, delay=0.01)
     app = _app({"pts": feats}, [spec("pts", "features", 0)])
     seen: list[str] = []
-    orig = app._set_status
-
-    def record(name, **values):
-        orig(name, **values)
-        seen.append(app.state.status(name).text())
-
-    monkeypatch.setattr(app, "_set_status", record)
-    task = app.set_viewport(_vp(0))[0]
-    for _ in range(200):
-        if "loading 5 of 6 pages" in seen:
-            break
-        await asyncio.sleep(0.01)
+    status = app.state.status("pts")
+    status.param.watch(lambda *_: seen.append(status.text()), list(status.param))  # every update
+    task = app.session.set_viewport(_vp(0))[0]
+    await async_wait_for(lambda: "loading 5 of 6 pages" in seen, 10)
     assert "loading 5 of 6 pages" in seen  # counted while the first shade was still held
-    assert app.applied["pts"] == []  # and nothing drawn yet
+    assert app.session.applied["pts"] == []  # and nothing drawn yet
     gate.set()
     await task
     assert app.state.status("pts").text().startswith("done: 120 features, 6 pages")
-    assert app.applied["pts"][-1] == (_vp(0), True)
+    assert app.session.applied["pts"][-1] == (_vp(0), True)
     assert shaded[-1] == 120  # the final image is shaded from every page's points
     await app.aclose()
 
@@ -252,12 +270,12 @@ def test_panel_serve_warm_run_waits_for_the_compile_and_real_sessions_do_not(mon
 
 
 async def test_preload_waits_for_the_plot_size_then_starts_layers_in_priority_order(monkeypatch):
-    from mapstream.app import views
+    from mapstream.app import session
 
-    monkeypatch.setattr(views, "PRELOAD_STAGGER", 5.0)
+    monkeypatch.setattr(session, "PRELOAD_STAGGER", 5.0)
     tiles, feats = FakeTiles(frames=3, delay=0.02), FakeFeatures(pages=2, delay=0.02)
     app = _app({"base": tiles, "pts": feats}, [spec("pts", "features", 1), spec("base", priority=0)])
-    app._preloading = True  # as when the page shows the app (__panel__)
+    app.session.preloading = True  # as when the page shows the app (__panel__)
     base_done_when_pts_started: list = []
     load_pts = feats.load
 
@@ -266,32 +284,32 @@ async def test_preload_waits_for_the_plot_size_then_starts_layers_in_priority_or
         return load_pts(viewport, fetcher)
 
     feats.load = load
-    preload = asyncio.ensure_future(app._preload())
+    preload = asyncio.ensure_future(app.session.preload())
     await asyncio.sleep(0.1)
     assert tiles.loads == [] and feats.loads == []  # the guessed viewport is not loaded
     real = _vp(3)
-    app.range_stream.event(x_range=real.x_range, y_range=real.y_range)
-    app.size_stream.event(width=real.width, height=real.height)
+    app.plot.range_stream.event(x_range=real.x_range, y_range=real.y_range)
+    app.plot.size_stream.event(width=real.width, height=real.height)
     await asyncio.wait_for(preload, 5)
     assert app.state.viewport == real
     assert tiles.loads == [real] and feats.loads == [real]  # each loaded once, for the real view
     assert base_done_when_pts_started == [[real]]  # the basemap (priority 0) was done first
-    await asyncio.gather(*(t for t in (app._loaders["pts"].task,) if t is not None))
+    await asyncio.gather(*(t for t in (app.session.loaders["pts"].task,) if t is not None))
     assert app.state.status("pts").state == "done"
-    assert app._preloading is False
+    assert app.session.preloading is False
     # after the preload, a new view reloads every layer at once
-    app.set_viewport(_vp(4))
-    assert app._loaders["base"].key == app._loaders["pts"].key == _vp(4)
+    app.session.set_viewport(_vp(4))
+    assert app.session.loaders["base"].key == app.session.loaders["pts"].key == _vp(4)
     await app.aclose()
 
 
 async def test_preload_guesses_the_view_when_the_browser_says_nothing(monkeypatch):
-    from mapstream.app import views
+    from mapstream.app import session
 
-    monkeypatch.setattr(views, "FIRST_VIEW_WAIT", 0.05)
+    monkeypatch.setattr(session, "FIRST_VIEW_WAIT", 0.05)
     tiles = FakeTiles(frames=1)
     app = _app({"base": tiles}, [spec("base")])
-    await asyncio.wait_for(app._preload(), 5)
+    await asyncio.wait_for(app.session.preload(), 5)
     assert tiles.loads == [app.state.viewport]
     await app.aclose()
 
@@ -299,22 +317,22 @@ async def test_preload_guesses_the_view_when_the_browser_says_nothing(monkeypatc
 async def test_a_burst_of_views_loads_features_once_for_the_final_view():
     tiles, feats = FakeTiles(frames=2, delay=0.01), FakeFeatures(pages=2, delay=0.01)
     app = _app({"base": tiles, "pts": feats}, [spec("base"), spec("pts", "features", 1)], settle=0.1)
-    await asyncio.gather(*app.set_viewport(_vp(0)))
+    await asyncio.gather(*app.session.set_viewport(_vp(0)))
     await asyncio.sleep(0.2)
-    await asyncio.gather(*(t for t in [app._loaders["pts"].task] if t is not None))
+    await asyncio.gather(*(t for t in [app.session.loaders["pts"].task] if t is not None))
     assert feats.loads == [_vp(0)]
     for i in range(1, 11):  # ten pans, 20 ms apart: shorter than the settle time
-        app.set_viewport(_vp(i))
+        app.session.set_viewport(_vp(i))
         await asyncio.sleep(0.02)
     assert len(tiles.loads) == 11  # tiles follow every view at once
     assert feats.loads == [_vp(0)]  # features wait for the view to settle
-    assert app._loaders["pts"].key is None  # and the stale load was stopped at once
+    assert app.session.loaders["pts"].key is None  # and the stale load was stopped at once
     await asyncio.sleep(0.2)
-    await asyncio.gather(*(t for t in [app._loaders["pts"].task] if t is not None))
+    await asyncio.gather(*(t for t in [app.session.loaders["pts"].task] if t is not None))
     assert feats.loads == [_vp(0), _vp(10)]  # one load, for the final view
-    assert app.applied["pts"][-1] == (_vp(10), True)
+    assert app.session.applied["pts"][-1] == (_vp(10), True)
     assert app.state.status("pts").state == "done"
-    app.set_viewport(_vp(11))
+    app.session.set_viewport(_vp(11))
     await app.aclose()  # a pending settle is dropped with the session
     await asyncio.sleep(0.2)
     assert feats.loads[-1] == _vp(10)
@@ -324,8 +342,8 @@ async def test_a_view_of_another_shape_is_widened_to_equal_aspect():
     from mapstream.app.state import equal_aspect
 
     app = _app({"base": FakeTiles(frames=1)}, [spec("base")])
-    app.range_stream.event(x_range=(0.0, 1_000_000.0), y_range=(0.0, 1_000_000.0))
-    app.size_stream.event(width=800, height=400)
+    app.plot.range_stream.event(x_range=(0.0, 1_000_000.0), y_range=(0.0, 1_000_000.0))
+    app.plot.size_stream.event(width=800, height=400)
     await asyncio.sleep(0.05)
     vp = app.state.viewport
     assert vp == equal_aspect(Viewport.create((0, 1_000_000), (0, 1_000_000), 800, 400))

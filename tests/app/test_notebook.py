@@ -85,18 +85,18 @@ def _gone(pid: int) -> bool:
 
 
 CELLS = {
-    "display": "from app import create_app\nm = create_app()\nm",
+    "display": "from mapstream import create_app\nm = create_app()\nm",
     "readme": readme_notebook_snippet(),
     "readme_count": (
-        'print("countries", len(frame), "errors", len(frame.attrs["errors"]))'
+        'print("countries", len(result.frame), "errors", len(result.errors))'
     ),
     "tiles": readme_layer_line() + "\n" + (
         "frames = []\n"
         "async for mosaic in layer.load(Viewport.from_lonlat((-10, 35, 30, 60)), m.fetcher):\n"
         "    frames.append(mosaic)\n"
         "final = frames[-1]\n"
-        "print('tiles', len(frames), final.attrs['complete'], final.attrs['progress'].done,\n"
-        "      final.attrs['progress'].failed, int((final.values[..., 3] > 0).sum()))"
+        "print('tiles', len(frames), final.complete, final.progress.done,\n"
+        "      final.progress.failed, int((final.image.values[..., 3] > 0).sum()))"
     ),
     # The map was displayed with no browser attached: pn.state.onload still preloads it.
     "preload": (
@@ -111,14 +111,14 @@ CELLS = {
     "interrupt": INTERRUPT,
     "after_interrupt": (
         "import asyncio, json\n"
-        "from layers import geojson\n"
+        "from mapstream.layers.sources import geojson\n"
         "await asyncio.sleep(1)  # the pool notices a dead worker asynchronously\n"
         "page = json.dumps({'type': 'FeatureCollection', 'features': [\n"
         "    {'type': 'Feature', 'geometry': {'type': 'Point', 'coordinates': [i % 180, 0]},\n"
         "     'properties': {'i': i}} for i in range(500)]}).encode()\n"
         "parsed, _ = await geojson.parse_off_loop(page, executor='process')\n"
         "again = await countries.fetch(Viewport.from_lonlat((100, -45, 155, -10)), fetcher)\n"
-        "print('after interrupt', len(parsed), len(again), geojson._POOL_BROKEN)"
+        "print('after interrupt', len(parsed), len(again.frame), geojson._POOL_BROKEN)"
     ),
     # A notebook has no session to end: README says ``await m.aclose()`` stops the map's work.
     "close": (

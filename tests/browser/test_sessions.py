@@ -110,7 +110,7 @@ def test_closed_tabs_leave_no_session_task_or_map_behind(tiles):
                 _wait(lambda: sessions() == 0, 60, "the sessions to be destroyed")
                 _wait(lambda: not any(n.startswith("load:") for n in tasks()), 15, "the load tasks to end")
                 gc.collect()
-                counts.append((len(_on_loop(loop, lambda: [a for a in apps if not a._closed])), len(tasks())))
+                counts.append((len(_on_loop(loop, lambda: [a for a in apps if not a.session.closed])), len(tasks())))
             browser.close()
         assert len(slow.loads) >= 9  # every tab started its own load
         live = _wait(lambda: (gc.collect(), len(apps))[1] == 0 or None, 20, "MapApp objects to be freed")

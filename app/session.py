@@ -1,0 +1,386 @@
+"""One map session's loads, orchestrated: which layers load for which view, and when.
+
+:class:`MapSession` owns everything a session runs: one :class:`~mapstream.app.loader.LayerLoader`
+per layer (latest view wins), the preload (visible layers in priority order, each given the
+network to itself for a moment), the settle delay (layers whose loads count pages wait until a
+burst of pans ends), the click-inspect task, the metrics snapshot and closing. It applies each
+:class:`~mapstream.app.frames.Frame` to the session's :class:`~mapstream.app.state.MapState`
+(statuses, by assignment) and hands images to ``show`` (the plot).
+
+It never asks a layer's kind: results are drawn by their type (:mod:`mapstream.app.frames`),
+the unit of a layer's loads comes from its :class:`~mapstream.layers.types.Progress`, and a
+click asks every visible layer's :meth:`~mapstream.layers.types.Layer.query`. No Panel,
+HoloViews or Bokeh: it is tested like the loader, with fake layers (tests/app/test_session.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from mapstream.layers.metrics import LoopLagMonitor
+from mapstream.layers.viewport import Viewport
+
+from .frames import Frame, iter_frames
+from .inspection import inspect_point
+from .loader import LayerLoader, LoadEvent
+from .render import Image
+from .state import MapState, by_priority, error_reason
+
+__all__ = ["FIRST_VIEW_WAIT", "PRELOAD_STAGGER", "SETTLE_UNITS", "MapSession"]
+
+#: Seconds the preload waits for the browser to report the plot's size before it guesses.
+FIRST_VIEW_WAIT = 1.5
+#: Seconds the preload gives a layer to itself before it starts the next one.
+PRELOAD_STAGGER = 1.0
+#: Loads counted in these units (``Progress.unit``) wait for the view to settle: a cancelled
+#: page request's work goes on at the server, and a burst of pans would queue one per pan.
+SETTLE_UNITS = frozenset({"pages"})
+
+_LAG_MONITORS: dict[int, LoopLagMonitor] = {}  # one per event loop, shared by its sessions
+
+
+def _lag_monitor() -> LoopLagMonitor | None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    mon = _LAG_MONITORS.get(id(loop))
+    if mon is None:
+        mon = LoopLagMonitor()
+        mon.start()
+        _LAG_MONITORS[id(loop)] = mon
+    return mon
+
+
+def _ignore(*_: Any) -> None:
+    return None
+
+
+class MapSession:
+    """The loads of one map session, for the latest view.
+
+    Parameters
+    ----------
+    catalog
+        A ``mapstream.layers.catalog.Catalog`` (``.layers`` of LayerSpec).
+    viewport
+        The view the map opens on (:func:`~mapstream.app.state.initial_viewport`).
+    fetcher
+        The fetcher for every layer (default: ``mapstream.layers.http.shared_fetcher()``).
+    build_layer
+        ``await build_layer(spec, fetcher)`` makes a layer (default:
+        ``mapstream.layers.catalog.build_layer``); tests pass fakes.
+    show
+        ``show(name, image)`` draws a layer's image (None: clear it); the plot's.
+    notify
+        ``notify(text)`` tells the user a layer failed.
+
+    Attributes
+    ----------
+    state
+        The session's :class:`~mapstream.app.state.MapState`; its ``visible`` is watched: a
+        layer added to it loads, a layer removed is cancelled and cleared.
+    view_settle
+        Seconds a view must stay before layers in :data:`SETTLE_UNITS` load for it.
+    preloading
+        True from when the map is shown until the preload has started every layer: meanwhile a
+        view change reloads only the layers the preload has started.
+    loaders, images, applied
+        Per layer: its loader, the image shown, and the (viewport, complete) of every frame
+        applied (for tests and the benchmark).
+    """
+
+    def __init__(
+        self,
+        catalog: Any,
+        viewport: Viewport,
+        *,
+        fetcher: Any = None,
+        build_layer: Callable[..., Any] | None = None,
+        show: Callable[[str, Image | None], None] = _ignore,
+        notify: Callable[[str], None] = _ignore,
+    ) -> None:
+        if fetcher is None:
+            from mapstream.layers.http import shared_fetcher
+
+            fetcher = shared_fetcher()
+        if build_layer is None:
+            from mapstream.layers.catalog import build_layer as default_build
+
+            build_layer = default_build
+        self.catalog = catalog
+        self.fetcher = fetcher
+        self._build_layer = build_layer
+        self._show = show
+        self._notify = notify
+        self.specs = {spec.name: spec for spec in by_priority(catalog.layers)}
+        visible = [name for name, spec in self.specs.items() if getattr(spec, "visible", True)]
+        self.state = MapState.for_layers(list(self.specs), visible, viewport=viewport)
+        self.state.param.watch(self._on_visible, "visible")
+        self.view_settle = 0.25
+        self.preloading = False
+        self.closed = False
+        self.loaders: dict[str, LayerLoader] = {}
+        self.images: dict[str, Image | None] = dict.fromkeys(self.specs)
+        self.applied: dict[str, list[tuple[Viewport, bool]]] = {name: [] for name in self.specs}
+        self._built: dict[str, asyncio.Future[Any]] = {}
+        self._preloaded: set[str] = set()
+        self._settle_handle: asyncio.TimerHandle | None = None
+        self._inspect_task: asyncio.Task[str] | None = None
+        self._view_reported = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The layers in priority order (lower first)."""
+        return list(self.specs)
+
+    def title(self, name: str) -> str:
+        """What the user calls layer ``name``."""
+        return str(getattr(self.specs[name], "title", None) or name)
+
+    # --- the event loop ---------------------------------------------------------------------
+
+    def use_running_loop(self) -> None:
+        """Remember the running event loop, if any, for :meth:`schedule` from other threads."""
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+
+    def schedule(self, fn: Callable[[], Any]) -> bool:
+        """Run ``fn`` on the session's event loop (now if already on it).
+
+        Returns False when there is no loop to run it on (none was ever seen, or it is closed).
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            self._loop = loop
+            fn()
+            return True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn)
+            return True
+        return False
+
+    # --- layers and loads -------------------------------------------------------------------
+
+    async def layer(self, name: str) -> Any:
+        """The built layer ``name`` (built once per session; a failed build is retried)."""
+        fut = self._built.get(name)
+        if fut is None or (fut.done() and (fut.cancelled() or fut.exception() is not None)):
+            fut = asyncio.ensure_future(self._build_layer(self.specs[name], self.fetcher))
+            self._built[name] = fut
+        return await asyncio.shield(fut)
+
+    def _loader(self, name: str) -> LayerLoader:
+        loader = self.loaders.get(name)
+        if loader is None:
+            loader = LayerLoader(
+                lambda vp, n=name: self._frames(n, vp), lambda ev, n=name: self._on_event(n, ev), name=name
+            )
+            self.loaders[name] = loader
+        return loader
+
+    async def _frames(self, name: str, viewport: Viewport) -> Any:
+        layer = await self.layer(name)
+        style = getattr(self.specs[name], "style", None)
+        async for frame in iter_frames(layer.load(viewport, self.fetcher), viewport, style):
+            yield frame
+
+    def request(self, name: str, *, force: bool = False) -> asyncio.Task[None] | None:
+        """Load layer ``name`` for the current viewport (on the event loop); None if hidden."""
+        if self.closed or self.state.viewport is None or name not in self.state.visible:
+            return None
+        self._loop = asyncio.get_running_loop()
+        return self._loader(name).request(self.state.viewport, force=force)
+
+    def retry(self, name: str) -> asyncio.Task[None] | None:
+        """Reload layer ``name`` for the current viewport, even if it was loaded (retry button)."""
+        return self.request(name, force=True)
+
+    def _settles(self, name: str) -> bool:
+        return self.view_settle > 0 and self.state.status(name).unit in SETTLE_UNITS
+
+    def set_viewport(self, viewport: Viewport) -> list[asyncio.Task[None]]:
+        """Make ``viewport`` current and (re)load every visible layer for it, priority first.
+
+        Layers load at once, except those whose loads count :data:`SETTLE_UNITS`: their stale
+        loads stop at once and they start ``view_settle`` seconds after the last view change,
+        so that a burst of pans costs their servers one load, not one per pan. Returns the
+        tasks started now.
+        """
+        if self.closed:
+            return []
+        self.state.viewport = viewport
+        if self._settle_handle is not None:
+            self._settle_handle.cancel()
+            self._settle_handle = None
+        tasks, later = [], []
+        for name in self.specs:
+            if self.preloading and name not in self._preloaded:
+                continue  # the preload starts it, in its turn, for the newest view
+            if name in self.state.visible and self._settles(name):
+                loader = self.loaders.get(name)
+                if loader is not None and loader.key != viewport:
+                    loader.cancel()
+                later.append(name)
+                continue
+            task = self.request(name)
+            if task is not None:
+                tasks.append(task)
+        if later:
+            loop = asyncio.get_running_loop()
+            self._settle_handle = loop.call_later(self.view_settle, self._settled, viewport, later)
+        return tasks
+
+    def _settled(self, viewport: Viewport, names: list[str]) -> None:
+        self._settle_handle = None
+        if self.closed or viewport != self.state.viewport:
+            return
+        for name in names:
+            self.request(name)
+
+    def set_visible(self, name: str, visible: bool) -> None:
+        """Show or hide a layer (what the layer toggles do, through ``state.visible``)."""
+        names = [n for n in self.state.visible if n != name]
+        self.state.visible = [*names, name] if visible else names
+
+    def _on_visible(self, event: Any) -> None:
+        shown = [n for n in event.new if n not in event.old]
+        hidden = [n for n in event.old if n not in event.new]
+        self.schedule(lambda: self._apply_visible(shown, hidden))
+
+    def _apply_visible(self, shown: list[str], hidden: list[str]) -> None:
+        for name in hidden:  # cancelled and cleared at once
+            loader = self.loaders.get(name)
+            if loader is not None:
+                loader.cancel()
+            self._send(name, None)
+            self._set_status(name, state="hidden")
+        for name in shown:
+            self.request(name)
+
+    def view_reported(self) -> None:
+        """The browser has reported the plot's real size: the preload need not guess."""
+        self.schedule(self._view_reported.set)
+
+    async def preload(self) -> None:
+        """Start the visible layers in priority order (``pn.state.onload``, once shown).
+
+        Waits (at most :data:`FIRST_VIEW_WAIT`) for :meth:`view_reported`, so that the first
+        loads are not for a guessed viewport that is replaced a moment later. Then each layer
+        starts when the one before it is done, or :data:`PRELOAD_STAGGER` seconds after it
+        started, whichever comes first: the first layers get the network, the parser and the
+        CPU to themselves. A pan meanwhile reloads what has started; the rest start for the
+        newest view.
+        """
+        self._loop = asyncio.get_running_loop()
+        _lag_monitor()
+        self.preloading = True
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._view_reported.wait(), FIRST_VIEW_WAIT)
+            for name in self.specs:
+                if self.closed:
+                    return
+                self._preloaded.add(name)
+                task = self.request(name)
+                if task is not None:
+                    await asyncio.wait([task], timeout=PRELOAD_STAGGER)
+        finally:
+            self.preloading = False
+
+    # --- applying results -------------------------------------------------------------------
+
+    def _send(self, name: str, image: Image | None) -> None:
+        self.images[name] = image
+        self._show(name, image)
+
+    def _set_status(self, name: str, **values: Any) -> None:
+        if values.get("state") in ("done", "error"):
+            self.state.completed += 1
+        self.state.update_status(name, **values)
+
+    def _fail(self, name: str, exc: Any, **values: Any) -> None:
+        reason = error_reason(exc)
+        self._set_status(name, state="error", error=reason, **values)
+        self._notify(f"{self.title(name)}: {reason}")
+
+    def _on_event(self, name: str, ev: LoadEvent) -> None:
+        if self.closed or name not in self.state.visible or ev.key != self.state.viewport:
+            return  # belongs to another view: never applied
+        if ev.kind == "start":  # the unit stays: the layer's last load reported it
+            self._set_status(name, state="loading", done=0, total=None, error="", truncated=False,
+                             features=0, cached=0, failed=0)
+        elif ev.kind == "error":
+            self._fail(name, ev.value, elapsed=ev.elapsed)
+        elif ev.kind == "done":
+            if self.state.status(name).state == "loading":  # the layer yielded nothing at all
+                self._set_status(name, state="done", elapsed=ev.elapsed)
+        else:
+            self._apply(name, ev.key, ev.value, ev.elapsed)
+
+    def _apply(self, name: str, viewport: Viewport, frame: Frame, elapsed: float) -> None:
+        if frame.image is not None:  # None: a page arrived, only the progress changes
+            self._send(name, frame.image)
+            self.applied[name].append((viewport, frame.complete))
+        p = frame.progress
+        values: dict[str, Any] = dict(
+            elapsed=elapsed, done=p.done, total=p.total, unit=p.unit, features=p.features, cached=p.cached,
+            failed=p.failed, truncated=bool(p.truncated), cap=getattr(self.specs[name], "max_features", None),
+        )
+        if not frame.complete:
+            self._set_status(name, state="loading", **values)
+        elif frame.errors and not frame.received:
+            self._fail(name, frame.errors[0], **values)
+        else:
+            self._set_status(name, state="done", **values)
+
+    # --- inspect and metrics ----------------------------------------------------------------
+
+    def inspect(self, lon: float, lat: float) -> asyncio.Task[str]:
+        """Query every visible layer at (lon, lat) into ``state.inspect_html`` (a newer click wins)."""
+        if self._inspect_task is not None and not self._inspect_task.done():
+            self._inspect_task.cancel()
+        targets = [(self.title(n), lambda n=n: self.layer(n)) for n in self.specs if n in self.state.visible]
+        publish = self.state.param.update
+        self._inspect_task = asyncio.get_running_loop().create_task(
+            inspect_point(lon, lat, targets, self.fetcher, lambda html: publish(inspect_html=html))
+        )
+        return self._inspect_task
+
+    def refresh_metrics(self) -> dict[str, Any]:
+        """A new engine metrics snapshot in ``state.metrics`` (the fetcher's and the loop lag)."""
+        snap: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            snap = dict(self.fetcher.metrics.snapshot())
+        mon = _lag_monitor()
+        if mon is not None:
+            snap.update(mon.snapshot())
+        self.state.metrics = snap
+        return snap
+
+    # --- closing ----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Cancel every task of the session and release its layers and images."""
+        self.closed = True
+        if self._settle_handle is not None:
+            self._settle_handle.cancel()
+            self._settle_handle = None
+        if self._inspect_task is not None:
+            self._inspect_task.cancel()
+        await asyncio.gather(*(loader.close() for loader in self.loaders.values()), return_exceptions=True)
+        for fut in self._built.values():
+            fut.cancel()
+        self.loaders.clear()
+        self._built.clear()
+        for name in self.specs:  # a notebook still shows the panel: no load is under way now
+            if self.state.status(name).state == "loading":
+                self._set_status(name, state="idle")
+        self.images = dict.fromkeys(self.specs)

@@ -1,0 +1,115 @@
+"""The side panel: layer toggles, a status line and retry per layer, inspect answers, metrics.
+
+Every widget and pane is built from a param of the session's
+:class:`~mapstream.app.state.MapState` and bound to it, as Panel's best-practice guide shows:
+the toggles are one ``CheckBoxGroup.from_param(state.param.visible)`` (both ways: a click
+changes ``state.visible``, a change of ``state.visible`` ticks the box); each status line is
+bound to its :class:`~mapstream.app.state.LayerStatus` (``LayerStatus.text`` depends on its
+params) and each retry button shows while that status is ``"error"``; the inspect view, the
+metrics line and the loads counter are bound to ``inspect_html``, ``metrics`` and
+``completed``. Nothing here writes a widget's value by hand.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+import panel as pn
+
+from .inspection import PLACEHOLDER
+from .state import MapState
+
+__all__ = ["Sidebar", "completed_text", "metrics_text"]
+
+
+def metrics_text(snap: dict[str, Any]) -> str:
+    """The engine line of the side panel (Markdown) for a metrics snapshot.
+
+    >>> metrics_text({"requests": 7, "latency_p95": 0.123, "cache_hits": 3, "cache_misses": 1})
+    'requests: 7 · p95 latency: 123 ms  \\ncache hit ratio: 75% · loop p99 lag: 0 ms'
+    """
+    hits, misses = snap.get("cache_hits", 0), snap.get("cache_misses", 0)
+    ratio = hits / (hits + misses) if hits + misses else 0.0
+    return (
+        f"requests: {snap.get('requests', 0)} · p95 latency: {1000 * snap.get('latency_p95', 0.0):.0f} ms  \n"
+        f"cache hit ratio: {ratio:.0%} · loop p99 lag: {snap.get('lag_p99_ms', 0.0):.0f} ms"
+    )
+
+
+def completed_text(completed: int) -> str:
+    """The loads counter (tests and the benchmark wait on it).
+
+    >>> completed_text(3)
+    'loads completed: 3'
+    """
+    return f"loads completed: {completed}"
+
+
+def _inspect_html(text: str) -> str:
+    return text or PLACEHOLDER
+
+
+class Sidebar(pn.viewable.Viewer):
+    """The side panel of one session.
+
+    Parameters
+    ----------
+    state
+        The session's state (the widgets are bound to it).
+    specs
+        The layers' specs in priority order (titles, attributions).
+    on_retry
+        ``on_retry(name)`` when a layer's retry button is clicked.
+
+    Attributes
+    ----------
+    toggles
+        The ``CheckBoxGroup`` of the visible layers (options: title -> name).
+    status_panes, retry
+        Layer name -> its status line, and its retry button.
+    inspect_pane, metrics_pane, completed_pane
+        The inspect answers, the engine metrics and the loads counter.
+    """
+
+    def __init__(self, state: MapState, specs: list[Any], on_retry: Callable[[str], None], **params: Any) -> None:
+        super().__init__(**params)
+        self.toggles = pn.widgets.CheckBoxGroup.from_param(
+            state.param.visible, options={str(s.title or s.name): s.name for s in specs}, name="",
+            inline=False,
+        )
+        self.status_panes: dict[str, pn.pane.Str] = {}
+        self.retry: dict[str, pn.widgets.Button] = {}
+        rows = []
+        for spec in specs:
+            name, status = spec.name, state.status(spec.name)
+            self.status_panes[name] = pn.pane.Str(
+                status.text, styles={"font-size": "smaller", "color": "#555"}, margin=(0, 10),
+                css_classes=["mapstream-status", f"status-{name}"],
+            )
+            self.retry[name] = pn.widgets.Button(
+                label="Retry", color="warning", width=70, height=28, visible=status.param.state.rx() == "error",
+                on_click=lambda _event, n=name: on_retry(n),
+            )
+            title = pn.pane.Str(str(spec.title or name), styles={"font-size": "smaller"}, margin=(0, 10))
+            rows.append(pn.Column(title, pn.Row(self.status_panes[name], self.retry[name]), margin=(0, 0, 4, 0)))
+        self.inspect_pane = pn.pane.HTML(pn.bind(_inspect_html, state.param.inspect_html), max_height=400,
+                                         styles={"overflow-y": "auto"})
+        self.metrics_pane = pn.pane.Markdown(pn.bind(metrics_text, state.param.metrics), styles={"font-size": "smaller"},
+                                             css_classes=["mapstream-metrics"])
+        self.completed_pane = pn.pane.Str(pn.bind(completed_text, state.param.completed),
+                                          css_classes=["mapstream-completed"],
+                                          styles={"font-size": "smaller", "color": "#777"})
+        attributions = list(dict.fromkeys(  # each source credited once
+            html.escape(str(s.attribution)) for s in specs if getattr(s, "attribution", None)
+        ))
+        self._layout = pn.Column(
+            "## Layers", self.toggles, "### Status", *rows, "### Inspect", self.inspect_pane,
+            "### Engine", self.metrics_pane, self.completed_pane,
+            pn.pane.HTML("<small>" + " · ".join(attributions) + "</small>") if attributions else None,
+            width=300,
+        )
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self._layout
