@@ -352,6 +352,7 @@ async def test_probe_reports_up_down_error_and_validators(tile_server, ogc_serve
     assert len(table.splitlines()) == len(specs) + 1
 
 
+@pytest.mark.slow  # more than a few seconds: the fast lane (-m "not slow") skips it
 async def test_cancelled_export_leaves_no_file(make_ogc_server, tmp_path):  # noqa: F811
     from mapstream.app.cli.export import export_layer
     from mapstream.layers.sources.features import FeatureLayer

@@ -120,6 +120,7 @@ def test_a_tile_is_rendered_once():
         assert stats["requests"] == 3 and stats["rendered"] == 1
 
 
+@pytest.mark.slow  # more than a few seconds: the fast lane (-m "not slow") skips it
 def test_tile_latency_and_failures_are_injected():
     with TileServer(COUNTRIES_FILE, latency=0.1, fail_rate=0.5) as server:
         statuses, slowest_first = [], None
@@ -136,6 +137,7 @@ def test_tile_latency_and_failures_are_injected():
 # ------------------------------------------------------------------ the demo catalog over the services
 
 
+@pytest.mark.slow  # more than a few seconds: the fast lane (-m "not slow") skips it
 async def test_every_demo_layer_answers(demo):
     catalog = load_catalog()
     assert catalog.uses_demo

@@ -35,7 +35,9 @@ def _ids(frame) -> list[int]:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(concurrent=True), dict(concurrent=False), dict(paging="split", split=3)],
+    # the default walk stays in the fast lane; the other two take ~3 s each over pygeoapi
+    [dict(concurrent=True), pytest.param(dict(concurrent=False), marks=pytest.mark.slow),
+     pytest.param(dict(paging="split", split=3), marks=pytest.mark.slow)],
     ids=["offset-concurrent", "sequential-next", "split-dedup"],
 )
 async def test_every_feature_exactly_once(ogc_server, fetcher, kwargs):
@@ -59,6 +61,7 @@ async def test_every_feature_exactly_once(ogc_server, fetcher, kwargs):
         assert pages[-1].progress.matched == N_POINTS
 
 
+@pytest.mark.slow  # more than a few seconds: the fast lane (-m "not slow") skips it
 async def test_pages_stream_typed_mercator_frames(ogc_server, fetcher, points):
     layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT)
     frame = (await layer.fetch(None, fetcher)).frame
@@ -118,6 +121,7 @@ async def test_cql2_text_filter_and_properties(ogc_server, fetcher, points):
     assert set(frame.columns) == {"id", "count", "kind", "valid", "geometry"}
 
 
+@pytest.mark.slow  # more than a few seconds: the fast lane (-m "not slow") skips it
 async def test_a_503_on_one_page_is_retried(make_ogc_server, fetcher):
     server = make_ogc_server(faults={"offset=1000": ["503"]})
     layer = FeatureLayer(server.url, "points", limit=PAGE_LIMIT)
@@ -127,7 +131,7 @@ async def test_a_503_on_one_page_is_retried(make_ogc_server, fetcher):
     assert fetcher.metrics.snapshot()["retries"] >= 1
 
 
-@pytest.mark.parametrize("concurrent", [True, False])
+@pytest.mark.parametrize("concurrent", [pytest.param(True, marks=pytest.mark.slow), False])
 async def test_malformed_page_is_reported_and_earlier_pages_stay(make_ogc_server, fetcher, concurrent):
     server = make_ogc_server(faults={"offset=1000": ["malformed"]})
     layer = FeatureLayer(server.url, "points", limit=PAGE_LIMIT, concurrent=concurrent)
@@ -159,6 +163,7 @@ async def test_unknown_collection_is_a_status_error(ogc_server, fetcher):
     assert info.value.status == 404
 
 
+@pytest.mark.slow  # more than a few seconds: the fast lane (-m "not slow") skips it
 async def test_cancel_mid_walk_leaves_nothing_in_flight(make_ogc_server, tmp_path):
     server = make_ogc_server(latency=0.4)
     layer = FeatureLayer(server.url, "points", limit=PAGE_LIMIT)
@@ -202,6 +207,7 @@ async def test_antimeridian_view_and_part2_crs(ogc_server, fetcher, points):
     assert "bbox-crs=" in europe[0].url
 
 
+@pytest.mark.slow  # more than a few seconds: the fast lane (-m "not slow") skips it
 async def test_a_page_seen_before_is_not_parsed_again(ogc_server, fetcher, monkeypatch):
     """The same view again (the plot's real size arriving, another session) reuses parsed pages."""
     import mapstream.layers.sources.geojson as geojson
