@@ -146,7 +146,7 @@ async def main_async(args: argparse.Namespace) -> None:
         print(
             f"tiles: {n} at zoom {ZOOM} ({COLS}x{ROWS}), "
             f"latency {args.latency * 1000:.0f} ms/tile, per-host limit {LIMIT}, "
-            f"mosaic {mosaic.shape[1]}x{mosaic.shape[0]} px"
+            f"mosaic {mosaic.image.shape[1]}x{mosaic.image.shape[0]} px"
         )
         print(f"ideal   ceil({n}/{LIMIT}) x {args.latency:.2f} s = {ideal:.3f} s")
         print(f"ours    cold {ours:.3f} s   ({cold_requests} requests)")
