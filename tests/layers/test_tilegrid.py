@@ -11,7 +11,14 @@ from mapstream.layers.errors import BadInputError
 from mapstream.layers.projection import ORIGIN_SHIFT, lonlat_bbox_to_mercator, lonlat_to_mercator
 from mapstream.layers.tilegrid import (
     Tile,
+    in_grid,
+    pixel_centres,
+    pixel_window,
+    resolution,
+    tile_at,
     tile_bounds,
+    tile_window,
+    tiles_in_window,
     tile_range,
     tiles_in_bbox,
     tms_y,
@@ -111,3 +118,42 @@ def test_zoom_for_viewports_including_retina():
         lonlat_bbox_to_mercator((0, 10, 1, 5))
     with pytest.raises(BadInputError, match="four numbers"):
         lonlat_bbox_to_mercator((0, 1, 2))
+
+
+def test_point_tile_matches_reference_formula():
+    rng = random.Random(11)
+    for _ in range(300):
+        lon, lat, zoom = rng.uniform(-179.9, 179.9), rng.uniform(-84, 84), rng.randint(0, 18)
+        tile = tile_at(*lonlat_to_mercator(lon, lat), zoom)
+        assert (tile.x, tile.y) == osm_tile(lon, lat, zoom) and in_grid(tile)
+    assert tile_at(ORIGIN_SHIFT, ORIGIN_SHIFT, 3) == Tile(3, 7, 0)  # edges stay in the world
+
+
+def test_pixel_window_tiles_agree_with_tile_range():
+    rng = random.Random(5)
+    for _ in range(200):
+        w, s = rng.uniform(-170, 160), rng.uniform(-80, 70)
+        box = lonlat_bbox_to_mercator((w, s, w + rng.uniform(0.1, 10), s + rng.uniform(0.1, 10)))
+        zoom, size = rng.randint(0, 12), rng.choice([256, 512])
+        window = pixel_window(box, zoom, size)
+        tiles = tiles_in_window(window, zoom, size)
+        if size == 256:  # the grid of tile_range: the same tiles (up to a sliver on an edge)
+            xs, ys = tile_range(box, zoom)
+            assert {t.x for t in tiles} <= set(range(xs.start - 1, xs.stop + 1))
+            assert {t.y for t in tiles} <= set(range(ys.start - 1, ys.stop + 1))
+        for t in tiles:  # every tile touches the window; together they hold all of it
+            tw = tile_window(t, size)
+            assert tw.col0 < window.col1 and tw.col1 > window.col0
+            assert tw.row0 < window.row1 and tw.row1 > window.row0
+        assert min(tile_window(t, size).col0 for t in tiles) <= window.col0
+        assert max(tile_window(t, size).row1 for t in tiles) >= window.row1
+        x, y = pixel_centres(window, zoom, size)
+        assert len(x) == window.col1 - window.col0 and len(y) == window.row1 - window.row0
+        assert box.west - resolution(zoom, size) < x[0] < box.west + resolution(zoom, size)
+        assert box.north - resolution(zoom, size) < y[0] < box.north + resolution(zoom, size)
+
+
+def test_grid_membership():
+    assert in_grid(Tile(0, 0, 0)) and not in_grid(Tile(0, 1, 0)) and not in_grid(Tile(3, 0, 8))
+    assert not in_grid(Tile(3, -1, 0))  # an unwrapped column is not a grid tile until wrapped
+    assert in_grid(Tile(3, wrap_x(-1, 3), 0))
