@@ -101,7 +101,7 @@ class _PageShader:
     """
 
     def __init__(self, viewport: Viewport, style: Any) -> None:
-        self.bounds = (viewport.x_range[0], viewport.y_range[0], viewport.x_range[1], viewport.y_range[1])
+        self.bounds = viewport.bounds
         self.size = (viewport.width, viewport.height)
         self.style = style
         self.aggs: render.Aggregates = {}

@@ -24,6 +24,7 @@ import numpy as np
 import panel as pn
 
 from mapstream.layers.projection import mercator_to_lonlat
+from mapstream.layers.types import Bounds
 from mapstream.layers.viewport import Viewport
 
 from .render import Image
@@ -34,10 +35,7 @@ __all__ = ["MapPlot", "rgb_element"]
 if hv.Store.current_backend != "bokeh":
     hv.Store.set_current_backend("bokeh")
 
-Bounds4 = tuple[float, float, float, float]
-
-
-def rgb_element(data: Image | None, placeholder: Bounds4 = (0.0, 0.0, 1.0, 1.0)) -> gv.RGB:
+def rgb_element(data: Image | None, placeholder: Bounds = Bounds(0.0, 0.0, 1.0, 1.0)) -> gv.RGB:
     """A ``gv.RGB`` in Web Mercator for an :class:`~mapstream.app.render.Image`.
 
     None gives a transparent image over ``placeholder`` (the initial view, so that the plot's
@@ -104,7 +102,7 @@ class MapPlot:
         self.doc: Any = pn.state.curdoc
         self.figure: Any = None  # the Bokeh figure, once rendered (equal aspect)
         (x0, x1), (y0, y1) = viewport.x_range, viewport.y_range
-        element = partial(rgb_element, placeholder=(x0, y0, x1, y1))
+        element = partial(rgb_element, placeholder=viewport.bounds)
         self.pipes = {name: hv.streams.Pipe(data=None) for name in names}
         dmaps = [hv.DynamicMap(element, streams=[self.pipes[name]]) for name in names]
         first = dmaps[0] if dmaps else hv.DynamicMap(element, streams=[hv.streams.Pipe(data=None)])

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from mapstream.layers.types import Bounds
+
 if TYPE_CHECKING:  # pragma: no cover
     from mapstream.layers.types import Mosaic
 
@@ -41,7 +43,7 @@ class Image(NamedTuple):
     """
 
     rgba: np.ndarray
-    bounds: tuple[float, float, float, float]
+    bounds: Bounds
 
     @property
     def opaque_pixels(self) -> int:
@@ -67,7 +69,7 @@ def mosaic_image(mosaic: Mosaic) -> Image:
     if len(ys) > 1 and ys[0] < ys[-1]:
         data = data[::-1]
     bounds = (xs.min() - dx / 2, ys.min() - dy / 2, xs.max() + dx / 2, ys.max() + dy / 2)
-    return Image(data, tuple(float(v) for v in bounds))
+    return Image(data, Bounds(*(float(v) for v in bounds)))
 
 
 def _style(style: Any, name: str, default: Any) -> Any:
@@ -87,7 +89,7 @@ Aggregates = dict
 
 def aggregate_features(
     frame: Any,
-    bounds: tuple[float, float, float, float],
+    bounds: Bounds,
     width: int,
     height: int,
 ) -> Aggregates:
@@ -174,7 +176,7 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
 
 def shade_aggregates(
     aggs: Aggregates,
-    bounds: tuple[float, float, float, float],
+    bounds: Bounds,
     width: int,
     height: int,
     style: Any = None,
@@ -189,7 +191,7 @@ def shade_aggregates(
 
     xmin, ymin, xmax, ymax = (float(v) for v in bounds)
     if not aggs:
-        return Image(np.zeros((height, width, 4), dtype=np.uint8), (xmin, ymin, xmax, ymax))
+        return Image(np.zeros((height, width, 4), dtype=np.uint8), Bounds(xmin, ymin, xmax, ymax))
     color = _style(style, "color", _DEFAULT_COLOR)
     opacity = float(_style(style, "opacity", 0.9))
     point_size = int(_style(style, "point_size", 3))
@@ -219,12 +221,12 @@ def shade_aggregates(
         layers.append(_shade(aggs["points"], opacity, "eq_hist", disk_footprint(max(0, point_size // 2))))
     rgba = over_rgba([np.asarray(img.data).view(np.uint8).reshape(height, width, 4) for img in layers])
     # datashader's row 0 is the bottom (y increasing); images here have row 0 at the top
-    return Image(np.ascontiguousarray(rgba[::-1]), (xmin, ymin, xmax, ymax))
+    return Image(np.ascontiguousarray(rgba[::-1]), Bounds(xmin, ymin, xmax, ymax))
 
 
 def shade_features(
     frame: Any,
-    bounds: tuple[float, float, float, float],
+    bounds: Bounds,
     width: int,
     height: int,
     style: Any = None,
