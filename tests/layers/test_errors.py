@@ -84,6 +84,7 @@ def test_attributes_named_by_the_issue_survive():
     assert isinstance(pickle.loads(pickle.dumps(BadInputError("x"))), ValueError)
 
 
+@pytest.mark.slow  # more than a few seconds: the fast lane (-m "not slow") skips it
 async def test_a_partly_failed_load_can_be_read_copied_and_pickled(make_ogc_server, tmp_path):
     """The issue's case: ``frame["id"]`` on a partly failed load raised TypeError."""
     server = make_ogc_server(faults={"offset=1000": ["malformed"]})
