@@ -1,10 +1,11 @@
 """One loader per layer and session: latest viewport wins, superseded work is cancelled.
 
-Panel's own cancellation of async callbacks can show a stale result after quick changes
-(DESIGN.md), so the app owns its task handles here. A :class:`LayerLoader` runs one task at a
-time; :meth:`LayerLoader.request` with a new viewport cancels the running task and starts a new
-one, and every partial result is handed to the callback only if its viewport is still the
-loader's current viewport and its task is still the current task.
+Panel's own cancellation of async callbacks can show a stale result after quick changes, so
+the app owns its task handles here (:class:`~mapstream.app.session.MapSession` keeps one loader
+per layer). A :class:`LayerLoader` runs one task at a time; :meth:`LayerLoader.request` with a
+new viewport cancels the running task and starts a new one, and every partial result is handed
+to the callback only if its viewport is still the loader's current viewport and its task is
+still the current task.
 
 This module is pure asyncio: no Panel import, so it is unit-tested without a server.
 """

@@ -29,7 +29,7 @@ from .loader import LayerLoader, LoadEvent
 from .render import Image
 from .state import MapState, by_priority, error_reason
 
-__all__ = ["FIRST_VIEW_WAIT", "PRELOAD_STAGGER", "SETTLE_UNITS", "MapSession"]
+__all__ = ["FIRST_VIEW_WAIT", "PRELOAD_STAGGER", "SETTLE_UNITS", "VIEW_SETTLE", "MapSession"]
 
 #: Seconds the preload waits for the browser to report the plot's size before it guesses.
 FIRST_VIEW_WAIT = 1.5
@@ -38,6 +38,8 @@ PRELOAD_STAGGER = 1.0
 #: Loads counted in these units (``Progress.unit``) wait for the view to settle: a cancelled
 #: page request's work goes on at the server, and a burst of pans would queue one per pan.
 SETTLE_UNITS = frozenset({"pages"})
+#: Seconds a view must stay before those layers load for it (a session's ``view_settle``).
+VIEW_SETTLE = 0.25
 
 _LAG_MONITORS: dict[int, LoopLagMonitor] = {}  # one per event loop, shared by its sessions
 
@@ -120,7 +122,7 @@ class MapSession:
         visible = [name for name, spec in self.specs.items() if getattr(spec, "visible", True)]
         self.state = MapState.for_layers(list(self.specs), visible, viewport=viewport)
         self.state.param.watch(self._on_visible, "visible")
-        self.view_settle = 0.25
+        self.view_settle = VIEW_SETTLE
         self.preloading = False
         self.closed = False
         self.loaders: dict[str, LayerLoader] = {}
@@ -132,11 +134,6 @@ class MapSession:
         self._inspect_task: asyncio.Task[str] | None = None
         self._view_reported = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def names(self) -> list[str]:
-        """The layers in priority order (lower first)."""
-        return list(self.specs)
 
     def title(self, name: str) -> str:
         """What the user calls layer ``name``."""
