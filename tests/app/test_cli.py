@@ -431,6 +431,7 @@ async def test_prefetch_features_walks_every_page_then_resumes_from_cache(ogc_se
     assert second.cached == second.done and second.requests == 0
 
 
+@pytest.mark.slow  # 34 tiles at 50 ms one at a time, then 8 at a time: a wall-clock speed-up
 async def test_prefetch_concurrency_speeds_up_a_slow_server(tile_server, tmp_path, capsys):  # noqa: F811
     import time
 
