@@ -38,8 +38,15 @@ class Limiter:
         self.limit = limit
         self._wake()
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits (FIFO); never waits."""
         if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.active < self.limit and not self._waiters:  # try_acquire, inline: hot path
             self.active += 1
             return
         fut = asyncio.get_running_loop().create_future()
@@ -94,13 +101,19 @@ class Admission:
         host = self.limiters.get(netloc)
         if host is None:
             host = self.limiters[netloc] = Limiter(self._limit_for(netloc))
+        glob = self.global_limiter
         metrics = self._metrics
+        held = host.try_acquire()
+        if held and glob.try_acquire():  # both free: no wait (and no coroutine) at all
+            metrics.record_queue_wait(0.0)
+            return host
         queued = time.perf_counter()
         metrics.add_waiting(1)
         try:
-            await host.acquire()
+            if not held:
+                await host.acquire()
             try:
-                await self.global_limiter.acquire()
+                await glob.acquire()
             except BaseException:
                 host.release()
                 raise

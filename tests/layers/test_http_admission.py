@@ -66,3 +66,15 @@ async def test_admission_queues_on_the_host_before_taking_a_global_slot():
     gate.leave(a1)
     gate.leave(a1)
     assert (gate.global_limiter.active, a1.active, metrics.snapshot()["waiting"]) == (0, 0, 0)
+
+
+async def test_try_acquire_takes_only_a_free_slot():
+    lim = Limiter(1)
+    assert lim.try_acquire() and not lim.try_acquire()
+    waiter = asyncio.create_task(lim.acquire())
+    await asyncio.sleep(0)
+    lim.set_limit(2)  # the new slot goes to the waiter, not to the next try
+    assert not lim.try_acquire()
+    await waiter
+    lim.set_limit(3)
+    assert lim.try_acquire() and lim.active == 3
