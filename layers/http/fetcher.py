@@ -14,7 +14,7 @@ import asyncio
 import http.cookiejar
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -364,7 +364,7 @@ class Fetcher:
         disk = self.disk if cache else None
         if disk is not None:
 
-            def send(cond: dict[str, str]) -> Any:
+            def send(cond: dict[str, str]) -> Awaitable[Response]:
                 return self.retry.send(
                     state.wire.attempt, "GET", full, netloc, {**hdrs, **cond}, None, self.metrics
                 )
