@@ -25,6 +25,7 @@ from mapstream.layers.cache import (
 )
 from mapstream.layers.errors import BadInputError
 from mapstream.layers.units import parse_size
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -211,13 +212,16 @@ def test_a_hit_refreshes_recency(tmp_path):
 
 
 def _store_expiring(disk: DiskCache, which: dict[int, list]) -> None:
-    # Entries that expire a moment after they are stored (one already expired is not stored).
-    soon = time.time() + 0.2
+    # Entries that expire a moment after they are stored (one already expired is not stored):
+    # each expiry is taken just before its own store, so a stall between stores cannot make an
+    # entry expire before it is written; then wait until the last one has expired.
+    last = 0.0
     for i, headers in which.items():
         entry = _entry(i, headers=headers)
-        entry.expires_at = soon
+        entry.expires_at = last = time.time() + 0.2
         disk.store(_key(i), entry)
-    time.sleep(0.25)
+        assert disk._path(_key(i)).exists(), f"entry {i} expired before it was stored"
+    assert wait_for(lambda: time.time() > last, timeout=10)
 
 
 @pytest.mark.parametrize("reopen", [False, True], ids=["same-object", "another-process"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ from mapstream.layers.errors import (
 )
 from mapstream.layers.http import TRANSPORTS, Fetcher
 from tests.support.faultserver import fault_server  # noqa: F401  (fixture)
+from tests.support.waiting import async_wait_for
 
 FAST = dict(backoff_base=0.01, backoff_cap=0.05)
 
@@ -33,15 +33,6 @@ def transport(request):
 async def fetcher(tmp_path, transport):
     async with Fetcher(transport=transport, cache_dir=tmp_path / "cache", **FAST) as f:
         yield f
-
-
-async def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 # -- limits ----------------------------------------------------------------------------------
@@ -175,11 +166,11 @@ async def test_different_headers_are_not_coalesced(fault_server, fetcher):
 
 
 async def test_cancelled_leader_does_not_fail_followers(fault_server, fetcher):
-    url = fault_server.url("/lead", delay=0.3)
+    url = fault_server.url("/lead", delay=0.5)
     leader = asyncio.create_task(fetcher.get(url))
-    await asyncio.sleep(0.05)
+    assert await async_wait_for(lambda: fault_server.current == 1, 5)  # the leader is on the wire
     follower = asyncio.create_task(fetcher.get(url))
-    await asyncio.sleep(0.05)
+    assert await async_wait_for(lambda: fetcher.metrics.snapshot()["coalesced"] == 1, 5)  # joined
     leader.cancel()
     r = await follower
     assert r.status == 200
@@ -191,14 +182,14 @@ async def test_cancelling_50_waiting_tasks_leaves_nothing_behind(fault_server, t
     async with Fetcher(per_host_limit=2, transport=transport, cache_dir=None) as f:
         before = asyncio.all_tasks()
         tasks = [asyncio.create_task(f.get(fault_server.url(f"/c/{i}", delay=0.5))) for i in range(52)]
-        assert await wait_for(lambda: fault_server.current == 2)
+        assert await async_wait_for(lambda: fault_server.current == 2, 5)
         assert f.metrics.snapshot()["waiting"] == 50
         for t in tasks:
             t.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
         # Every flight, limiter slot and counter is released at once...
-        assert await wait_for(lambda: not (asyncio.all_tasks() - before), timeout=1)
+        assert await async_wait_for(lambda: not (asyncio.all_tasks() - before), 1)
         state = f._state()
         assert not state.flights
         assert all(lim.active == 0 and lim.waiting == 0 for lim in state.admission.limiters.values())
@@ -206,7 +197,7 @@ async def test_cancelling_50_waiting_tasks_leaves_nothing_behind(fault_server, t
         snap = f.metrics.snapshot()
         assert (snap["in_flight"], snap["waiting"]) == (0, 0)
         # ...the two requests on the wire were abandoned: their connections are closed...
-        assert await wait_for(lambda: fault_server.connections == 0, timeout=5)
+        assert await async_wait_for(lambda: fault_server.connections == 0, 5)
         # ...and only those two ever reached the server; the fetcher still works.
         assert sum(fault_server.hits.values()) == 2
         assert (await f.get(fault_server.url("/after"))).status == 200
