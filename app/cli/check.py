@@ -78,7 +78,7 @@ class ProbeResult:
 
 
 def _is_tiled(layer: Any) -> bool:
-    from mapstream.layers.sources.tiles import TiledLayer
+    from mapstream.layers.sources.tiled import TiledLayer
 
     return isinstance(layer, TiledLayer)
 

@@ -68,7 +68,7 @@ def prefetch(layer, bbox, zoom, concurrency, max_tiles, catalog_path, cache_dir,
     of items in BBOX. Resumable: tiles already cached and fresh cost no request. Ends with a
     summary (also after Ctrl-C).
     """
-    from mapstream.layers.sources.tiles import TiledLayer
+    from mapstream.layers.sources.tiled import TiledLayer
 
     catalog = open_catalog(catalog_path)
     spec = get_spec(catalog, layer)

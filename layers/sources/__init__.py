@@ -1,7 +1,9 @@
 """The engine's sources, one module each, and the registry of their kinds.
 
-- :mod:`.tiles`: :class:`~.tiles.TiledLayer`, the tile pipeline every grid-aligned raster
-  shares, and :class:`~.tiles.TileLayer` (XYZ/TMS templates, xyzservices providers).
+- :mod:`.tiled`: :class:`~.tiled.TiledLayer`, the tile pipeline every grid-aligned raster
+  shares (plan, fetch, decode, paint, :class:`~mapstream.layers.types.Mosaic` frames); a base
+  that registers no kind.
+- :mod:`.tiles`: :class:`~.tiles.TileLayer` (XYZ/TMS templates, xyzservices providers).
 - :mod:`.wms`: :class:`~.wms.WMSLayer`, GetMap cut to the tile grid, GetFeatureInfo queries.
 - :mod:`.features`: :class:`~.features.FeatureLayer`, OGC API Features items for a viewport.
 - :mod:`.paging`: how a feature load pages (next links, offsets, sub-boxes, de-duplication).
@@ -11,7 +13,8 @@
 Every layer class implements :class:`~mapstream.layers.types.Layer` and registers its ``kind``
 with :func:`register`; the catalog builds a layer through :func:`layer_class` and the class's
 ``from_spec``. Adding a source means adding one module here: :func:`layer_class` imports the
-package's modules on its first call, so each registers itself.
+package's modules on its first call, so each registers itself; a module that registers nothing
+(a base such as :mod:`.tiled`, a helper such as :mod:`.paging`) is imported and adds no kind.
 """
 
 from __future__ import annotations

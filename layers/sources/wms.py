@@ -6,7 +6,8 @@ properties like every other :class:`~mapstream.layers.types.Layer`.
 Requesting one image per viewport would defeat caching (every pan is a new image) and could
 not share the tile pipeline. Instead :class:`WMSLayer` asks for one GetMap per tile of the XYZ
 grid, with the tile's bounds as BBOX, so panning reuses what is cached, requests run under the
-fetcher's per-host limit, and the mosaic is built exactly as for :class:`~mapstream.layers.sources.tiles.TileLayer`.
+fetcher's per-host limit, and :class:`~mapstream.layers.sources.tiled.TiledLayer` builds the
+mosaic exactly as for :class:`~mapstream.layers.sources.tiles.TileLayer`.
 
 Axis order: WMS 1.3.0 follows the CRS's own axis order, so a latitude-first CRS such as
 EPSG:4326 takes ``BBOX=miny,minx,maxy,maxx``; 1.1.1 (``SRS=``) is always x, y. EPSG:3857, the
@@ -25,7 +26,7 @@ from ..projection import lonlat_to_mercator
 from ..tilegrid import Tile, tile_at, tile_bounds, wrap_x
 from ..types import Bounds, QueryResult
 from . import register
-from .tiles import TiledLayer
+from .tiled import TiledLayer
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..catalog import LayerSpec

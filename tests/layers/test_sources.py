@@ -10,6 +10,7 @@ from mapstream.layers import Bounds, Layer
 from mapstream.layers.catalog import KINDS, LayerSpec
 from mapstream.layers.sources import SOURCES, layer_class
 from mapstream.layers.sources.features import FeatureLayer
+from mapstream.layers.sources.tiled import TiledLayer
 from mapstream.layers.sources.tiles import TileLayer
 from mapstream.layers.sources.wms import WMSLayer
 
@@ -38,6 +39,13 @@ def test_registry_holds_the_catalog_kinds():
     assert layer_class("wms") is WMSLayer
     assert layer_class("features") is FeatureLayer
     assert set(SOURCES) == set(KINDS)
+
+
+def test_the_tile_pipeline_base_registers_no_kind():
+    # layer_class imports every module of the package, the base's tiled.py among them
+    layer_class("tiles")
+    assert TiledLayer not in SOURCES.values() and not hasattr(TiledLayer, "kind")
+    assert issubclass(TileLayer, TiledLayer) and issubclass(WMSLayer, TiledLayer)
 
 
 async def test_tiles_hold_no_attributes_to_query():
