@@ -14,6 +14,7 @@ from mapstream.layers.http import Fetcher
 from mapstream.layers.projection import lonlat_to_mercator
 from mapstream.layers.viewport import Viewport
 from tests.support.ogc import N_POINTS, PAGE_LIMIT, make_points, ogc_data, ogc_server, make_ogc_server  # noqa: F401
+from tests.support.waiting import async_wait_for
 
 ALL_IDS = set(range(1, N_POINTS + 1))
 
@@ -176,11 +177,9 @@ async def test_cancel_mid_walk_leaves_nothing_in_flight(make_ogc_server, tmp_pat
 
         task = asyncio.create_task(consume())
         await asyncio.wait_for(first.wait(), 30)
-        for _ in range(100):  # let the concurrent page requests get going
-            if fetcher.metrics.snapshot()["in_flight"] >= 4:
-                break
-            await asyncio.sleep(0.02)
-        assert fetcher.metrics.snapshot()["in_flight"] >= 4
+        # let the concurrent page requests get going
+        busy = await async_wait_for(lambda: fetcher.metrics.snapshot()["in_flight"] >= 4, 2)
+        assert busy, fetcher.metrics.snapshot()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

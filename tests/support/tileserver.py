@@ -10,7 +10,8 @@ pixel of a mosaic came from the right tile. Routes:
   whose bounds equal the BBOX; a bad request gets a 400 naming the problem.
 
 Knobs on :class:`TileServer`: ``latency`` (seconds per request), ``missing`` (tiles answered
-404), ``empty`` (204), ``failing`` (500 every time), and ``requests`` (paths served, in order).
+404), ``empty`` (204), ``failing`` (500 every time); what it saw: ``requests`` (paths served, in
+order) and ``peak_in_flight`` (the most requests it was answering at once).
 
 Run ``python -m tests.support.tileserver --latency 0.1`` for a server in its own process (the
 benchmark does): it prints ``http://127.0.0.1:PORT`` on its first line and serves until killed.
@@ -101,6 +102,16 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         with owner.lock:
             owner.requests.append(self.path)
+            owner.in_flight += 1
+            owner.peak_in_flight = max(owner.peak_in_flight, owner.in_flight)
+        try:
+            self._answer()
+        finally:
+            with owner.lock:
+                owner.in_flight -= 1
+
+    def _answer(self) -> None:
+        owner = self.server.owner
         if owner.latency:
             time.sleep(owner.latency)
         parts = urlsplit(self.path)
@@ -211,6 +222,8 @@ class TileServer:
         self.empty: set[tuple[int, int, int]] = set()
         self.failing: set[tuple[int, int, int]] = set()
         self.requests: list[str] = []
+        self.in_flight = 0  # requests being answered now
+        self.peak_in_flight = 0  # the most answered at once
         self.wms_params: list[dict[str, str]] = []
         self.lock = threading.Lock()
         self._httpd: _Server | None = None
