@@ -44,7 +44,8 @@ async def test_single_viewport_loads_every_visible_layer_with_status():
 
 
 async def test_burst_of_viewports_only_the_last_is_applied():
-    tiles, feats = FakeTiles(frames=4, delay=0.01), FakeFeatures(pages=3, delay=0.01)
+    # each load takes 150-200 ms: a superseded one cannot complete even if a view comes late
+    tiles, feats = FakeTiles(frames=4, delay=0.05), FakeFeatures(pages=3, delay=0.05)
     app = _app({"base": tiles, "pts": feats}, [spec("base"), spec("pts", "features", 1)])
     tasks = []
     for i in range(25):
@@ -70,7 +71,7 @@ async def test_hidden_layer_is_cancelled_cleared_and_reloaded_when_shown():
     tiles = FakeTiles(frames=50, delay=0.01)
     app = _app({"base": tiles, "top": FakeTiles(frames=1)}, [spec("base"), spec("top", priority=1)])
     tasks = app.session.set_viewport(_vp(0))
-    await asyncio.sleep(0.05)
+    assert await async_wait_for(lambda: app.session.applied["base"], 10), "a first frame"
     app.session.set_visible("base", False)
     assert app.state.status("base").state == "hidden"
     assert app.session.images["base"] is None and app.plot.pipes["base"].data is None
@@ -142,7 +143,7 @@ async def test_close_cancels_tasks_and_stops_applying():
     tiles = FakeTiles(frames=100, delay=0.01)
     app = _app({"base": tiles}, [spec("base")])
     tasks = app.session.set_viewport(_vp(0))
-    await asyncio.sleep(0.03)
+    assert await async_wait_for(lambda: app.session.applied["base"], 10), "a first frame"
     assert app.state.status("base").state == "loading"
     await app.aclose()
     assert all(t.done() for t in tasks)
@@ -165,7 +166,7 @@ async def test_many_sessions_leave_no_task_or_app_behind():
         await app.aclose()
         refs.append(weakref.ref(app))
         del app
-    await asyncio.sleep(0.02)
+    assert await async_wait_for(lambda: len(asyncio.all_tasks()) <= baseline, 5)
     gc.collect()
     assert len(asyncio.all_tasks()) <= baseline
     alive = sum(r() is not None for r in refs)
@@ -316,25 +317,27 @@ async def test_preload_guesses_the_view_when_the_browser_says_nothing(monkeypatc
 
 async def test_a_burst_of_views_loads_features_once_for_the_final_view():
     tiles, feats = FakeTiles(frames=2, delay=0.01), FakeFeatures(pages=2, delay=0.01)
-    app = _app({"base": tiles, "pts": feats}, [spec("base"), spec("pts", "features", 1)], settle=0.1)
+    app = _app({"base": tiles, "pts": feats}, [spec("base"), spec("pts", "features", 1)], settle=0.3)
     await asyncio.gather(*app.session.set_viewport(_vp(0)))
-    await asyncio.sleep(0.2)
+    assert await async_wait_for(lambda: feats.loads, 5)
     await asyncio.gather(*(t for t in [app.session.loaders["pts"].task] if t is not None))
     assert feats.loads == [_vp(0)]
-    for i in range(1, 11):  # ten pans, 20 ms apart: shorter than the settle time
+    # ten pans, 40 ms apart: each within the settle time of the last, 0.4 s in all (longer than
+    # the settle time: each pan restarts it)
+    for i in range(1, 11):
         app.session.set_viewport(_vp(i))
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.04)
     assert len(tiles.loads) == 11  # tiles follow every view at once
     assert feats.loads == [_vp(0)]  # features wait for the view to settle
     assert app.session.loaders["pts"].key is None  # and the stale load was stopped at once
-    await asyncio.sleep(0.2)
+    assert await async_wait_for(lambda: len(feats.loads) > 1, 5)
     await asyncio.gather(*(t for t in [app.session.loaders["pts"].task] if t is not None))
     assert feats.loads == [_vp(0), _vp(10)]  # one load, for the final view
     assert app.session.applied["pts"][-1] == (_vp(10), True)
     assert app.state.status("pts").state == "done"
     app.session.set_viewport(_vp(11))
     await app.aclose()  # a pending settle is dropped with the session
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.4)  # longer than the settle time
     assert feats.loads[-1] == _vp(10)
 
 
@@ -344,8 +347,9 @@ async def test_a_view_of_another_shape_is_widened_to_equal_aspect():
     app = _app({"base": FakeTiles(frames=1)}, [spec("base")])
     app.plot.range_stream.event(x_range=(0.0, 1_000_000.0), y_range=(0.0, 1_000_000.0))
     app.plot.size_stream.event(width=800, height=400)
-    await asyncio.sleep(0.05)
+    expected = equal_aspect(Viewport.create((0, 1_000_000), (0, 1_000_000), 800, 400))
+    assert await async_wait_for(lambda: app.state.viewport == expected, 5)
     vp = app.state.viewport
-    assert vp == equal_aspect(Viewport.create((0, 1_000_000), (0, 1_000_000), 800, 400))
+    assert vp == expected
     assert vp.x_range == (-500_000.0, 1_500_000.0) and vp.y_range == (0.0, 1_000_000.0)
     await app.aclose()
