@@ -49,15 +49,19 @@ def tiles():
     server.stop()
 
 
-def test_closed_tabs_leave_no_session_task_or_map_behind(tiles):
+def test_closed_tabs_leave_no_session_task_or_map_behind(tiles, tmp_path):
     import panel as pn
     from playwright.sync_api import sync_playwright
 
     from mapstream.app import create_app
     from mapstream.app.views import MapApp
     from mapstream.layers.catalog import build_layer
+    from mapstream.layers.http import Fetcher
 
     apps: weakref.WeakSet[MapApp] = weakref.WeakSet()
+    # The test's own fetcher, not the process-wide one: its client lives on the server's event
+    # loop, which this test stops, so the test closes it there first (and no user cache is used).
+    fetcher = Fetcher(cache_dir=tmp_path / "cache")
     # a load that never ends by itself: only the session's cleanup can stop it
     slow = FakeFeatures(pages=10**6, per_page=20, delay=0.05)
     tile_spec = SimpleNamespace(**{**vars(spec("base")), "url": tiles.url + "/{z}/{x}/{y}.png"})
@@ -71,7 +75,8 @@ def test_closed_tabs_leave_no_session_task_or_map_behind(tiles):
         return await build_layer(LayerSpec(**real), fetcher)
 
     def make():
-        app = create_app(catalog(tile_spec, spec("pts", "features", 1)), build_layer=build)
+        layers = catalog(tile_spec, spec("pts", "features", 1))
+        app = create_app(layers, fetcher=fetcher, build_layer=build)
         apps.add(app)
         return app
 
@@ -119,4 +124,6 @@ def test_closed_tabs_leave_no_session_task_or_map_behind(tiles):
         assert [c[0] for c in counts] == [0, 0, 0]
         assert counts[-1][1] <= counts[0][1], counts
     finally:
+        if thread.asyncio_loop.is_running():
+            asyncio.run_coroutine_threadsafe(fetcher.aclose(), thread.asyncio_loop).result(10)
         thread.stop()
