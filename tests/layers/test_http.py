@@ -181,7 +181,10 @@ async def test_cancelled_leader_does_not_fail_followers(fault_server, fetcher):
 async def test_cancelling_50_waiting_tasks_leaves_nothing_behind(fault_server, transport):
     async with Fetcher(per_host_limit=2, transport=transport, cache_dir=None) as f:
         before = asyncio.all_tasks()
-        tasks = [asyncio.create_task(f.get(fault_server.url(f"/c/{i}", delay=0.5))) for i in range(52)]
+        # the two on the wire would take 10 s: a stall cannot let them end and admit two more, and
+        # only the fetcher hanging up frees their connections sooner
+        urls = [fault_server.url(f"/c/{i}", delay=10) for i in range(52)]
+        tasks = [asyncio.create_task(f.get(u)) for u in urls]
         assert await async_wait_for(lambda: fault_server.current == 2, 5)
         assert f.metrics.snapshot()["waiting"] == 50
         for t in tasks:

@@ -2,7 +2,7 @@
 
 Every response is steered by the query string, so a test states the fault in the URL::
 
-    GET /any/path?delay=0.1            answer after 100 ms
+    GET /any/path?delay=0.1            answer after 100 ms (no answer if the client hangs up first)
     GET /p?status=503&fail_first=2     503 for the first 2 hits of /p, then 200
     GET /p?status=429&retry_after=1    429 with Retry-After: 1 (with fail_first, as above)
     GET /p?size=5000                   a 5000-byte body (default: a short text naming the path)
@@ -18,7 +18,9 @@ Every response is steered by the query string, so a test states the fault in the
     GET /p?gzip=1                      the body gzip-compressed (Content-Encoding: gzip)
 
 The server counts hits per path (query ignored), requests in progress and the peak, open
-connections, and keeps every request's headers and arrival time, so tests can assert what reached the wire. Use in tests::
+connections, and keeps every request's headers and arrival time, so tests can assert what
+reached the wire. A client hanging up mid-answer is a normal path here: no traceback. Use in
+tests::
 
     from tests.support.faultserver import fault_server  # noqa: F401  (the fixture)
 
@@ -29,7 +31,9 @@ connections, and keeps every request's headers and arrival time, so tests can as
 from __future__ import annotations
 
 import gzip
+import select
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -76,6 +80,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(n)
         self._serve(send_body=True)
 
+    def _wait_unless_hung_up(self, seconds: float) -> bool:
+        # A client sends nothing while it waits for the answer: the socket turns readable only
+        # when it closes (EOF or reset). Returns False as soon as it has.
+        deadline = time.monotonic() + seconds
+        readable, _, _ = select.select([self.connection], [], [], seconds)
+        if not readable:
+            return True
+        try:
+            gone = not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            gone = True
+        if not gone:  # bytes after all (nothing reads them before the answer): wait it out
+            time.sleep(max(0.0, deadline - time.monotonic()))
+        return not gone
+
     def _serve(self, send_body: bool) -> None:
         parts = urlsplit(self.path)
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -87,8 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
             owner._leave()
 
     def _answer(self, path: str, q: dict[str, str], hit: int, send_body: bool) -> None:
-        if "delay" in q:
-            time.sleep(float(q["delay"]))
+        if "delay" in q and not self._wait_unless_hung_up(float(q["delay"])):
+            self.close_connection = True  # the client is gone: so is the handler, at once
+            return
         failing = hit <= int(q.get("fail_first", 10**9))
         if q.get("reset") and failing:
             # RST instead of FIN: SO_LINGER with a zero timeout.
@@ -159,6 +179,13 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
     owner: FaultServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-answer is what the size-limit and timeout tests do on purpose:
+        # not worth a traceback on stderr. Anything else is printed as usual.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class FaultServer:
