@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     import pyogrio
 
-    from .data import ensure_data
+    from mapstream.demo.data import ensure_data
 
     paths = ensure_data()
     with tempfile.TemporaryDirectory(prefix="mapstream-measure-") as tmp:
