@@ -7,11 +7,12 @@ EPSG:3857. Invalid geometries are kept and flagged in a boolean ``valid`` column
 no geometry are kept with a missing geometry and ``valid=False``.
 
 :func:`parse_off_loop` runs it where it cannot stall the event loop, and :func:`parsed_page`
-parses a page once per process (keyed by the hash of its bytes in the fetcher's memory LRU). Parsing holds the GIL, so a
-thread is not enough for big pages (the loop waits for the GIL): by default it runs in a small
-process pool and only small pages (below ``INLINE_THREAD_BYTES``) go to a thread, where process
-start-up and pickling would cost more than they save. ``benchmarks/features.py`` measures the
-event loop's lag both ways.
+parses a page once per process (keyed by the hash of its bytes in the fetcher's memory LRU).
+Parsing holds the GIL, so a thread is not enough for big pages (the loop waits for the GIL): by
+default it runs in a small process pool, whose workers never run the caller's ``__main__``
+(``workers.py``), and only small pages (below ``INLINE_THREAD_BYTES``) go to a thread, where
+process start-up and pickling would cost more than they save. ``benchmarks/features.py``
+measures the event loop's lag both ways.
 
 Measured on the shared 2-core build machine (``python -m benchmarks.features``; noisy):
 this parser ~39 MB/s on 1 000-point pages, ``pyogrio.read_dataframe(bytes)`` ~21 MB/s, bare
@@ -27,7 +28,6 @@ import atexit
 import concurrent.futures
 import hashlib
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import ParseError
 from ..projection import lonlat_to_mercator_arrays
+from .workers import mainless_context
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..http import Fetcher
@@ -175,12 +176,11 @@ def _pool() -> concurrent.futures.ProcessPoolExecutor:
     with _POOL_LOCK:
         if _POOL is None:
             # forkserver: never fork a process that runs threads and an event loop. The server
-            # imports this module (geopandas, shapely, pyproj) once and forks the workers from
-            # it ready to parse; its default, importing ``__main__``, would load the host
-            # program (``panel serve``: Panel and Bokeh) and leave each worker to import the
-            # parser's dependencies again, tens of seconds on a busy 2-core machine.
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload([__name__])
+            # imports the parser and its dependencies once and forks the workers from it ready
+            # to parse; its default, importing ``__main__``, would load the host program
+            # (``panel serve``: Panel and Bokeh). The workers skip ``__main__`` too
+            # (workers.py): a script without a main guard would otherwise run in each of them.
+            ctx = mainless_context(preload=[__name__, "orjson", "shapely", "geopandas"])
             workers = max(1, min(4, (os.cpu_count() or 2)))
             _POOL = concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=_ignore_sigint
@@ -267,9 +267,8 @@ async def parse_off_loop(
     try:
         return await loop.run_in_executor(_pool(), _parse_in_child, content, kwargs)
     except concurrent.futures.process.BrokenProcessPool as exc:
-        # The workers could not start or died (e.g. a script without an
-        # ``if __name__ == "__main__":`` guard, which multiprocessing re-imports). Parsing still
-        # has to work: fall back to threads for the rest of the process, and say so once.
+        # The workers could not start or died (killed, out of memory). Parsing still has to
+        # work: fall back to threads for the rest of the process, and say so once.
         shutdown_pool()
         if executor == "process":
             raise ParseError(f"parser process died: {exc}", url=url) from exc
