@@ -118,7 +118,9 @@ def aggregate_features(
     xmin, ymin, xmax, ymax = (float(v) for v in bounds)
     canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=(xmin, xmax), y_range=(ymin, ymax))
     geoms = frame.geometry
-    kinds = geoms.geom_type.fillna("")
+    # Empty geometries draw nothing, and a page of them only would fail in shapely's
+    # conversion for datashader ("Geometry type combination is not supported ([])").
+    kinds = geoms.geom_type.fillna("").where(~np.asarray(geoms.is_empty), "")
 
     def _lines(lines: Any) -> Any:
         # one-pixel lines, widened on the aggregate when shaded: datashader's anti-aliased

@@ -8,6 +8,12 @@ bound to its :class:`~mapstream.app.state.LayerStatus` (``LayerStatus.text`` dep
 params) and each retry button shows while that status is ``"error"``; the inspect view, the
 metrics line and the loads counter are bound to ``inspect_html``, ``metrics`` and
 ``completed``. Nothing here writes a widget's value by hand.
+
+Nothing a server or a catalog wrote becomes markup. Panel's ``Str`` pane is HTML in disguise (it
+sends ``<pre>`` + the text to the browser's ``innerHTML``), so every text shown in one goes
+through :func:`plain`; the metrics line (Markdown, which passes HTML through) is escaped the
+same way; the inspect view's HTML is built escaped (:mod:`mapstream.app.inspection`) and the
+attributions are escaped. The layer toggles' labels are text nodes in Bokeh.
 """
 
 from __future__ import annotations
@@ -21,7 +27,31 @@ import panel as pn
 from .inspection import PLACEHOLDER
 from .state import MapState
 
-__all__ = ["Sidebar", "completed_text", "metrics_text"]
+__all__ = ["Sidebar", "completed_text", "metrics_text", "plain"]
+
+
+def plain(text: object) -> str:
+    """``text`` for a ``pn.pane.Str`` or ``pn.pane.Markdown``: shown as it is, never as markup.
+
+    Both panes hand their text to the browser as HTML (``Str`` inside ``<pre>``), so a status
+    line quoting a server's error page could otherwise run that page's script in the map.
+
+    >>> plain('error: server sent text/html: <img src=x onerror="alert(1)">')
+    'error: server sent text/html: &lt;img src=x onerror=&quot;alert(1)&quot;&gt;'
+    >>> plain("done: 12 tiles in 0.8 s")
+    'done: 12 tiles in 0.8 s'
+    """
+    return html.escape(str(text))
+
+
+def _plain_status(status: Any) -> Any:
+    """``status.text()`` through :func:`plain`, recomputed whenever a param it depends on changes."""
+    deps = [dep.name for dep in status.param.method_dependencies("text")]
+    return pn.bind(lambda *_: plain(status.text()), *(status.param[name] for name in deps))
+
+
+def _metrics_markdown(snap: dict[str, Any]) -> str:
+    return plain(metrics_text(snap))
 
 
 def metrics_text(snap: dict[str, Any]) -> str:
@@ -85,20 +115,20 @@ class Sidebar(pn.viewable.Viewer):
         for spec in specs:
             name, status = spec.name, state.status(spec.name)
             self.status_panes[name] = pn.pane.Str(
-                status.text, styles={"font-size": "smaller", "color": "#555"}, margin=(0, 10),
+                _plain_status(status), styles={"font-size": "smaller", "color": "#555"}, margin=(0, 10),
                 css_classes=["mapstream-status", f"status-{name}"],
             )
             self.retry[name] = pn.widgets.Button(
                 label="Retry", color="warning", width=70, height=28, visible=status.param.state.rx() == "error",
                 on_click=lambda _event, n=name: on_retry(n),
             )
-            title = pn.pane.Str(str(spec.title or name), styles={"font-size": "smaller"}, margin=(0, 10))
+            title = pn.pane.Str(plain(spec.title or name), styles={"font-size": "smaller"}, margin=(0, 10))
             rows.append(pn.Column(title, pn.Row(self.status_panes[name], self.retry[name]), margin=(0, 0, 4, 0)))
         self.inspect_pane = pn.pane.HTML(pn.bind(_inspect_html, state.param.inspect_html), max_height=400,
                                          styles={"overflow-y": "auto"})
-        self.metrics_pane = pn.pane.Markdown(pn.bind(metrics_text, state.param.metrics), styles={"font-size": "smaller"},
+        self.metrics_pane = pn.pane.Markdown(pn.bind(_metrics_markdown, state.param.metrics), styles={"font-size": "smaller"},
                                              css_classes=["mapstream-metrics"])
-        self.completed_pane = pn.pane.Str(pn.bind(completed_text, state.param.completed),
+        self.completed_pane = pn.pane.Str(pn.bind(lambda n: plain(completed_text(n)), state.param.completed),
                                           css_classes=["mapstream-completed"],
                                           styles={"font-size": "smaller", "color": "#777"})
         attributions = list(dict.fromkeys(  # each source credited once
