@@ -73,10 +73,12 @@ __all__ = [
 CATALOG_DIR = Path(__file__).with_name("catalogs")
 DEMO_CATALOG = CATALOG_DIR / "demo.yml"
 DEMO_URLS = ("demo://ogc", "demo://tiles")
+#: A COG served by the demo's tile server: ``demo://cogs/<file>.tif``.
+_DEMO_COG = re.compile(r"^demo://cogs/[A-Za-z0-9_.-]+\.tif$")
 #: The ``kind`` values a catalog accepts: one per source registered in
 #: :mod:`mapstream.layers.sources` (validation must not import the sources and their
 #: dependencies, so the list is written here; a test checks it against the registry).
-KINDS = ("tiles", "wms", "features")
+KINDS = ("tiles", "wms", "features", "cog")
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REDACTED = "***"
@@ -102,7 +104,7 @@ def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
 
 
 def _check_url(url: str) -> str:
-    if url in DEMO_URLS:
+    if url in DEMO_URLS or _DEMO_COG.match(url):
         return url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or " " in url:
@@ -136,7 +138,7 @@ class LayerSpec(BaseModel):
     name, title
         Identifier (letters, digits, ``_.-``) and display name (the name by default).
     kind
-        ``"tiles"``, ``"wms"`` or ``"features"``.
+        ``"tiles"``, ``"wms"``, ``"features"`` or ``"cog"``.
     url
         Tile URL template, WMS endpoint or OGC API landing page (or ``demo://...``).
     provider
@@ -159,6 +161,9 @@ class LayerSpec(BaseModel):
         :class:`Style`.
     max_features
         Feature cap per load (features).
+    urls, bands, rescale
+        A cog layer's files (instead of ``url``: a first-valid mosaic), 1-based band numbers
+        and the (low, high) drawn at the colormap's ends (``style.cmap``).
     page_size
         Features per request (the OGC API ``limit``; features). Bigger pages mean fewer round
         trips for dense layers; the server may answer with fewer.
@@ -189,12 +194,20 @@ class LayerSpec(BaseModel):
     style: Style = Field(default_factory=Style)
     max_features: int = Field(200_000, ge=1)
     page_size: int = Field(1000, ge=1, le=100_000)
+    urls: list[str] | None = None
+    bands: list[int] | None = None
+    rescale: tuple[float, float] | None = None
     attribution: str = ""
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         return None if v is None else _check_url(v)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [_check_url(u) for u in v]
 
     @field_validator("wms_layers", mode="before")
     @classmethod
@@ -243,6 +256,13 @@ class LayerSpec(BaseModel):
                         need("url", f"tile URL template needs {part}: {self.url!r}")
                 if "{y}" not in self.url and "{-y}" not in self.url:
                     need("url", f"tile URL template needs {{y}} or {{-y}}: {self.url!r}")
+        elif self.kind == "cog":
+            if (self.url is None) == (not self.urls):
+                need("url", "a cog layer needs exactly one of url (a COG) or urls (a mosaic)")
+            if self.bands is not None and (not self.bands or min(self.bands) < 1):
+                need("bands", f"bands are 1-based band numbers, got {self.bands}")
+            if self.rescale is not None and self.rescale[0] == self.rescale[1]:
+                need("rescale", f"rescale needs two different numbers, got {list(self.rescale)}")
         else:
             if self.provider is not None:
                 need("provider", f"provider is for tiles layers, not {self.kind}")
@@ -254,6 +274,9 @@ class LayerSpec(BaseModel):
             need("collection", "a features layer needs collection")
         if self.max_zoom is not None and self.max_zoom < self.min_zoom:
             need("max_zoom", f"max_zoom {self.max_zoom} is below min_zoom {self.min_zoom}")
+        for u in [self.url, *(self.urls or [])]:
+            if u is not None and _DEMO_COG.match(u) and self.kind != "cog":
+                need("url", f"{u} is a COG of the demo: for cog layers")
         if self.url is not None and self.url in DEMO_URLS:
             expected = "demo://tiles" if self.kind == "tiles" else "demo://ogc"
             if self.url != expected:
@@ -271,7 +294,9 @@ class LayerSpec(BaseModel):
     @property
     def uses_demo(self) -> bool:
         """Whether the layer is served by the embedded demo services."""
-        return self.url in DEMO_URLS
+        return any(
+            u in DEMO_URLS or _DEMO_COG.match(u) for u in [self.url, *(self.urls or [])] if u
+        )
 
     def resolved_headers(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """Header values with ``${VAR}`` replaced (secrets: do not log the result).
@@ -479,8 +504,16 @@ async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> Layer:
         from mapstream.demo import ensure_demo  # the demo is a room of its own, started on first use
 
         services = await ensure_demo()
-        url = {"demo://tiles": services.tiles_url, "demo://ogc": services.ogc_url}[spec.url]
-        demo_max_zoom = services.max_zoom
+        demo = {"demo://tiles": services.tiles_url, "demo://ogc": services.ogc_url}
+        cogs = services.tiles_url.split("/tiles/", 1)[0] + "/cogs/"  # the tile server's files
+
+        def resolve(u: str) -> str:
+            return cogs + u.removeprefix("demo://cogs/") if _DEMO_COG.match(u) else demo.get(u, u)
+
+        url = resolve(spec.url) if spec.url else None
+        if spec.urls:
+            url = [resolve(u) for u in spec.urls]  # type: ignore[assignment]
+        demo_max_zoom = services.max_zoom if spec.kind != "cog" else None
     zooms: dict[str, Any] = {"min_zoom": spec.min_zoom}
     max_zoom = spec.max_zoom if spec.max_zoom is not None else demo_max_zoom
     if max_zoom is not None:

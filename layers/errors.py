@@ -20,7 +20,9 @@ The tree::
     │   ├── FetchTimeoutError   connect / read / total timeout
     │   ├── TransportError      connection refused, reset, truncated body, TLS, ...
     │   ├── ResponseTooLargeError  the body exceeded the fetcher's size limit
-    │   └── RetriesExhaustedError  retries used up; ``last_error`` is the final failure
+    │   ├── RetriesExhaustedError  retries used up; ``last_error`` is the final failure
+    │   ├── RangeError      a ranged read answered with the wrong bytes, or 416
+    │   └── SourceChangedError  the file changed while it was read (ETag / size differ)
     ├── TileError               one tile of a mosaic that failed (keeps its key, URL, status)
     ├── ParseError              a response that could not be decoded or parsed (keeps URL)
     └── ServiceError            an embedded demo service that would not start
@@ -38,6 +40,8 @@ __all__ = [
     "TransportError",
     "ResponseTooLargeError",
     "RetriesExhaustedError",
+    "RangeError",
+    "SourceChangedError",
     "TileError",
     "ParseError",
     "ServiceError",
@@ -125,6 +129,20 @@ class RetriesExhaustedError(FetchError):
         super().__init__(f"gave up on {url} after {attempts} attempts: {last_error}", url=url)
         self.attempts = attempts
         self.last_error = last_error
+
+
+class RangeError(FetchError):
+    """A ranged read (``Range: bytes=a-b``) the server could not or did not answer correctly:
+    ``416 Range Not Satisfiable``, or a ``206`` whose ``Content-Range`` or body length is not
+    the range asked for. Never papered over: the bytes would decode into wrong pixels."""
+
+
+class SourceChangedError(FetchError):
+    """The remote file changed between two reads of it (its ``ETag``, ``Last-Modified`` or
+    size differ from the first response's, or the server answered ``412`` to ``If-Match``).
+
+    Reading on would mix two versions of the file; read it again from its header.
+    """
 
 
 class TileError(LayersError):

@@ -9,6 +9,8 @@
 - :mod:`.paging`: how a feature load pages (next links, offsets, sub-boxes, de-duplication).
 - :mod:`.ogcapi`: the OGC API discovery documents (landing page, conformance, collections).
 - :mod:`.geojson`: GeoJSON pages to GeoDataFrames, off the event loop.
+- :mod:`.cog`: :class:`~.cog.COGLayer`, Cloud-Optimized GeoTIFFs read with HTTP ranges
+  (the building blocks are in :mod:`mapstream.layers.raster`).
 
 Every layer class implements :class:`~mapstream.layers.types.Layer` and registers its ``kind``
 with :func:`register`; the catalog builds a layer through :func:`layer_class` and the class's
@@ -66,12 +68,12 @@ def layer_class(kind: str) -> type:
     BadInputError
         No source registers ``kind`` (the message lists those that do).
 
-    >>> layer_class("tiles").__name__, sorted(SOURCES)
-    ('TileLayer', ['features', 'tiles', 'wms'])
-    >>> layer_class("vector")
+    >>> layer_class("tiles").__name__, {"cog", "features", "tiles", "wms"} <= set(SOURCES)
+    ('TileLayer', True)
+    >>> layer_class("vector")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    mapstream.layers.errors.BadInputError: no source of kind 'vector'; known kinds: features, tiles, wms
+    mapstream.layers.errors.BadInputError: no source of kind 'vector'; known kinds: cog, features, ...
     """
     if not _discovered:
         _import_all()

@@ -120,7 +120,7 @@ def test_toml_catalog(tmp_path):
             "wms_layers",
             "needs wms_layers",
         ),
-        ({**TILES, "kind": "vector"}, "kind", "'tiles', 'wms' or 'features'"),
+        ({**TILES, "kind": "vector"}, "kind", "Input should be 'tiles', 'wms', 'features'"),
         ({**FEATURES, "style": {"opacity": 3}}, "style.opacity", "less than or equal to 1"),
         ({**FEATURES, "style": {"width": 3}}, "style.width", "unknown key"),
         ({**TILES, "min_zoom": 8, "max_zoom": 3}, "max_zoom", "below min_zoom"),

@@ -9,6 +9,7 @@ import mapstream
 from mapstream.layers import Bounds, Layer
 from mapstream.layers.catalog import KINDS, LayerSpec
 from mapstream.layers.sources import SOURCES, layer_class
+from mapstream.layers.sources.cog import COGLayer
 from mapstream.layers.sources.features import FeatureLayer
 from mapstream.layers.sources.tiled import TiledLayer
 from mapstream.layers.sources.tiles import TileLayer
@@ -18,6 +19,7 @@ LAYERS = {
     "tiles": TileLayer("https://t.test/{z}/{x}/{y}.png", name="base"),
     "wms": WMSLayer("https://w.test/wms", "roads", name="roads"),
     "features": FeatureLayer("https://f.test/api", "points", name="points"),
+    "cog": COGLayer("https://c.test/dem.tif", rescale=(0, 3000), colormap="terrain", name="dem"),
 }
 # What the app and the CLI call on every layer.
 APP_FACING = ("load", "fetch", "query", "kind", "name", "attribution")
@@ -38,6 +40,7 @@ def test_registry_holds_the_catalog_kinds():
     assert layer_class("tiles") is TileLayer
     assert layer_class("wms") is WMSLayer
     assert layer_class("features") is FeatureLayer
+    assert layer_class("cog") is COGLayer
     assert set(SOURCES) == set(KINDS)
 
 
@@ -59,6 +62,8 @@ async def test_tiles_hold_no_attributes_to_query():
         dict(name="o", kind="tiles", provider="OpenStreetMap.Mapnik", attribution="OSM"),
         dict(name="w", kind="wms", url="https://w.test/wms?map=x", wms_layers="a,b"),
         dict(name="f", kind="features", url="https://f.test/api", collection="c", page_size=50),
+        dict(name="c", kind="cog", urls=["https://c.test/a.tif", "https://c.test/b.tif"], bands=[1],
+             rescale=[0, 3000], style={"cmap": "terrain"}),
     ],
     ids=lambda d: d["name"],
 )
