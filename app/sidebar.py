@@ -77,6 +77,11 @@ def completed_text(completed: int) -> str:
     return f"loads completed: {completed}"
 
 
+#: Long lines (an error quoting a URL) wrap inside the side panel instead of running under the map.
+_WRAP = ["pre { white-space: pre-wrap; overflow-wrap: anywhere; }"]
+_WRAP_CELLS = ["div.inspect, th, td { overflow-wrap: anywhere; }"]
+
+
 def _inspect_html(text: str) -> str:
     return text or PLACEHOLDER
 
@@ -116,16 +121,17 @@ class Sidebar(pn.viewable.Viewer):
             name, status = spec.name, state.status(spec.name)
             self.status_panes[name] = pn.pane.Str(
                 _plain_status(status), styles={"font-size": "smaller", "color": "#555"}, margin=(0, 10),
-                css_classes=["mapstream-status", f"status-{name}"],
+                width=200, stylesheets=_WRAP, css_classes=["mapstream-status", f"status-{name}"],
             )
             self.retry[name] = pn.widgets.Button(
                 label="Retry", color="warning", width=70, height=28, visible=status.param.state.rx() == "error",
                 on_click=lambda _event, n=name: on_retry(n),
             )
-            title = pn.pane.Str(plain(spec.title or name), styles={"font-size": "smaller"}, margin=(0, 10))
+            title = pn.pane.Str(plain(spec.title or name), styles={"font-size": "smaller"}, margin=(0, 10), width=280,
+                                stylesheets=_WRAP)
             rows.append(pn.Column(title, pn.Row(self.status_panes[name], self.retry[name]), margin=(0, 0, 4, 0)))
         self.inspect_pane = pn.pane.HTML(pn.bind(_inspect_html, state.param.inspect_html), max_height=400,
-                                         styles={"overflow-y": "auto"})
+                                         width=280, styles={"overflow-y": "auto"}, stylesheets=_WRAP_CELLS)
         self.metrics_pane = pn.pane.Markdown(pn.bind(_metrics_markdown, state.param.metrics), styles={"font-size": "smaller"},
                                              css_classes=["mapstream-metrics"])
         self.completed_pane = pn.pane.Str(pn.bind(lambda n: plain(completed_text(n)), state.param.completed),
