@@ -240,7 +240,7 @@ def source_window(info: COGInfo, level: Level, bounds_3857: Bounds, pad: int = 2
     inv = ~level.transform
     cols, rows = [], []
     for x, y in ((west, south), (west, north), (east, south), (east, north)):
-        c, r = inv * (x, y)
+        c, r = inv @ (x, y)
         cols.append(c)
         rows.append(r)
     col0 = max(0, math.floor(min(cols)) - pad)

@@ -300,7 +300,7 @@ class COGLayer:
                 warped.append(None)
                 continue
             t = src.level.transform
-            shifted = t * t.translation(src.box.col0, src.box.row0)
+            shifted = t @ t.translation(src.box.col0, src.box.row0)
             data = src.canvas if self.bands is None else src.canvas[[b - 1 for b in self.bands]]
             warped.append(warp_to_grid(data, shifted, src.info.crs, grid))
         return first_valid(warped)
@@ -418,7 +418,7 @@ class COGLayer:
                 info = await open_cog(url, fetcher, self.headers)
                 xs, ys = transform_points("EPSG:3857", info.crs, [x], [y])
                 level = info.levels[0]
-                col, row = ~level.transform * (xs[0], ys[0])
+                col, row = ~level.transform @ (xs[0], ys[0])
                 if not (0 <= col < level.width and 0 <= row < level.height):
                     continue
                 c, r = int(col), int(row)
