@@ -87,6 +87,9 @@ class Progress(NamedTuple):
         True when a feature cap stopped the load early.
     complete
         True on the final result of a load.
+    client_filtered
+        True when a feature layer's CQL2 filter was evaluated here, on the loaded pages,
+        because the server cannot filter (it declares no OGC API Features Part 3).
     """
 
     done: int
@@ -98,6 +101,7 @@ class Progress(NamedTuple):
     cached: int = 0
     truncated: bool = False
     complete: bool = False
+    client_filtered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

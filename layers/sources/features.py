@@ -7,6 +7,19 @@ results as they arrive; how it pages (offsets, sub-boxes, ``next`` links, the ca
 :mod:`~mapstream.layers.sources.paging`'s, discovery :mod:`~mapstream.layers.sources.ogcapi`'s
 and parsing :mod:`~mapstream.layers.sources.geojson`'s.
 
+Capabilities are checked before they are used: a ``filter`` needs OGC API Features Part 3 (and
+the filter language among those declared; a server that declares nothing is probed once, see
+:func:`~mapstream.layers.sources.ogcapi.probe_filter`), ``crs``/``bbox-crs`` need Part 2, and a
+``datetime`` needs a collection with time. A request the server cannot answer is a
+:class:`~mapstream.layers.sources.ogcapi.CapabilityError` naming the server and the missing
+conformance class, unless the layer was asked to filter on the client (``client_filter=True``):
+then the CQL2 filter is evaluated on the loaded pages (:mod:`~mapstream.layers.sources.cql`) and
+every progress says ``client_filtered=True``.
+
+The layer's ``headers`` (credentials) go only to its own origin: page URLs are built on the
+layer's items URL (:mod:`~mapstream.layers.sources.paging`), and :meth:`FeatureLayer.headers_for`
+gives any other origin no more than the ``Accept`` header.
+
 The feature cap (``max_features``) stops planning and fetching once reached; the result then says
 ``truncated=True`` in its progress. A page that fails (after the fetcher's retries) or cannot be
 parsed is reported in that page's ``errors`` (and in :attr:`FeatureResult.errors
@@ -19,7 +32,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import geopandas as gpd
 import orjson
@@ -30,6 +43,8 @@ from ..projection import MAX_LAT, lonlat_to_mercator, mercator_scale
 from ..types import Bounds, FeaturePage, FeatureResult, Progress, QueryResult
 from ..viewport import Viewport
 from . import ogcapi, register
+from .cql import ClientFilter, filter_language
+from .ogcapi import CapabilityError
 from .paging import PageWalk
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,11 +124,19 @@ class FeatureLayer:
         :mod:`~mapstream.layers.sources.paging`).
     split
         Sub-boxes per side for split paging.
+    client_filter
+        When the server cannot filter (no Part 3, or not in the filter's language), load the
+        unfiltered features and evaluate the CQL2 ``filter`` here instead of failing. The
+        whole view is then downloaded; the progress says ``client_filtered=True``.
+    max_pages
+        The most page requests one load makes; a server that pages on past it (one feature a
+        page, a lying ``numberMatched``) ends the load with a ``PagingError`` in its errors.
 
     Raises
     ------
     BadInputError
-        A non-positive ``limit`` or ``max_features``, or an unknown ``paging``.
+        A non-positive ``limit``, ``max_features`` or ``max_pages``, an unknown ``paging``, or
+        a ``filter`` that is not valid CQL2 (checked here when ``client_filter`` is set).
     """
 
     kind: ClassVar[str] = "features"
@@ -136,9 +159,13 @@ class FeatureLayer:
         name: str | None = None,
         paging: Literal["auto", "offset", "split", "next"] = "auto",
         split: int = 2,
+        client_filter: bool = False,
+        max_pages: int = 2000,
     ) -> None:
-        if limit < 1 or max_features < 1:
-            raise BadInputError(f"limit and max_features must be >= 1, got {limit}, {max_features}")
+        if limit < 1 or max_features < 1 or max_pages < 1:
+            raise BadInputError(
+                f"limit, max_features and max_pages must be >= 1, got {limit}, {max_features}, {max_pages}"
+            )
         if paging not in ("auto", "offset", "split", "next"):
             raise BadInputError(f"paging must be auto, offset, split or next, got {paging!r}")
         self.url = url.rstrip("/")
@@ -151,6 +178,12 @@ class FeatureLayer:
         self.filter_lang = filter_lang
         self.params = dict(params or {})
         self.headers = {**ACCEPT_GEOJSON, **(headers or {})}
+        self.client_filter = bool(client_filter)
+        self.max_pages = int(max_pages)
+        # Parsed now, so a bad filter fails at construction, not after the first pages.
+        self._client_filter = (
+            ClientFilter(filter, filter_lang) if client_filter and filter is not None else None
+        )
         self.concurrent = concurrent
         self.name = name or collection
         self.paging = paging
@@ -162,7 +195,8 @@ class FeatureLayer:
     @classmethod
     def from_spec(cls, spec: LayerSpec, url: str | None, **zooms: int) -> FeatureLayer:
         """The layer a catalog entry describes (``url``, ``collection``, ``page_size``,
-        ``max_features``); feature layers load at every zoom, so ``zooms`` are not used.
+        ``max_features``, ``filter``, ``filter_lang``, ``filter_fallback``); feature layers load
+        at every zoom, so ``zooms`` are not used.
 
         Raises
         ------
@@ -175,6 +209,9 @@ class FeatureLayer:
             limit=spec.page_size,
             max_features=spec.max_features,
             name=spec.name,
+            filter=getattr(spec, "filter", None),
+            filter_lang=getattr(spec, "filter_lang", None),
+            client_filter=getattr(spec, "filter_fallback", "error") == "client",
         )
         layer.attribution = spec.attribution or None
         return layer
@@ -191,7 +228,24 @@ class FeatureLayer:
     def items_url(self) -> str:
         return f"{self.url}/collections/{quote(self.collection, safe='')}/items"
 
-    def query_params(self, box: Bounds | None, *, mercator_bbox: bool = False, crs: str | None = None) -> dict[str, str]:
+    def headers_for(self, url: str) -> dict[str, str]:
+        """The headers a request to ``url`` carries: all of the layer's on its own origin, only
+        ``Accept`` elsewhere (credentials are bound to the origin they were given for, as the
+        catalog binds them to the layer's URL prefix).
+
+        >>> layer = FeatureLayer("https://f.test/api", "c", headers={"Authorization": "Bearer s"})
+        >>> "Authorization" in layer.headers_for("https://f.test/api/collections/c/items?offset=10")
+        True
+        >>> layer.headers_for("https://elsewhere.test/collections/c/items")
+        {'Accept': 'application/geo+json, application/json;q=0.9'}
+        """
+        if _origin(url) == _origin(self.url):
+            return dict(self.headers)
+        return {k: v for k, v in self.headers.items() if k.lower() == "accept"}
+
+    def query_params(
+        self, box: Bounds | None, *, mercator_bbox: bool = False, crs: str | None = None, send_filter: bool = True
+    ) -> dict[str, str]:
         """The query of the first items request for one CRS84 box (pure).
 
         >>> layer = FeatureLayer("http://h", "c", limit=10, filter="n > 1", datetime="2024-01-01T00:00:00Z/..")
@@ -209,7 +263,7 @@ class FeatureLayer:
             q["datetime"] = self.datetime
         if self.properties is not None:
             q["properties"] = ",".join(self.properties)
-        if self.filter is not None:
+        if self.filter is not None and send_filter:
             if isinstance(self.filter, Mapping):
                 q["filter"] = orjson.dumps(self.filter).decode()
                 q["filter-lang"] = self.filter_lang or "cql2-json"
@@ -220,23 +274,77 @@ class FeatureLayer:
         q.update({k: str(v) for k, v in self.params.items()})
         return q
 
-    async def _plan(self, viewport: Viewport | None, fetcher: Fetcher) -> tuple[list[dict[str, str]], str, tuple[str, ...]]:
-        """Discovery -> the first-request queries, the response CRS and datetime columns."""
+    async def _plan(
+        self, viewport: Viewport | None, fetcher: Fetcher
+    ) -> tuple[list[dict[str, str]], str, tuple[str, ...], ClientFilter | None]:
+        """Discovery and capability checks -> the first-request queries, the response CRS, the
+        datetime columns and the client-side filter (None when the server filters).
+
+        Raises
+        ------
+        CapabilityError
+            The server cannot answer the request as asked (see the module).
+        """
         coll, conformance, queryables = await asyncio.gather(
             ogcapi.get_collection(self.url, self.collection, fetcher),
             _safe(ogcapi.get_conformance(self.url, fetcher), frozenset()),
             _safe(ogcapi.get_queryables(self.url, self.collection, fetcher), None),
         )
-        part2 = ogcapi.CONF_CRS in conformance and coll.offers(ogcapi.EPSG3857)
+        has_part2 = ogcapi.CONF_CRS in conformance
+        if not has_part2 and ({"crs", "bbox-crs"} & set(self.params)):
+            raise CapabilityError(
+                f"{self.url} does not declare OGC API Features Part 2 ({ogcapi.CONF_CRS}): "
+                "crs and bbox-crs cannot be sent to it"
+            )
+        part2 = has_part2 and coll.offers(ogcapi.EPSG3857)
         crs = ogcapi.EPSG3857 if part2 else None
+        if self.datetime and coll.temporal is None and queryables is not None and not queryables.datetime_properties:
+            raise CapabilityError(
+                f"collection {self.collection!r} of {self.url} has no temporal extent and no "
+                "date-time queryable: the server cannot select by datetime"
+            )
+        client = await self._filter_plan(conformance, fetcher)
         boxes: list[Bounds | None] = list(lonlat_boxes(viewport)) if viewport is not None else [None]
         # bbox-crs only where the Mercator box is exact: no antimeridian split, inside its limits
         merc = part2 and len(boxes) == 1 and boxes[0] is not None and abs(boxes[0][1]) < MAX_LAT and abs(boxes[0][3]) < MAX_LAT
-        queries = [self.query_params(b, mercator_bbox=merc, crs=crs) for b in boxes]
+        queries = [self.query_params(b, mercator_bbox=merc, crs=crs, send_filter=client is None) for b in boxes]
         dt_cols = queryables.datetime_properties if queryables else ()
         if self.properties is not None:
             dt_cols = tuple(c for c in dt_cols if c in self.properties)
-        return queries, ("EPSG:3857" if crs else "OGC:CRS84"), dt_cols
+        return queries, ("EPSG:3857" if crs else "OGC:CRS84"), dt_cols, client
+
+    async def _filter_plan(self, conformance: frozenset[str], fetcher: Fetcher) -> ClientFilter | None:
+        """None when the server filters (or there is no filter); the client-side filter when it
+        cannot and ``client_filter`` is set.
+
+        Raises
+        ------
+        CapabilityError
+            The server cannot filter in the filter's language and ``client_filter`` is not set.
+        """
+        if self.filter is None:
+            return None
+        lang = filter_language(self.filter, self.filter_lang)
+        langs = ogcapi.filter_languages(conformance)
+        missing = ogcapi.CONF_FILTER
+        if langs is None and lang == "cql2-text":
+            # pygeoapi 0.21 filters in CQL2 text but declares no Part 3: ask it.
+            if await ogcapi.probe_filter(self.url, self.collection, fetcher, self.headers):
+                langs = frozenset({"cql2-text"})
+        if langs is not None and lang not in langs:
+            missing = ogcapi.CONF_CQL2_JSON if lang == "cql2-json" else ogcapi.CONF_CQL2_TEXT
+        elif langs is not None:
+            return None
+        if self._client_filter is not None:
+            return self._client_filter
+        what = (
+            "OGC API Features Part 3 filtering" if missing == ogcapi.CONF_FILTER else f"{lang} filters"
+        )
+        raise CapabilityError(
+            f"{self.url} does not declare {what} (conformance class {missing}): it would ignore "
+            f"filter= and return unfiltered features. Pass client_filter=True (catalog: "
+            "filter_fallback: client) to evaluate the filter on the loaded features"
+        )
 
     async def load(self, viewport: Viewport | None, fetcher: Fetcher) -> AsyncIterator[FeaturePage]:
         """Yield the features in ``viewport`` (everything when None) page by page.
@@ -245,11 +353,16 @@ class FeatureLayer:
         ------
         FetchError, ParseError
             Discovery (the collection document) failed, or the first page failed: with no first
-            page there is nothing to plan from. Later page failures are reported in
-            :attr:`FeaturePage.errors <mapstream.layers.types.FeaturePage.errors>`, never raised.
+            page there is nothing to plan from. Later page failures, and paging that cannot go
+            on (a loop, repeated pages, a lying count, ``max_pages``: a ``PagingError``), are
+            reported in :attr:`FeaturePage.errors <mapstream.layers.types.FeaturePage.errors>`,
+            never raised.
+        CapabilityError
+            The server cannot answer the request as asked (a filter without Part 3 and without
+            ``client_filter``, ...).
         """
-        queries, src_crs, dt_cols = await self._plan(viewport, fetcher)
-        walk = PageWalk(self, fetcher, src_crs, dt_cols)
+        queries, src_crs, dt_cols, client = await self._plan(viewport, fetcher)
+        walk = PageWalk(self, fetcher, src_crs, dt_cols, client)
         try:
             async for page in walk.run(queries):
                 yield page
@@ -302,6 +415,16 @@ class FeatureLayer:
             return []
         near = frame[frame.geometry.dwithin(shapely.Point(x, y), r).to_numpy()]
         return near.drop(columns="geometry").to_dict("records")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port
 
 
 async def _safe(coro: Any, default: Any) -> Any:

@@ -1,4 +1,8 @@
-"""OGC API discovery: landing page, conformance, collections, one collection, queryables.
+"""OGC API discovery: landing page, conformance, collections, one collection, queryables, and
+what a server can do with a request (:func:`filter_languages`, :func:`probe_filter`).
+
+Queryables are asked for as ``Accept: application/schema+json`` first (what Part 3 specifies;
+tipg answers HTTP 422 to ``f=json``), then with ``f=json`` (servers that negotiate by ``f``).
 
 Each document is fetched through the :class:`~mapstream.layers.http.Fetcher` (so its HTTP cache applies)
 and parsed into a small frozen value type; the parsed objects are cached in the fetcher's memory
@@ -12,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..errors import ParseError
+from ..errors import BadInputError, LayersError, ParseError, StatusError
 from ..types import Bounds
 
 if TYPE_CHECKING:
@@ -25,8 +29,15 @@ __all__ = [
     "Queryables",
     "CRS84",
     "EPSG3857",
+    "CONF_CORE",
     "CONF_CRS",
     "CONF_FILTER",
+    "CONF_FEATURES_FILTER",
+    "CONF_CQL2_TEXT",
+    "CONF_CQL2_JSON",
+    "CapabilityError",
+    "filter_languages",
+    "probe_filter",
     "get_landing",
     "get_conformance",
     "get_collections",
@@ -38,10 +49,49 @@ CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 EPSG3857 = "http://www.opengis.net/def/crs/EPSG/0/3857"
 #: Conformance class of OGC API Features Part 2 (CRS by reference: ``crs``, ``bbox-crs``).
 CONF_CRS = "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs"
-#: Conformance class of Part 3 filtering.
+#: Conformance class of Part 1 (core).
+CONF_CORE = "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core"
+#: Conformance classes of Part 3 filtering (the ``filter`` parameter on items).
 CONF_FILTER = "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter"
+CONF_FEATURES_FILTER = "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter"
+#: The CQL2 encodings a server may declare (and the names of Part 3 drafts for them).
+CONF_CQL2_TEXT = "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text"
+CONF_CQL2_JSON = "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json"
+_LANGUAGE_CLASSES = {
+    "cql2-text": (CONF_CQL2_TEXT, "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter-cql2-text"),
+    "cql2-json": (CONF_CQL2_JSON, "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter-cql2-json"),
+}
 
 ACCEPT_JSON = {"Accept": "application/json"}
+ACCEPT_SCHEMA = {"Accept": "application/schema+json, application/json;q=0.9"}
+#: A filter no CQL2 parser accepts: a server that parses ``filter`` rejects it (HTTP 4xx).
+PROBE_FILTER = "mapstream probe (("
+
+
+class CapabilityError(BadInputError):
+    """A request the server cannot answer as asked: a filter without OGC API Features Part 3
+    (or in a language it does not declare), a CRS without Part 2, a datetime on a collection
+    without time. The message names the server and the missing conformance class."""
+
+
+def filter_languages(conformance: frozenset[str]) -> frozenset[str] | None:
+    """The filter languages a server declares, or None when it declares no Part 3 filtering.
+
+    A server that declares Part 3 filtering without naming an encoding (tipg) is taken at its
+    word for both: it parses ``filter``, so a language it lacks is a loud HTTP 400, not a
+    silently unfiltered answer.
+
+    >>> sorted(filter_languages(frozenset({CONF_FILTER, CONF_CQL2_TEXT})))
+    ['cql2-text']
+    >>> sorted(filter_languages(frozenset({CONF_FEATURES_FILTER})))
+    ['cql2-json', 'cql2-text']
+    >>> filter_languages(frozenset({CONF_CORE})) is None
+    True
+    """
+    if CONF_FILTER not in conformance and CONF_FEATURES_FILTER not in conformance:
+        return None
+    langs = frozenset(lang for lang, classes in _LANGUAGE_CLASSES.items() if conformance & set(classes))
+    return langs or frozenset(_LANGUAGE_CLASSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,24 +302,70 @@ async def get_collection(url: str, collection: str, fetcher: Fetcher) -> Collect
 async def get_queryables(url: str, collection: str, fetcher: Fetcher) -> Queryables | None:
     """The collection's queryables, or None when the server does not offer them.
 
+    Asked for as ``application/schema+json`` (Part 3; tipg answers 422 to ``f=json``), then
+    with ``f=json`` when that answer is an error status or not a JSON object (a server that
+    negotiates by ``f`` may answer HTML).
+
     Raises
     ------
     FetchError
-        The request failed for another reason than 404.
+        The request failed for another reason than a 4xx status.
     """
-    from ..errors import StatusError
-
     qurl = f"{_root(url)}/collections/{quote(collection, safe='')}/queryables"
 
-    async def build() -> Queryables | None:
+    async def attempt(params: dict[str, str] | None, headers: dict[str, str]) -> Mapping[str, Any] | None:
         try:
-            doc = await _document(qurl, fetcher, "queryables")
+            resp = await fetcher.get(qurl, params=params, headers=headers)
         except StatusError as exc:
-            if exc.status in (400, 404, 406):
-                return False  # cached as "not offered"
+            if 400 <= exc.status < 500:
+                return None
             raise
+        try:
+            doc = resp.json()
+        except (ValueError, LayersError):
+            return None
+        return doc if isinstance(doc, Mapping) else None
+
+    async def build() -> Queryables | bool:
+        doc = await attempt(None, ACCEPT_SCHEMA)
+        if doc is None or not isinstance(doc.get("properties"), Mapping):
+            doc = await attempt({"f": "json"}, ACCEPT_JSON)
+        if doc is None:
+            return False  # cached as "not offered"
         props = doc.get("properties") or {}
+        if not isinstance(props, Mapping):
+            return False
         return Queryables({str(k): dict(v) for k, v in props.items() if isinstance(v, Mapping)})
 
     result = await _cached(("ogc-queryables", qurl), fetcher, build)
     return result or None
+
+
+async def probe_filter(
+    url: str, collection: str, fetcher: Fetcher, headers: Mapping[str, str] | None = None
+) -> bool:
+    """Whether the server parses ``filter`` though it declares no Part 3 (pygeoapi 0.21).
+
+    One request with a filter no CQL2 parser accepts: a server that reads ``filter`` rejects it
+    with HTTP 400 or 422; one that ignores it (MapServer 8, QGIS Server 3.22) answers 200 with
+    features. A server that rejects every unknown parameter also answers 400: then its real
+    answer is a loud error too, never an unfiltered result. ``headers`` are the layer's (a
+    server behind authentication must see the probe as it sees the load). Cached per
+    collection, like the documents.
+
+    Raises
+    ------
+    FetchError
+        The probe failed (another error status, 5xx after retries, timeout, connection).
+    """
+    from .paging import page_url
+
+    iurl = f"{_root(url)}/collections/{quote(collection, safe='')}/items"
+
+    async def build() -> str:
+        probe = page_url(iurl, {"limit": "1", "filter": PROBE_FILTER})
+        hdrs = {**ACCEPT_JSON, **(headers or {})}
+        resp = await fetcher.get(probe, headers=hdrs, allow_status=(400, 422), cache=False)
+        return "parses" if resp.status in (400, 422) else "ignores"
+
+    return await _cached(("ogc-filter-probe", iurl), fetcher, build) == "parses"

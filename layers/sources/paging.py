@@ -1,42 +1,95 @@
-"""How a feature load pages: next links, offset paging, sub-box splitting and de-duplication.
+"""How a feature load pages: page URLs on the client's query, offsets, sub-boxes, next links, and
+the guards that make every load end.
 
 :class:`PageWalk` is one load's walk over an OGC API items endpoint, given the first request(s)
-of :class:`~mapstream.layers.sources.features.FeatureLayer`. In order of preference:
+of :class:`~mapstream.layers.sources.features.FeatureLayer`.
 
-1. **Offset paging** (``paging="auto"`` or ``"offset"``): when the first page's ``next`` link
-   carries an ``offset`` parameter and the page says ``numberMatched``, every remaining page URL
-   is known up front; they are fetched concurrently (the fetcher's per-host limits apply, and a
-   window keeps twice the host's limit outstanding) and yielded in completion order.
+**Page URLs keep the client's query.** Every page URL is the layer's own items URL with the first
+request's parameters plus the server's paging token (``offset``, or whatever parameters of its
+``next`` link the client did not send: ``token``, ``cursor``, ``startindex``, ``f``...); the
+client's parameters win (:func:`follow_next`). Commas and colons go on the wire literally
+(``bbox=-30,20,50,75``), as GDAL sends them: QGIS Server 3.22 turns an encoded ``%2C`` into
+``1000C`` in its next links. A next link that changes the query (drops or alters ``bbox``,
+``filter``, ``crs``, ``datetime``...: MapServer 8 drops ``bbox``) is repaired when its token is
+positional (``offset``, ``startindex``, ``page``: meaningful against the client's query) and
+refused with a :class:`PagingError` when it is opaque (a cursor may point into the other query).
+The next link's host is never used, so the layer's headers never reach another origin.
+
+In order of preference, a load pages by:
+
+1. **Offsets** (``paging="auto"`` or ``"offset"``): when the first page's ``next`` link carries
+   ``offset`` and the page says ``numberMatched``, every remaining page URL is known up front;
+   they are fetched concurrently (a window keeps twice the host's limit outstanding) and yielded
+   in completion order.
 2. **Viewport split** (``paging="split"``, or ``"auto"`` when offset paging is impossible and
    the first page has a ``next`` link): the box is cut into ``split`` x ``split`` sub-boxes, each
-   walks its own ``next`` links, the sub-boxes run concurrently and features are de-duplicated by
-   id (a feature on a border matches two boxes; so does one in both halves of an antimeridian
-   split).
+   walks its own ``next`` links, concurrently.
 3. **Sequential** (``concurrent=False`` or ``paging="next"``): follow ``rel="next"``.
+
+**Every load ends.** Features are de-duplicated by id (a feature on a border matches two boxes;
+so does one in both halves of an antimeridian split). A walk ends with a :class:`PagingError` in
+the result, its data kept, when: a next link leads to a page URL already requested (a link to
+itself, a 2-cycle); a page brings only features its walk has already received (a server that
+ignores the token); pages keep bringing features past the page's ``numberMatched`` (a lying
+count); or the load reaches ``max_pages`` requests (1 feature a page with ``numberMatched:
+1e9``). A ``numberMatched`` or ``numberReturned`` that is not a count is a
+:class:`~mapstream.layers.errors.ParseError`.
 
 The feature cap (``max_features``) stops planning and fetching once reached (``truncated`` in the
 progress). A later page that fails is yielded with its error and an empty frame; the walk goes on.
+A client-side filter (:mod:`~mapstream.layers.sources.cql`), when the layer has one, keeps the
+matching rows of each page before the cap counts them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
 import geopandas as gpd
 
-from ..errors import LayersError
+from ..errors import FetchError, LayersError, ParseError
 from ..types import Bounds, FeaturePage, Progress
 from .geojson import parsed_page
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..http import Fetcher
+    from .cql import ClientFilter
     from .features import FeatureLayer
 
-__all__ = ["PageWalk", "next_link", "offset_of", "split_box", "with_offset"]
+__all__ = [
+    "PageWalk",
+    "PagingError",
+    "count_member",
+    "encode_query",
+    "follow_next",
+    "next_link",
+    "offset_of",
+    "page_url",
+    "split_box",
+    "with_offset",
+]
+
+#: Parameters that say *which* features a request selects: a next link must not change them.
+QUERY_KEYS = frozenset(
+    {"bbox", "bbox-crs", "crs", "datetime", "filter", "filter-lang", "filter-crs", "properties", "sortby", "q"}
+)
+#: Paging tokens that count positions in the result: valid against the client's own query.
+POSITIONAL_KEYS = frozenset({"offset", "startindex", "startIndex", "start", "page"})
+#: Characters sent literally in a query: what GDAL sends, and what QGIS Server keeps intact.
+SAFE = ",:/"
+
+
+class PagingError(FetchError):
+    """A server's paging that cannot be followed: a next link that would change the query, a
+    loop of next links, pages that repeat themselves, counts that lie, too many pages.
+
+    The load ends with this error in its result; the features received so far are kept.
+    """
 
 
 def next_link(meta: Mapping[str, Any]) -> str | None:
@@ -49,6 +102,88 @@ def next_link(meta: Mapping[str, Any]) -> str | None:
         if isinstance(link, Mapping) and link.get("rel") == "next" and link.get("href"):
             return str(link["href"])
     return None
+
+
+def encode_query(query: Mapping[str, str] | Sequence[tuple[str, str]]) -> str:
+    """A query string with commas, colons and slashes literal and spaces as ``%20``.
+
+    >>> encode_query({"bbox": "-30,20,50,75", "crs": "http://x/1", "filter": "a = 'b c'"})
+    'bbox=-30,20,50,75&crs=http://x/1&filter=a%20%3D%20%27b%20c%27'
+    """
+    items = list(query.items()) if isinstance(query, Mapping) else list(query)
+    return urlencode(items, safe=SAFE, quote_via=quote)
+
+
+def page_url(items_url: str, query: Mapping[str, str]) -> str:
+    """``items_url`` with ``query`` (see :func:`encode_query`).
+
+    >>> page_url("http://h/items", {"limit": "10", "offset": "20"})
+    'http://h/items?limit=10&offset=20'
+    """
+    return f"{items_url}?{encode_query(query)}" if query else items_url
+
+
+def _same_value(key: str, a: str, b: str) -> bool:
+    if a == b:
+        return True
+    if key == "bbox":  # "-30,20,50,75" and "-30.0,20.0,50.0,75.0" are one box
+        try:
+            return [float(v) for v in a.split(",")] == [float(v) for v in b.split(",")]
+        except ValueError:
+            return False
+    return a.strip() == b.strip()
+
+
+def follow_next(items_url: str, client: Mapping[str, str], href: str, base: str | None = None) -> str:
+    """The page URL a ``next`` link stands for: ``items_url`` with the client's query and the
+    link's paging token.
+
+    The token is every parameter of the link that the client did not send and that does not
+    select features (:data:`QUERY_KEYS`). The link's host and path are not used (a server
+    behind a proxy names its internal host; a hostile one, any host): the page is asked of the
+    layer's own items URL.
+
+    Raises
+    ------
+    PagingError
+        The link names another resource (its path does not end like ``items_url``), or it
+        changes the query and its token is opaque (not an offset or page number), so it may
+        point into another result set.
+
+    >>> client = {"limit": "10", "bbox": "-30,20,50,75"}
+    >>> follow_next("http://h/c/items", client, "http://h/c/items?limit=10&offset=10")  # MapServer
+    'http://h/c/items?limit=10&bbox=-30,20,50,75&offset=10'
+    >>> follow_next("http://h/c/items", client, "/c/items?bbox=-301000C201000C501000C75&offset=10", "http://h/c/items")
+    'http://h/c/items?limit=10&bbox=-30,20,50,75&offset=10'
+    >>> try:  # a cursor on a query without the bbox: it may point anywhere in another result
+    ...     follow_next("http://h/c/items", client, "http://h/c/items?token=abc")
+    ... except PagingError as exc:
+    ...     print(exc)
+    the server's next link would change the query (bbox dropped) and its paging token (token) is opaque, so it cannot be repaired: http://h/c/items?token=abc
+    """
+    href = urljoin(base or items_url, href)
+    parts = urlsplit(href)
+    want = unquote(urlsplit(items_url).path).rstrip("/")
+    got = unquote(parts.path).rstrip("/")
+    tail = "/".join(want.split("/")[-3:])  # collections/{id}/items
+    if not got.endswith(tail):
+        raise PagingError(f"the server's next link names another resource ({got}, not {want}): {href}", url=href)
+    link = parse_qsl(parts.query, keep_blank_values=True)
+    values = dict(link)
+    token = [(k, v) for k, v in link if k not in client and k not in QUERY_KEYS]
+    changed = [
+        f"{k} {'dropped' if k not in values else 'changed'}"
+        for k, v in client.items()
+        if k in QUERY_KEYS and (k not in values or not _same_value(k, v, values[k]))
+    ] + [f"{k} added" for k, _ in link if k in QUERY_KEYS and k not in client]
+    if changed and not any(k in POSITIONAL_KEYS for k, _ in token):
+        names = ", ".join(k for k, _ in token) or "none"
+        raise PagingError(
+            f"the server's next link would change the query ({', '.join(changed)}) and its paging "
+            f"token ({names}) is opaque, so it cannot be repaired: {href}",
+            url=href,
+        )
+    return page_url(items_url, {**client, **dict(token)})
 
 
 def with_offset(url: str, offset: int) -> str | None:
@@ -64,7 +199,7 @@ def with_offset(url: str, offset: int) -> str | None:
     if not any(k == "offset" for k, _ in query):
         return None
     query = [(k, str(offset) if k == "offset" else v) for k, v in query]
-    return urlunsplit(parts._replace(query=urlencode(query, safe=",:/")))
+    return urlunsplit(parts._replace(query=encode_query(query)))
 
 
 def split_box(box: Bounds, n: int) -> list[Bounds]:
@@ -82,6 +217,7 @@ def split_box(box: Bounds, n: int) -> list[Bounds]:
         for i in range(n)
     ]
 
+
 def offset_of(url: str, default: int) -> int:
     """The ``offset`` query parameter of ``url``, or ``default`` when it has none.
 
@@ -97,14 +233,64 @@ def offset_of(url: str, default: int) -> int:
     return default
 
 
+def count_member(meta: Mapping[str, Any], key: str, url: str | None = None) -> int | None:
+    """A page's ``numberMatched`` / ``numberReturned`` as an int; None when absent.
+
+    Raises
+    ------
+    ParseError
+        The member is there but not a non-negative whole number (``"five"``, ``-1``, ``2.5``).
+
+    >>> count_member({"numberMatched": 10}, "numberMatched"), count_member({}, "numberMatched")
+    (10, None)
+    >>> try:
+    ...     count_member({"numberReturned": "five"}, "numberReturned", "http://h/items")
+    ... except ParseError as exc:
+    ...     print(exc)
+    numberReturned is 'five', not a count of features (http://h/items)
+    """
+    value = meta.get(key)
+    if value is None:
+        return None
+    number: int | None = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    if number is None or number < 0:
+        raise ParseError(f"{key} is {value!r}, not a count of features", url=url)
+    return number
+
+
+def _ids(frame: Any) -> list[Any]:
+    return frame["id"].tolist() if "id" in frame.columns and len(frame) else []
+
+
+@dataclass
+class _Item:
+    """What a producer (one offset page, or one walk of next links) hands the consumer."""
+
+    frame: Any  # accepted rows, or None for nothing to show
+    url: str
+    errors: tuple[LayersError, ...] = ()
+    cached: bool = False
+    ended: bool = False  # the producer is done
+    page: bool = True  # a page was fetched (counts in ``done``)
+    failed: bool = False
+
+
 class PageWalk:
-    """One feature load's walk over the pages: its tasks, counters and the ids seen.
+    """One feature load's walk over the pages: its tasks, counters, URLs requested and ids seen.
 
     Parameters
     ----------
     layer
-        The layer (its ``items_url``, ``headers``, ``limit``, ``max_features``, ``concurrent``,
-        ``paging`` and ``split``).
+        The layer (its ``items_url``, ``limit``, ``max_features``, ``max_pages``,
+        ``concurrent``, ``paging``, ``split`` and ``headers_for``).
     fetcher
         Fetches every page.
     src_crs
@@ -112,22 +298,38 @@ class PageWalk:
         reprojects).
     dt_cols
         Properties parsed as datetimes.
+    client_filter
+        Rows kept from each page (a CQL2 filter evaluated here), or None.
     """
 
-    def __init__(self, layer: FeatureLayer, fetcher: Fetcher, src_crs: str, dt_cols: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        layer: FeatureLayer,
+        fetcher: Fetcher,
+        src_crs: str,
+        dt_cols: tuple[str, ...],
+        client_filter: ClientFilter | None = None,
+    ) -> None:
         self.layer = layer
         self.fetcher = fetcher
         self.src_crs = src_crs
         self.dt_cols = dt_cols
+        self.client_filter = client_filter
         self.tasks: set[asyncio.Task[Any]] = set()
         self.done = 0
         self.failed = 0
         self.cached = 0
-        self.features = 0
+        self.features = 0  # accepted (for the cap)
+        self.shown = 0  # yielded (for the progress)
         self.matched: int | None = None
         self.total: int | None = None
         self.truncated = False
-        self.seen: set[Any] | None = None  # ids, when de-duplicating
+        self.seen: set[Any] = set()  # ids received, for de-duplication
+        self.visited: set[str] = set()  # page URLs requested
+        self.requests = 0
+        self.max_pages = int(getattr(layer, "max_pages", 2000))
+        self._budget_reported = False
+        self._stop_offsets = False
 
     async def cancel_all(self) -> None:
         """Cancel every request of the walk and wait for them to end."""
@@ -144,34 +346,60 @@ class PageWalk:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def _get_page(self, url: str, params: Mapping[str, str] | None) -> tuple[Any, dict[str, Any], str, bool]:
-        resp = await self.fetcher.get(url, params=params, headers=self.layer.headers)
+    async def _get_page(self, url: str) -> tuple[Any, dict[str, Any], str, bool]:
+        self.requests += 1
+        resp = await self.fetcher.get(url, headers=self.layer.headers_for(url))
         frame, meta = await parsed_page(
             self.fetcher, resp.content, url=resp.url, source_crs=self.src_crs, datetime_columns=self.dt_cols
         )
+        count_member(meta, "numberReturned", resp.url)  # a bad count fails the page here
+        count_member(meta, "numberMatched", resp.url)
         return frame, meta, resp.url, bool(getattr(resp, "from_cache", False))
 
     def _progress(self, complete: bool) -> Progress:
         return Progress(
-            self.done, self.total, "pages", self.features, self.matched, self.failed, self.cached,
-            self.truncated, complete,
+            self.done, self.total, "pages", self.shown, self.matched, self.failed, self.cached,
+            self.truncated, complete, self.client_filter is not None,
         )
 
-    def _accept(self, frame: Any) -> Any:
-        """De-duplicate and apply the cap to a parsed page."""
-        if self.seen is not None and "id" in frame.columns and len(frame):
+    def _over_budget(self, url: str) -> tuple[bool, tuple[LayersError, ...]]:
+        """Whether a request now would pass ``max_pages``, and the error to report (once)."""
+        if self.requests < self.max_pages:
+            return False, ()
+        self.truncated = True
+        if self._budget_reported:
+            return True, ()
+        self._budget_reported = True
+        return True, (PagingError(
+            f"stopped after {self.requests} pages ({self.features} features; the server said "
+            f"numberMatched={self.matched}): more pages than max_pages={self.max_pages} allows. "
+            "Raise max_pages or limit, or narrow the view, to load more",
+            url=url,
+        ),)
+
+    async def _accept(self, frame: Any) -> Any:
+        """De-duplicate, filter on the client and apply the cap to a parsed page."""
+        if "id" in frame.columns and len(frame):
             keep = ~frame["id"].isin(self.seen) & ~frame["id"].duplicated()
-            frame = frame[keep.to_numpy()]
+            if not keep.all():
+                frame = frame[keep.to_numpy()]
             self.seen.update(frame["id"].tolist())
+        if self.client_filter is not None and len(frame):
+            frame = await asyncio.to_thread(self.client_filter.apply, frame)
         room = self.layer.max_features - self.features
         if len(frame) > room:
-            frame = frame.iloc[:room]
+            frame = frame.iloc[: max(0, room)]
             self.truncated = True
         self.features += len(frame)
         return frame
 
     def _page(self, frame: Any, url: str, errors: tuple[LayersError, ...], complete: bool) -> FeaturePage:
+        self.shown += len(frame)
         return FeaturePage(frame, self._progress(complete), errors, url)
+
+    @property
+    def _capped(self) -> bool:
+        return self.features >= self.layer.max_features
 
     async def run(self, queries: list[dict[str, str]]) -> AsyncIterator[FeaturePage]:
         """Yield every page, starting from the first requests ``queries`` (one per box).
@@ -182,126 +410,252 @@ class PageWalk:
             A first page failed: with no first page there is nothing to plan from.
         """
         layer = self.layer
-        if len(queries) > 1:  # antimeridian: two boxes, ids may repeat
-            self.seen = set()
-        firsts = [self._spawn(self._get_page(layer.items_url, q)) for q in queries]
+        items = layer.items_url
+        urls = [page_url(items, q) for q in queries]
+        self.visited.update(urls)
         # The first page(s) are needed to plan: their failure is the load's failure.
-        results = await asyncio.gather(*firsts)
-        walkers: list[str] = []
-        offset_urls: list[str] = []
-        pages: list[tuple[Any, str]] = []
-        for i, (frame, meta, url, cached) in enumerate(results):
+        results = await asyncio.gather(*(self._spawn(self._get_page(u)) for u in urls))
+        offsets: list[tuple[str, int]] = []
+        walkers: list[tuple[str, dict[str, str], int | None, int, set[Any]]] = []
+        pages: list[tuple[Any, str, tuple[LayersError, ...]]] = []
+        budget_errors: list[LayersError] = []
+        filtered = self.client_filter is not None
+        for query, (raw, meta, url, cached) in zip(queries, results):
             self.done += 1
             self.cached += cached
-            if isinstance(meta.get("numberMatched"), int):
-                self.matched = (self.matched or 0) + meta["numberMatched"]
-            nxt = next_link(meta)
-            frame = self._accept(frame)
-            pages.append((frame, url))
-            if not nxt:
+            matched = count_member(meta, "numberMatched", url)
+            returned = count_member(meta, "numberReturned", url)
+            if matched is not None:
+                self.matched = (self.matched or 0) + matched
+            raw_ids = _ids(raw)
+            frame = await self._accept(raw)
+            errors: tuple[LayersError, ...] = ()
+            href = next_link(meta)
+            nxt = None
+            if href:
+                try:
+                    nxt = follow_next(items, query, href, base=url)
+                except PagingError as exc:
+                    errors = (exc,)
+                if nxt is not None and nxt in self.visited:
+                    errors = (PagingError(f"the server's next link leads back to a page already requested: {nxt}", url=nxt),)
+                    nxt = None
+            pages.append((frame, url, errors))
+            if nxt is None:
                 continue
-            if self.features >= layer.max_features:
+            if self._capped:
                 self.truncated = True
                 continue
-            matched = meta.get("numberMatched")
-            step = max(1, int(meta.get("numberReturned") or len(frame) or layer.limit))
-            can_offset = isinstance(matched, int) and with_offset(nxt, 0) is not None
-            if not layer.concurrent or layer.paging == "next":
-                walkers.append(nxt)
+            step = max(1, returned or len(raw) or layer.limit)
+            n_raw = len(raw)
+            beyond = matched is not None and n_raw >= matched  # a next link past the count
+            can_offset = matched is not None and not beyond and with_offset(nxt, 0) is not None
+            if not layer.concurrent or layer.paging == "next" or beyond:
+                walkers.append((nxt, query, matched, n_raw, set(raw_ids)))
             elif layer.paging in ("auto", "offset") and can_offset:
                 start = offset_of(nxt, step)
-                end = min(matched, start + layer.max_features - self.features)
-                offset_urls.extend(with_offset(nxt, o) for o in range(start, end, step))  # type: ignore[misc]
+                # Without a client filter the cap bounds the pages; with one it cannot (rows drop).
+                end = matched if filtered else min(matched, start + layer.max_features - self.features)
+                planned = range(start, end, step)
+                room = max(0, self.max_pages - self.requests - len(offsets))
+                if len(planned) > room:
+                    planned = planned[:room]
+                    budget_errors.append(PagingError(
+                        f"numberMatched={matched} at {step} features a page needs "
+                        f"{math.ceil((end - start) / step)} more pages; max_pages={self.max_pages} "
+                        f"allows {room}: stopped there. Raise max_pages or limit to load more",
+                        url=nxt,
+                    ))
+                    self._budget_reported = True
+                    self.truncated = True
+                for o in planned:
+                    u = with_offset(nxt, o)
+                    assert u is not None
+                    offsets.append((u, o))
                 if matched > end:
                     self.truncated = True
-            elif layer.paging in ("auto", "split") and "bbox" in queries[i]:
-                walkers.extend(self._split_urls(queries[i]))
-                if self.seen is None:
-                    self.seen = set(frame["id"].tolist()) if "id" in frame.columns else set()
+            elif layer.paging in ("auto", "split") and "bbox" in query:
+                for sub in self._split_queries(query):
+                    u = page_url(items, sub)
+                    if u not in self.visited:
+                        self.visited.add(u)
+                        walkers.append((u, sub, None, 0, set()))
             else:
-                walkers.append(nxt)
-        if offset_urls and not walkers:
-            self.total = self.done + len(offset_urls)
-        elif not offset_urls and not walkers:
+                walkers.append((nxt, query, matched, n_raw, set(raw_ids)))
+        for u, _ in offsets:
+            self.visited.add(u)
+        for u, *_ in walkers:
+            self.visited.add(u)
+        more = bool(offsets or walkers)
+        if offsets and not walkers:
+            self.total = self.done + len(offsets)
+        elif not more:
             self.total = self.done
-        elif self.matched is not None and self.seen is None:
+        elif self.matched is not None and not any(w[2] is None for w in walkers):
             per = max(1, min(layer.limit, layer.max_features))
-            self.total = len(queries) + len(offset_urls) + max(0, math.ceil(min(self.matched, layer.max_features) / per) - len(queries))
-        more = bool(offset_urls or walkers)
-        for k, (frame, url) in enumerate(pages):
-            yield self._page(frame, url, (), not more and k == len(pages) - 1)
+            self.total = len(queries) + len(offsets) + max(
+                0, math.ceil(min(self.matched, layer.max_features) / per) - len(queries)
+            )
+        for k, (frame, url, errors) in enumerate(pages):
+            final = k == len(pages) - 1
+            yield self._page(frame, url, errors + (tuple(budget_errors) if final else ()), final and not more)
         if more:
-            async for page in self._drain(offset_urls, walkers):
+            async for page in self._drain(offsets, walkers):
                 yield page
 
-    def _split_urls(self, query: dict[str, str]) -> list[str]:
+    def _split_queries(self, query: dict[str, str]) -> list[dict[str, str]]:
         # The bbox in whatever CRS it was sent (bbox-crs stays in the query).
         box = Bounds(*(float(v) for v in query["bbox"].split(",")))
-        out = []
-        for sub in split_box(box, self.layer.split):
-            q = {**query, "bbox": ",".join(f"{v:.12g}" for v in sub)}
-            out.append(f"{self.layer.items_url}?{urlencode(q, safe=',:/')}")
-        return out
+        return [
+            {**query, "bbox": ",".join(f"{v:.12g}" for v in sub)} for sub in split_box(box, self.layer.split)
+        ]
 
-    async def _drain(self, offset_urls: list[str], walkers: list[str]) -> AsyncIterator[FeaturePage]:
-        # (is_walker, frame | None, url, errors, from_cache, chain_ended)
-        queue: asyncio.Queue[tuple[bool, Any, str, tuple[LayersError, ...], bool, bool]] = asyncio.Queue()
-        cap = self.layer.max_features
-
-        async def one(url: str) -> None:
-            try:
-                frame, _meta, final, cached = await self._get_page(url, None)
-            except LayersError as exc:
-                queue.put_nowait((False, None, url, (exc,), False, True))
-            else:
-                queue.put_nowait((False, frame, final, (), cached, True))
-
-        async def walk(url: str) -> None:
+    async def _walk(
+        self, queue: asyncio.Queue[_Item], url: str, query: dict[str, str],
+        matched: int | None, received: int, chain_ids: set[Any],
+    ) -> None:
+        """Follow next links from ``url`` until the chain ends; every page goes to ``queue``,
+        the last one marked ``ended``."""
+        items = self.layer.items_url
+        last: _Item | None = None
+        try:
             while True:
-                try:
-                    frame, meta, final, cached = await self._get_page(url, None)
-                except LayersError as exc:
-                    queue.put_nowait((True, None, url, (exc,), False, True))
-                    return
-                nxt = next_link(meta)
-                capped = self.features + len(frame) >= cap
-                if nxt and capped:
+                if self._capped:
                     self.truncated = True
-                queue.put_nowait((True, frame, final, (), cached, nxt is None or capped))
-                if nxt is None or capped:
                     return
+                over, errors = self._over_budget(url)
+                if over:
+                    last = _Item(None, url, errors, page=False) if errors else None
+                    return
+                try:
+                    raw, meta, final, cached = await self._get_page(url)
+                except LayersError as exc:
+                    last = _Item(None, url, (exc,), failed=True)
+                    return
+                raw_ids = _ids(raw)
+                if raw_ids and chain_ids.issuperset(raw_ids):
+                    err = PagingError(
+                        f"the server sent a page of {len(raw_ids)} features that all came before "
+                        f"on this walk (it ignores its own paging token): stopped at {final}",
+                        url=final,
+                    )
+                    last = _Item(raw.iloc[:0], final, (err,), cached)
+                    return
+                chain_ids.update(raw_ids)
+                received += len(raw)
+                if matched is None:
+                    matched = count_member(meta, "numberMatched", final)
+                frame = await self._accept(raw)
+                if matched is not None and received > matched:
+                    err = PagingError(
+                        f"the server said numberMatched={matched} but keeps sending features "
+                        f"({received} so far): stopped at {final}",
+                        url=final,
+                    )
+                    self.truncated = True
+                    last = _Item(frame, final, (err,), cached)
+                    return
+                href = next_link(meta)
+                if not href:
+                    last = _Item(frame, final, (), cached)
+                    return
+                try:
+                    nxt = follow_next(items, query, href, base=final)
+                except PagingError as exc:
+                    last = _Item(frame, final, (exc,), cached)
+                    return
+                if nxt in self.visited:
+                    err = PagingError(
+                        f"the server's next link leads back to a page already requested: {nxt}", url=nxt
+                    )
+                    last = _Item(frame, final, (err,), cached)
+                    return
+                self.visited.add(nxt)
+                queue.put_nowait(_Item(frame, final, (), cached))
                 url = nxt
+        finally:
+            _finish(queue, last, url)
 
+    async def _one(
+        self, queue: asyncio.Queue[_Item], window: asyncio.Semaphore, url: str, offset: int
+    ) -> None:
+        """Fetch one planned offset page (unless the walk has stopped) and hand it on."""
+        last: _Item | None = None
+        try:
+            async with window:
+                if self._capped or self._stop_offsets:
+                    return
+                try:
+                    raw, _meta, final, cached = await self._get_page(url)
+                except LayersError as exc:
+                    last = _Item(None, url, (exc,), failed=True)
+                    return
+                raw_ids = _ids(raw)
+                if raw_ids and self.seen.issuperset(raw_ids):
+                    # Every offset answering the same features: the server ignores offset.
+                    report = not self._stop_offsets
+                    self._stop_offsets = True
+                    err = PagingError(
+                        f"the page at offset {offset} repeats {len(raw_ids)} features already "
+                        f"received (the server ignores offset): stopped at {final}",
+                        url=final,
+                    )
+                    last = _Item(raw.iloc[:0], final, (err,) if report else (), cached)
+                    return
+                last = _Item(await self._accept(raw), final, (), cached)
+        finally:
+            _finish(queue, last, url)
+
+    async def _drain(
+        self,
+        offsets: list[tuple[str, int]],
+        walkers: list[tuple[str, dict[str, str], int | None, int, set[Any]]],
+    ) -> AsyncIterator[FeaturePage]:
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
         # Keep twice as many pages outstanding as the host takes at once (while half of them
         # parse, the other half fetch), not all of them: a layer with 200 pages would otherwise
         # queue them all in the fetcher ahead of every request that another layer (a
         # higher-priority one) makes to the same server.
         window = asyncio.Semaphore(2 * self.fetcher.host_limit(self.layer.items_url))
-
-        async def windowed(url: str) -> None:
-            async with window:
-                await one(url)
-
-        for url in offset_urls:
-            self._spawn(windowed(url))
-        for url in walkers:
-            self._spawn(walk(url))
-        left_offsets, left_walkers = len(offset_urls), len(walkers)
-        while left_offsets or left_walkers:
-            is_walker, frame, url, errors, cached, ended = await queue.get()
-            if not is_walker:
-                left_offsets -= 1
-            elif ended:
-                left_walkers -= 1
-            self.done += 1
-            self.cached += cached
-            if errors:
+        for url, offset in offsets:
+            self._spawn(self._one(queue, window, url, offset))
+        for url, query, matched, received, chain_ids in walkers:
+            self._spawn(self._walk(queue, url, query, matched, received, chain_ids))
+        open_producers = len(offsets) + len(walkers)
+        last_complete = False
+        while open_producers:
+            item = await queue.get()
+            if item.ended:
+                open_producers -= 1
+            if item.frame is None and not item.errors:
+                continue  # a producer that ended without a page
+            if item.page:
+                self.done += 1
+            self.cached += item.cached
+            if item.failed:
                 self.failed += 1
+            frame = item.frame
+            if frame is None:
                 frame = gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs="EPSG:3857"))
-            else:
-                frame = self._accept(frame)
-            complete = not (left_offsets or left_walkers)
-            if complete or (self.total is not None and self.done > self.total):
-                self.total = self.done if complete else None
-            yield self._page(frame, url, errors, complete)
+            complete = open_producers == 0
+            if complete:
+                self.total = self.done
+            elif self.total is not None and self.done >= self.total:
+                self.total = None  # more pages than planned: the count is unknown
+            yield self._page(frame, item.url, item.errors, complete)
+            last_complete = complete
+        if not last_complete:
+            # The last producers ended without a page (an offset skipped at the cap, a walk
+            # stopped at the cap): one empty page says the load is complete.
+            self.total = self.done
+            yield self._page(
+                gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs="EPSG:3857")), self.layer.items_url, (), True
+            )
 
+
+def _finish(queue: asyncio.Queue[_Item], last: _Item | None, url: str) -> None:
+    """Hand the consumer a producer's last item, marked ``ended`` (a bare end when it has none)."""
+    if last is None:
+        last = _Item(None, url, (), page=False)
+    last.ended = True
+    queue.put_nowait(last)
