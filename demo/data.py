@@ -6,6 +6,10 @@
   (``id``, ``sensor``, ``kind``, ``value``, ``when``, ``country``), seeded so every machine
   generates the same rows.
 * ``borders``: country outlines as lines (the optional lines layer).
+* ``elevation_3857`` and ``elevation_utm``: synthetic elevation rasters (seeded fractal
+  terrain, metres, ``int16`` with nodata over the sea) written as Cloud-Optimized GeoTIFFs
+  with overviews: one in Web Mercator over the Alps, one in UTM zone 33N over the Balkans.
+  The tile server serves them with range support under ``/cogs/`` (:data:`COG_FILES`).
 
 Files are written to :func:`demo_data_dir` under a versioned name and re-used afterwards; a
 write goes to a temporary name first and is renamed into place, so concurrent processes never
@@ -22,6 +26,7 @@ from typing import Any
 from mapstream.layers.cache import user_cache_dir
 
 __all__ = [
+    "COG_FILES",
     "COUNTRIES_FILE",
     "DATA_VERSION",
     "N_SENSORS",
@@ -36,6 +41,13 @@ DATA_VERSION = 1  # bump when the generated data changes: a new file name, no st
 N_SENSORS = 200_000
 SEED = 20240611
 KINDS = ("temperature", "pm25", "noise", "humidity")
+#: The demo's COGs: name -> (CRS, (west, south, east, north) in that CRS, pixel size, seed).
+COG_FILES = {
+    "elevation-3857.tif": ("EPSG:3857", (556_597.0, 5_311_972.0, 1_892_431.0, 6_274_861.0), 500.0, 11),
+    "elevation-utm33.tif": ("EPSG:32633", (330_000.0, 4_430_000.0, 830_000.0, 5_030_000.0), 500.0, 12),
+}
+#: The folder of the COGs in the data directory (versioned: regenerated when they change).
+COG_DIR = f"cogs-v{DATA_VERSION}"
 
 
 def demo_data_dir(environ: dict[str, str] | None = None) -> Path:
@@ -121,6 +133,53 @@ def border_frame(countries: Any) -> Any:
     )
 
 
+def terrain(height: int, width: int, seed: int) -> Any:
+    """Seeded fractal elevation in metres (``int16``; below 0 is sea, set to -32768).
+
+    Octaves of smoothed noise, strongest at the coarsest scale, shaped into ridges.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    out = np.zeros((height, width), dtype=np.float32)
+    for octave in range(1, 8):
+        cells = 2**octave
+        coarse = rng.normal(0, 1, (cells + 3, cells + 3)).astype(np.float32)
+        fine = ndimage.zoom(coarse, ((height + 1) / cells, (width + 1) / cells), order=1)
+        out += fine[:height, :width] / 1.8**octave
+    ridges = 1.0 - np.abs(out)
+    elevation = (ridges**2 * 3200.0 + out * 900.0 - 900.0).clip(-200, 4800)
+    data = elevation.astype(np.int16)
+    data[elevation < 0] = -32768
+    return data
+
+
+def write_cog(path: Path, name: str) -> Path:
+    """Write the demo COG ``name`` (one of :data:`COG_FILES`) to ``path``, atomically."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    crs, (west, south, east, north), res, seed = COG_FILES[name]
+    width, height = round((east - west) / res), round((north - south) / res)
+    data = terrain(height, width, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tif", dir=path.parent)
+    os.close(fd)
+    try:
+        with rasterio.open(
+            tmp, "w", driver="COG", width=width, height=height, count=1, dtype="int16",
+            crs=crs, transform=from_origin(west, north, res, res), nodata=-32768,
+            blocksize=256, compress="deflate", predictor=2, overview_resampling="nearest",
+        ) as dst:
+            dst.write(data, 1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def _write_once(path: Path, build: Any) -> Path:
     if path.exists():
         return path
@@ -143,7 +202,8 @@ def ensure_data(directory: Path | None = None) -> dict[str, Path]:
     Returns
     -------
     dict
-        ``{"countries": ..., "sensors": ..., "borders": ...}`` (GeoPackage files).
+        ``{"countries": ..., "sensors": ..., "borders": ...}`` (GeoPackage files) and
+        ``"elevation_3857"``, ``"elevation_utm33"`` (COGs, in one folder the tile server serves).
 
     Raises
     ------
@@ -178,4 +238,12 @@ def ensure_data(directory: Path | None = None) -> dict[str, Path]:
         "borders": _write_once(
             directory / f"borders-v{v}.gpkg", lambda: border_frame(get_countries())
         ),
+        **{
+            f"elevation_{name.split('-')[1].removesuffix('.tif')}": (
+                directory / COG_DIR / name
+                if (directory / COG_DIR / name).exists()
+                else write_cog(directory / COG_DIR / name, name)
+            )
+            for name in COG_FILES
+        },
     }

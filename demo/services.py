@@ -241,7 +241,8 @@ def _launch(
             port=ogc_port,
         )
         tiles = TileServer(
-            paths["countries"], latency=latency, fail_rate=fail_rate, env=parent, port=tiles_port
+            paths["countries"], latency=latency, fail_rate=fail_rate, env=parent, port=tiles_port,
+            cogs=paths["elevation_3857"].parent,
         )
         return ogc, tiles
 

@@ -7,7 +7,13 @@ change with the data, ``304 Not Modified`` to a matching ``If-None-Match`` or
 fresh for ten minutes, so a resumed prefetch or a pan back costs no request, then revalidates
 and the 304 path is exercised), and ``404`` outside the zoom range or the tile grid. Rendered tiles are kept in a
 bounded in-memory LRU, so a tile is drawn once. ``GET /__stats`` answers the counters
-``{"requests", "rendered", "not_modified", "failed"}``.
+``{"requests", "rendered", "not_modified", "failed", "ranges"}``.
+
+``GET /cogs/{name}.tif`` serves the demo's Cloud-Optimized GeoTIFFs (a folder given as
+``cogs``) with HTTP range semantics: ``Accept-Ranges: bytes``, one ``Range: bytes=a-b``
+(``a-`` and ``-n`` too) answered ``206`` with ``Content-Range``, a range past the end ``416``
+with ``Content-Range: bytes */size``, a strong ``ETag`` honoured by ``If-Match`` (``412``) and
+``If-None-Match`` (``304``), and the whole file with ``200`` without ``Range``.
 
 The server runs in its own process (:class:`TileServer` starts ``python -m
 mapstream.demo.tileserver``), with a thread per connection: rendering never blocks the caller's
@@ -39,7 +45,7 @@ from mapstream.layers.tilegrid import Tile, in_grid, tile_bounds
 
 from ._child import ChildServer
 
-__all__ = ["MAX_ZOOM", "TILE_PATH", "Basemap", "TileServer", "in_range"]
+__all__ = ["COG_PATH", "MAX_ZOOM", "TILE_PATH", "Basemap", "TileServer", "byte_range", "in_range"]
 
 MAX_ZOOM = 10
 #: Seconds a client may reuse a tile without revalidating it.
@@ -50,6 +56,35 @@ SEA = (170, 211, 223)
 LAND = (242, 239, 233)
 BORDER = (150, 140, 160)
 _TILE_RE = re.compile(r"^/tiles/(\d+)/(\d+)/(\d+)\.png$")
+_COG_RE = re.compile(r"^/cogs/([A-Za-z0-9_.-]+\.tif)$")
+_RANGE_RE = re.compile(r"^\s*bytes=(\d*)-(\d*)\s*$")
+#: The path of the demo's COGs.
+COG_PATH = "/cogs/{name}"
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """``(first, last)`` (inclusive) of one ``Range: bytes=...`` for a file of ``size`` bytes;
+    None for a header this server ignores (several ranges, another unit); ``(size, size)``
+    when nothing of the file is in range (a 416).
+
+    >>> byte_range("bytes=0-99", 1000), byte_range("bytes=900-", 1000), byte_range("bytes=-10", 1000)
+    ((0, 99), (900, 999), (990, 999))
+    >>> byte_range("bytes=995-2000", 1000), byte_range("bytes=1000-", 1000), byte_range("bytes=0-1,5-9", 10)
+    ((995, 999), (1000, 1000), None)
+    """
+    m = _RANGE_RE.match(header)
+    if not m or not (m.group(1) or m.group(2)):
+        return None
+    if m.group(1):
+        first = int(m.group(1))
+        last = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+        if m.group(2) and int(m.group(2)) < first:
+            return None  # invalid: ignored, as RFC 9110 says
+    else:
+        first, last = max(0, size - int(m.group(2))), size - 1
+    if first >= size:
+        return size, size
+    return first, last
 
 
 def in_range(z: int, x: int, y: int, max_zoom: int = MAX_ZOOM) -> bool:
@@ -131,7 +166,28 @@ class _State:
         self.cache_max = int(spec.get("cache_tiles", 4096))
         self.lock = threading.Lock()
         self.rendering: dict[tuple[int, int, int], threading.Lock] = {}
-        self.stats = {"requests": 0, "rendered": 0, "not_modified": 0, "failed": 0}
+        self.stats = {"requests": 0, "rendered": 0, "not_modified": 0, "failed": 0, "ranges": 0}
+        self.cogs = Path(spec["cogs"]) if spec.get("cogs") else None
+        self.files: dict[str, tuple[bytes, str, str]] = {}  # name -> (bytes, ETag, Last-Modified)
+
+    def cog(self, name: str) -> tuple[bytes, str, str] | None:
+        """The bytes, ``ETag`` and ``Last-Modified`` of COG ``name``, read once."""
+        if self.cogs is None:
+            return None
+        with self.lock:
+            if name in self.files:
+                return self.files[name]
+        path = self.cogs / name
+        try:
+            body = path.read_bytes()
+            mtime = path.stat().st_mtime
+        except OSError:
+            return None
+        tag = '"' + hashlib.sha1(body).hexdigest()[:16] + '"'
+        entry = (body, tag, email.utils.formatdate(mtime, usegmt=True))
+        with self.lock:
+            self.files[name] = entry
+        return entry
 
     def count(self, key: str) -> None:
         with self.lock:
@@ -190,6 +246,9 @@ class _Handler(BaseHTTPRequestHandler):
         st.count("requests")
         if st.latency:
             time.sleep(st.latency)
+        cog = _COG_RE.match(path)
+        if cog:
+            return self._send_cog(cog.group(1))
         m = _TILE_RE.match(path)
         if not m or not in_range(*(int(v) for v in m.groups())):
             return self._send(404, b"no such tile", {"Content-Type": "text/plain"})
@@ -221,6 +280,45 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, png, {"Content-Type": "image/png", **validators})
 
 
+    def _send_cog(self, name: str) -> None:
+        st = self.state
+        found = st.cog(name)
+        if found is None:
+            return self._send(404, b"no such file", {"Content-Type": "text/plain"})
+        if st.fail_rate:
+            with st.lock:
+                fail = st.rng.random() < st.fail_rate
+            if fail:
+                st.count("failed")
+                return self._send(503, b"injected fault", {"Content-Type": "text/plain", "Retry-After": "0"})
+        body, etag, modified = found
+        size = len(body)
+        headers = {
+            "Content-Type": "image/tiff; application=geotiff; profile=cloud-optimized",
+            "Accept-Ranges": "bytes",
+            "ETag": etag,
+            "Last-Modified": modified,
+            "Cache-Control": f"max-age={MAX_AGE}",
+        }
+        match = self.headers.get("If-Match")
+        if match is not None and match.strip() != "*" and etag not in [t.strip() for t in match.split(",")]:
+            return self._send(412, b"", headers)
+        inm = self.headers.get("If-None-Match")
+        if inm is not None and (etag in [t.strip() for t in inm.split(",")] or inm.strip() == "*"):
+            st.count("not_modified")
+            return self._send(304, b"", headers)
+        rng = self.headers.get("Range")
+        span = byte_range(rng, size) if rng is not None else None
+        if span is None:
+            return self._send(200, body, headers)
+        st.count("ranges")
+        first, last = span
+        if first >= size:
+            return self._send(416, b"", {**headers, "Content-Range": f"bytes */{size}"})
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        self._send(206, body[first : last + 1], headers)
+
+
 def _serve(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     _Handler.state = _State(spec)
@@ -244,6 +342,8 @@ class TileServer(ChildServer):
         Seconds added to every request.
     fail_rate
         Fraction of tile requests answered 503 (seeded, so runs repeat).
+    cogs
+        A folder of COGs served under ``/cogs/`` with range support (None: none).
     env
         Extra environment variables for the child.
 
@@ -263,10 +363,12 @@ class TileServer(ChildServer):
         port: int = 0,
         latency: float = 0.0,
         fail_rate: float = 0.0,
+        cogs: str | Path | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(port=port, env=env)
         self.data = str(data)
+        self.cogs = None if cogs is None else str(cogs)
         self.latency = latency
         self.fail_rate = fail_rate
 
@@ -275,8 +377,15 @@ class TileServer(ChildServer):
         """The XYZ URL template, e.g. ``http://127.0.0.1:PORT/tiles/{z}/{x}/{y}.png``."""
         return f"{self.url}{TILE_PATH}"
 
+    @property
+    def cogs_url(self) -> str:
+        """Where the COGs are, e.g. ``http://127.0.0.1:PORT/cogs/`` (a file name follows)."""
+        return f"{self.url}/cogs/"
+
     def spec(self, workdir: str) -> dict[str, Any]:
-        return {"data": self.data, "latency": self.latency, "fail_rate": self.fail_rate}
+        return {
+            "data": self.data, "latency": self.latency, "fail_rate": self.fail_rate, "cogs": self.cogs,
+        }
 
 
 if __name__ == "__main__":

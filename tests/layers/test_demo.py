@@ -20,6 +20,7 @@ from mapstream.layers.catalog import build_layer, load_catalog
 from mapstream.demo import ensure_demo, start_demo
 from mapstream.demo.data import COUNTRIES_FILE, ensure_data, read_countries, sensor_frame
 from mapstream.demo.tileserver import LAND, MAX_ZOOM, SEA, TileServer
+from mapstream.layers.sources.cog import COGLayer
 from mapstream.layers.sources.features import FeatureLayer
 from mapstream.layers.http import Fetcher
 from mapstream.layers.sources.tiles import TileLayer
@@ -103,6 +104,19 @@ def test_tiles_revalidate_with_etag_and_last_modified(demo):
     assert other != headers["ETag"]
 
 
+def test_cogs_are_served_with_ranges(demo):
+    base = demo.tiles_url.split("/tiles/")[0] + "/cogs/elevation-3857.tif"
+    status, headers, whole = get(base)
+    assert status == 200 and headers["Accept-Ranges"] == "bytes" and whole[:4] == b"II*\x00"
+    status, headers, part = get(base, {"Range": "bytes=100-199"})
+    assert status == 206 and part == whole[100:200]
+    assert headers["Content-Range"] == f"bytes 100-199/{len(whole)}"
+    status, headers, _ = get(base, {"Range": f"bytes={len(whole)}-"})
+    assert status == 416 and headers["Content-Range"] == f"bytes */{len(whole)}"
+    status, _, _ = get(base, {"Range": "bytes=0-9", "If-Match": '"other"'})
+    assert status == 412
+
+
 def test_tiles_outside_the_range_are_404(demo):
     base = demo.tiles_url
     for z, x, y in ((MAX_ZOOM + 1, 0, 0), (2, 4, 0), (2, 0, 4), (0, 1, 0)):
@@ -149,6 +163,12 @@ async def test_every_demo_layer_answers(demo):
                 assert isinstance(layer, TileLayer) and layer.url_template == demo.tiles_url
                 mosaic = (await layer.fetch(view, fetcher)).image
                 assert mosaic.shape[-1] == 4 and int(mosaic[..., 3].max()) == 255
+            elif spec.kind == "cog":
+                assert isinstance(layer, COGLayer)
+                assert all(u.startswith(demo.tiles_url.split("/tiles/")[0] + "/cogs/") for u in layer.urls)
+                values = await layer.fetch(Viewport.from_lonlat((5, 43, 22, 49), 400), fetcher)
+                assert values.dims == ("band", "y", "x") and np.isfinite(values.values).mean() > 0.5
+                assert float(np.nanmax(values.values)) > 1000  # mountains
             else:
                 assert isinstance(layer, FeatureLayer) and layer.url == demo.ogc_url
                 result = await layer.fetch(view, fetcher)
