@@ -18,8 +18,10 @@ The tree::
     ├── FetchError              a request that did not produce a usable response
     │   ├── StatusError         the server answered with an error status (keeps status, URL)
     │   ├── FetchTimeoutError   connect / read / total timeout
+    │   │   └── TotalTimeoutError  the whole response took longer than the total timeout (never retried)
     │   ├── TransportError      connection refused, reset, truncated body, TLS, ...
     │   ├── ResponseTooLargeError  the body exceeded the fetcher's size limit
+    │   ├── RedirectRefusedError  a redirect from a public origin to an internal address
     │   ├── RetriesExhaustedError  retries used up; ``last_error`` is the final failure
     │   ├── RangeError      a ranged read answered with the wrong bytes, or 416
     │   └── SourceChangedError  the file changed while it was read (ETag / size differ)
@@ -37,8 +39,10 @@ __all__ = [
     "FetchError",
     "StatusError",
     "FetchTimeoutError",
+    "TotalTimeoutError",
     "TransportError",
     "ResponseTooLargeError",
+    "RedirectRefusedError",
     "RetriesExhaustedError",
     "RangeError",
     "SourceChangedError",
@@ -110,6 +114,12 @@ class FetchTimeoutError(FetchError):
     """Connect, read or total time limit exceeded."""
 
 
+class TotalTimeoutError(FetchTimeoutError):
+    """The whole response (headers and body, redirects included) did not arrive within the
+    fetcher's ``total_timeout``: a server that answers too slowly, or a body that trickles in
+    and never ends. Never retried: another attempt would take as long."""
+
+
 class TransportError(FetchError):
     """The connection failed: refused, reset, truncated, TLS, DNS, proxy."""
 
@@ -120,6 +130,12 @@ class ResponseTooLargeError(FetchError):
     def __init__(self, url: str, limit: int) -> None:
         super().__init__(f"response from {url} exceeds the {limit}-byte limit", url=url)
         self.limit = limit
+
+
+class RedirectRefusedError(FetchError):
+    """A redirect the fetcher will not follow: from a public origin to a loopback, private or
+    link-local address (allowed per source with ``allow_private_redirects``). The internal
+    address is never asked, so nothing it would answer can show up in an error."""
 
 
 class RetriesExhaustedError(FetchError):

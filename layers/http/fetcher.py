@@ -29,6 +29,7 @@ from .cached import cached_get
 from .flight import SingleFlight
 from .logs import install_log_redaction
 from .metrics import FetchMetrics
+from .redirects import RedirectGuard
 from .response import Response, check_status
 from .retry import RetryPolicy
 from .urls import normalize
@@ -101,6 +102,10 @@ class Fetcher:
         Freshness, in seconds, of responses that carry neither caching headers nor validators.
     memory_bytes
         Budget of the in-memory LRU :attr:`memory`.
+    allow_private_redirects
+        Follow redirects from public origins to loopback, private and link-local addresses
+        (refused by default; per source: ``fetcher.redirects.allow(url_prefix)``, see
+        :class:`~mapstream.layers.http.redirects.RedirectGuard`).
 
     Raises
     ------
@@ -138,6 +143,7 @@ class Fetcher:
         cache_dir: Any = _DEFAULT,
         ttl: float = 300.0,
         memory_bytes: int = 256 * 2**20,
+        allow_private_redirects: bool = False,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -180,6 +186,7 @@ class Fetcher:
         self.disk: DiskCache | None = None if cache_dir is None else DiskCache(cache_dir)
         self.memory = MemoryLRU(memory_bytes)
         self.metrics = FetchMetrics()
+        self.redirects = RedirectGuard(allow_private_redirects)
         self._lock = threading.Lock()
         self._last_state: _LoopState | None = None
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
@@ -261,6 +268,7 @@ class Fetcher:
             total_timeout=self.total_timeout,
             max_response_bytes=self.max_response_bytes,
             own_transport=self._transport == "aiohttp",  # made for this client alone
+            redirects=self.redirects,
         )
         flights: SingleFlight[Response] = SingleFlight(loop, lambda: self.metrics.incr("coalesced"))
         return _LoopState(loop, client, admission, flights, wire)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ..errors import FetchError, FetchTimeoutError, RetriesExhaustedError, StatusError, TransportError
+from ..errors import TotalTimeoutError
 from ..redact import redact_url
 from .metrics import FetchMetrics
 from .response import Response
@@ -173,6 +174,9 @@ class RetryPolicy:
             retry_after: float | None = None
             try:
                 resp = await attempt(method, url, netloc, headers, content)
+            except TotalTimeoutError:
+                metrics.incr("errors")
+                raise  # the whole total timeout spent: another attempt would take as long
             except (FetchTimeoutError, TransportError) as exc:
                 error: FetchError = exc
             else:

@@ -11,6 +11,15 @@ caller's, redirects followed by httpx's rules (:func:`mapstream.layers.http.redi
 httpx's ``Content-Encoding`` decoding, its ``HTTP Request:`` log line and its exceptions
 (translated as before). Any other transport, or a client given event hooks or auth, still goes
 through ``client.send``.
+
+Both paths follow redirects here, one hop at a time, so both apply the same rules beyond
+httpx's (:mod:`.redirects`): a redirect to another origin drops every header the request was
+configured with, and a redirect from a public origin to an internal address is refused.
+
+The total timeout bounds the whole attempt, the body included: a body that trickles in a
+byte at a time ends at ``total_timeout`` with a
+:class:`~mapstream.layers.errors.TotalTimeoutError`, which is not retried (another attempt
+would take as long), so a request never runs for a multiple of the total timeout.
 """
 
 from __future__ import annotations
@@ -22,18 +31,49 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from ..errors import BadInputError, FetchTimeoutError, LayersError, ResponseTooLargeError, TransportError
+from ..errors import (
+    BadInputError,
+    FetchTimeoutError,
+    LayersError,
+    ResponseTooLargeError,
+    TotalTimeoutError,
+    TransportError,
+)
 from ..redact import redact_text, redact_url
 from . import transport as _aio
 from .admission import Admission
 from .metrics import FetchMetrics
-from .redirects import REDIRECT_SENSITIVE, REDIRECT_STATUSES, follow
+from .redirects import REDIRECT_SENSITIVE, REDIRECT_STATUSES, RedirectGuard, follow
 from .response import Response
 
-__all__ = ["Wire", "fetch_error"]
+__all__ = ["Wire", "check_headers", "fetch_error"]
 
 #: The direct path logs each exchange as httpx's client does, on its logger (same level, format).
 _HTTPX_LOG = logging.getLogger("httpx")
+#: A timeout met after this fraction of the total timeout is the total timeout (aiohttp rounds
+#: its deadline up, never down; a read timeout this late is as good as the total).
+_TOTAL_SPENT = 0.98
+
+
+def check_headers(headers: dict[str, str], url: str) -> None:
+    """Refuse header values that would split the request (CR, LF or NUL in a value).
+
+    >>> check_headers({"X-Api-Key": "a\\r\\nHost: evil"}, "http://h.test/")
+    Traceback (most recent call last):
+    ...
+    mapstream.layers.errors.BadInputError: header 'X-Api-Key' for http://h.test/ contains a line break or NUL: refused (check where its value comes from, e.g. an environment variable)
+
+    Raises
+    ------
+    BadInputError
+        A value contains ``\\r``, ``\\n`` or ``\\0`` (the value is not shown: it may be a secret).
+    """
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\0" in value or "\r" in name or "\n" in name:
+            raise BadInputError(
+                f"header {name!r} for {redact_url(url)} contains a line break or NUL: refused "
+                "(check where its value comes from, e.g. an environment variable)"
+            )
 
 
 def fetch_error(exc: Exception, url: str) -> LayersError:
@@ -73,6 +113,9 @@ class Wire:
     own_transport
         The client's transport was made for this client alone, so its session may send the
         client's default headers itself.
+    redirects
+        Which redirects are refused (default: a :class:`~.redirects.RedirectGuard` that
+        refuses public -> internal).
     """
 
     def __init__(
@@ -85,6 +128,7 @@ class Wire:
         total_timeout: float,
         max_response_bytes: int,
         own_transport: bool,
+        redirects: RedirectGuard | None = None,
     ) -> None:
         self.loop = loop
         self.client = client
@@ -92,6 +136,7 @@ class Wire:
         self.metrics = metrics
         self.total_timeout = total_timeout
         self.max_response_bytes = max_response_bytes
+        self.redirects = redirects if redirects is not None else RedirectGuard()
         #: The client's transport when attempts may skip ``client.send`` (see the module notes).
         self.direct: _aio.AiohttpTransport | None = None
         #: The client's default headers, names lower-cased, that the direct path sends itself
@@ -122,12 +167,18 @@ class Wire:
         Raises
         ------
         FetchTimeoutError, TransportError
-            The request failed on the wire, or took longer than ``total_timeout``.
+            The request failed on the wire.
+        TotalTimeoutError
+            The whole response took longer than ``total_timeout`` (not worth retrying).
         ResponseTooLargeError
             The body is over ``max_response_bytes``.
+        RedirectRefusedError
+            A redirect from a public origin to an internal address.
         BadInputError
-            The URL (or a redirect) is not an http(s) URL.
+            The URL (or a redirect) is not an http(s) URL, or a header value holds a line break.
         """
+        if headers:
+            check_headers(headers, url)
         host = await self.admission.enter(netloc)
         metrics = self.metrics
         metrics.add_in_flight(1)
@@ -140,10 +191,18 @@ class Wire:
                 final, status, rheaders, body = await self._exchange(method, url, headers, content)
             else:
                 async with asyncio.timeout(self.total_timeout):
-                    async with client.stream(method, url, headers=headers, content=content) as r:
-                        body = await self._read_body(r.aiter_bytes(), r.headers.get("content-length"), url)
-                final, status, rheaders = str(r.url), r.status_code, r.headers
+                    final, status, rheaders, body = await self._send(method, url, headers, content)
         except (httpx.HTTPError, TimeoutError) as exc:
+            if isinstance(exc, httpx.TimeoutException | TimeoutError) and (
+                time.perf_counter() - start >= _TOTAL_SPENT * self.total_timeout
+            ):
+                safe = redact_url(url)
+                raise TotalTimeoutError(
+                    f"no complete response within the total timeout of {self.total_timeout:g} s "
+                    f"(the server answers too slowly, or its body never ends): {safe}; raise "
+                    "Fetcher(total_timeout=...) if the server is only slow",
+                    url=safe,
+                ) from exc
             raise fetch_error(exc, url) from exc
         finally:
             metrics.add_in_flight(-1)
@@ -151,6 +210,40 @@ class Wire:
         elapsed = time.perf_counter() - start
         metrics.record_response(elapsed, len(body))
         return Response(final, status, rheaders, body, elapsed=elapsed)
+
+    async def _send(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None
+    ) -> tuple[str, int, httpx.Headers, bytes]:
+        """One attempt through ``client.send``, following redirects here (one hop at a time) so
+        that :mod:`.redirects`' rules apply as on the direct path.
+
+        Raises
+        ------
+        httpx.HTTPError
+            As ``client.send`` would, and ``httpx.TooManyRedirects``.
+        ResponseTooLargeError, RedirectRefusedError
+            The body is over the limit; a redirect is refused.
+        """
+        client = self.client
+        first = url
+        bound = {k.lower() for k in headers}
+        sent = {k.lower(): v for k, v in headers.items()}
+        for _ in range(client.max_redirects + 1 if client.follow_redirects else 1):
+            async with client.stream(
+                method, url, headers=sent, content=content, follow_redirects=False
+            ) as r:
+                location = r.headers.get("location")
+                if location is not None and r.status_code in REDIRECT_STATUSES and client.follow_redirects:
+                    current = httpx.URL(url)
+                    method, u, sent, content = follow(
+                        method, current, r.status_code, location, sent, content, bound=bound
+                    )
+                    await self.redirects.check(first, current, u)
+                    url = str(u)
+                    continue
+                body = await self._read_body(r.aiter_bytes(), r.headers.get("content-length"), url)
+                return str(r.url), r.status_code, r.headers, body
+        raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.")
 
     async def _exchange(
         self, method: str, url: str, headers: dict[str, str], content: bytes | None
@@ -164,14 +257,17 @@ class Wire:
         ------
         httpx.TransportError, httpx.TooManyRedirects, httpx.DecodingError
             As ``client.send`` would (the caller translates them).
-        ResponseTooLargeError
-            The body is over the limit.
+        ResponseTooLargeError, RedirectRefusedError
+            The body is over the limit; a redirect is refused.
         """
         client = self.client
         assert self.direct is not None and self.aio_timeout is not None
-        sent = self.base_headers
+        first = url
+        base = self.base_headers
+        sent = base
         if headers:
-            sent = {**sent, **{k.lower(): v for k, v in headers.items()}}
+            own = {k.lower(): v for k, v in headers.items()}
+            sent = {**sent, **own}
         content = content or None
         timeout = self.aio_timeout
         deadline = self.loop.time() + self.total_timeout
@@ -181,7 +277,17 @@ class Wire:
                 _HTTPX_LOG.info('HTTP Request: %s %s "HTTP/1.1 %d %s"', method, url, resp.status, resp.reason or "")
                 location = resp.headers.get("Location")
                 if location is not None and resp.status in REDIRECT_STATUSES and client.follow_redirects:
-                    method, u, sent, content = follow(method, httpx.URL(url), resp.status, location, sent, content)
+                    current = httpx.URL(url)
+                    # Every header the request was configured with is bound to its origin;
+                    # a default the caller had overridden comes back as the default.
+                    bound = headers.keys() and {k.lower() for k in headers}
+                    method, u, sent, content = follow(
+                        method, current, resp.status, location, sent, content, bound=bound
+                    )
+                    for name in bound:
+                        if name not in sent and name in base:
+                            sent[name] = base[name]
+                    await self.redirects.check(first, current, u)
                     url = str(u)
                     left = deadline - self.loop.time()
                     if left <= 0:

@@ -410,15 +410,18 @@ async def test_redirects_are_followed(fault_server, fetcher):
     assert (fault_server.hits["/from"], fault_server.hits["/to"]) == (1, 1)
 
 
-async def test_redirect_to_another_origin_drops_authorization(fault_server, fetcher):
+async def test_redirect_to_another_origin_drops_every_configured_header(fault_server, fetcher):
+    # Credentials come under any name (issue 17: Private-Token and X-Api-Key were sent on).
     other = f"http://localhost:{fault_server.port}/there"  # same server, another origin
-    hdrs = {"Authorization": "Bearer T", "X-Api-Key": "k"}
+    hdrs = {"Authorization": "Bearer T", "X-Api-Key": "k", "Private-Token": "p"}
     await fetcher.get(fault_server.url("/here", status=307, location="/same"), headers=hdrs, cache=False)
     await fetcher.get(fault_server.url("/away", status=307, location=other), headers=hdrs, cache=False)
+    assert fault_server.headers_of("/same")[0]["X-Api-Key"] == "k"  # same origin: all kept
     assert fault_server.headers_of("/same")[0]["Authorization"] == "Bearer T"
     (sent,) = fault_server.headers_of("/there")
     assert "Authorization" not in sent
-    assert sent["X-Api-Key"] == "k"
+    assert "X-Api-Key" not in sent and "Private-Token" not in sent
+    assert sent["User-Agent"].startswith("mapstream/")  # the fetcher's own defaults stay
 
 
 @pytest.mark.parametrize("status,method", [(303, "GET"), (302, "GET"), (307, "POST")])
