@@ -72,16 +72,22 @@ __all__ = [
 
 CATALOG_DIR = Path(__file__).with_name("catalogs")
 DEMO_CATALOG = CATALOG_DIR / "demo.yml"
-DEMO_URLS = ("demo://ogc", "demo://tiles")
+DEMO_URLS = ("demo://ogc", "demo://tiles", "demo://stac")
 #: A COG served by the demo's tile server: ``demo://cogs/<file>.tif``.
 _DEMO_COG = re.compile(r"^demo://cogs/[A-Za-z0-9_.-]+\.tif$")
 #: The ``kind`` values a catalog accepts: one per source registered in
 #: :mod:`mapstream.layers.sources` (validation must not import the sources and their
 #: dependencies, so the list is written here; a test checks it against the registry).
-KINDS = ("tiles", "wms", "features", "cog")
+KINDS = ("tiles", "wms", "features", "cog", "stac")
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REDACTED = "***"
+#: The largest catalog file read (a catalog of a thousand layers is ~200 kB): a bigger file is
+#: refused before it is read, not parsed for a minute.
+MAX_CATALOG_BYTES = 2 * 2**20
+#: The deepest nesting of mappings and lists a catalog may have (a real one has 4 or 5):
+#: checked before the document is built, so no parser or validator recurses 10 000 levels.
+MAX_CATALOG_DEPTH = 32
 
 
 def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
@@ -138,7 +144,7 @@ class LayerSpec(BaseModel):
     name, title
         Identifier (letters, digits, ``_.-``) and display name (the name by default).
     kind
-        ``"tiles"``, ``"wms"``, ``"features"`` or ``"cog"``.
+        ``"tiles"``, ``"wms"``, ``"features"``, ``"cog"`` or ``"stac"``.
     url
         Tile URL template, WMS endpoint or OGC API landing page (or ``demo://...``).
     provider
@@ -156,14 +162,24 @@ class LayerSpec(BaseModel):
     concurrency
         Requests at once to the layer's host (None: the fetcher's default).
     headers
-        Extra request headers; values may reference ``${VAR}``. Never printed.
+        Extra request headers; values may reference ``${VAR}``. Never printed, and never sent
+        to another origin a redirect points to.
+    allow_private_redirects
+        Follow redirects from the layer's (public) server to loopback, private or link-local
+        addresses, refused by default (:class:`~mapstream.layers.http.redirects.RedirectGuard`).
     style
         :class:`Style`.
     max_features
         Feature cap per load (features).
     urls, bands, rescale
         A cog layer's files (instead of ``url``: a first-valid mosaic), 1-based band numbers
-        and the (low, high) drawn at the colormap's ends (``style.cmap``).
+        and the (low, high) drawn at the colormap's ends (``style.cmap``). A stac layer's
+        ``url`` or ``urls`` are STAC API landing pages, all searched at once; ``bands`` and
+        ``rescale`` apply to its mosaic.
+    collections, asset, datetime, max_items
+        A stac layer's collections (searched in every catalog), the asset key of the COGs it
+        mosaics, the RFC 3339 instant or interval searched (``2024-01-01T00:00:00Z/..``) and
+        the item cap per load.
     page_size
         Features per request (the OGC API ``limit``; features). Bigger pages mean fewer round
         trips for dense layers; the server may answer with fewer.
@@ -191,12 +207,17 @@ class LayerSpec(BaseModel):
     max_zoom: int | None = Field(None, ge=0, le=30)
     concurrency: int | None = Field(None, ge=1, le=64)
     headers: dict[str, str] = Field(default_factory=dict)
+    allow_private_redirects: bool = False
     style: Style = Field(default_factory=Style)
     max_features: int = Field(200_000, ge=1)
     page_size: int = Field(1000, ge=1, le=100_000)
     urls: list[str] | None = None
     bands: list[int] | None = None
     rescale: tuple[float, float] | None = None
+    collections: list[str] | None = None
+    asset: str | None = None
+    datetime: str | None = None
+    max_items: int | None = Field(None, ge=1)
     attribution: str = ""
 
     @field_validator("url")
@@ -237,6 +258,7 @@ class LayerSpec(BaseModel):
                     raise ValueError(
                         f"header {key!r} needs environment variable {var}, which is not set"
                     )
+            _check_header(key, value, expand_env(value))
         return v
 
     @model_validator(mode="after")
@@ -256,6 +278,13 @@ class LayerSpec(BaseModel):
                         need("url", f"tile URL template needs {part}: {self.url!r}")
                 if "{y}" not in self.url and "{-y}" not in self.url:
                     need("url", f"tile URL template needs {{y}} or {{-y}}: {self.url!r}")
+        elif self.kind == "stac":
+            if (self.url is None) == (not self.urls):
+                need("url", "a stac layer needs exactly one of url or urls (STAC API landing pages)")
+            if not self.collections:
+                need("collections", "a stac layer needs collections (the collection ids searched)")
+            if not self.asset:
+                need("asset", "a stac layer needs asset (the key of the COG asset to mosaic)")
         elif self.kind == "cog":
             if (self.url is None) == (not self.urls):
                 need("url", "a cog layer needs exactly one of url (a COG) or urls (a mosaic)")
@@ -278,7 +307,7 @@ class LayerSpec(BaseModel):
             if u is not None and _DEMO_COG.match(u) and self.kind != "cog":
                 need("url", f"{u} is a COG of the demo: for cog layers")
         if self.url is not None and self.url in DEMO_URLS:
-            expected = "demo://tiles" if self.kind == "tiles" else "demo://ogc"
+            expected = {"tiles": "demo://tiles", "stac": "demo://stac"}.get(self.kind, "demo://ogc")
             if self.url != expected:
                 need("url", f"a {self.kind} layer of the demo uses {expected}")
         if not self.title:
@@ -307,11 +336,34 @@ class LayerSpec(BaseModel):
             A referenced variable is no longer set.
         """
         try:
-            return {k: expand_env(v, environ) for k, v in self.headers.items()}
+            resolved = {k: expand_env(v, environ) for k, v in self.headers.items()}
         except KeyError as exc:
             raise CatalogError(
                 f"layer {self.name!r}: key 'headers': environment variable {exc.args[0]} is not set"
             ) from None
+        for key, value in resolved.items():
+            try:
+                _check_header(key, self.headers[key], value)
+            except ValueError as exc:
+                raise CatalogError(f"layer {self.name!r}: key 'headers': {exc}") from None
+        return resolved
+
+
+def _check_header(name: str, raw: str, value: str) -> None:
+    """Refuse a header whose name or value (``raw`` once expanded) holds a line break or NUL:
+    it would split the request. The value is never shown (a secret).
+
+    >>> _check_header("X-Key", "${K}", "a\\r\\nHost: evil")
+    Traceback (most recent call last):
+    ...
+    ValueError: header 'X-Key' (from ${K}) contains a line break or NUL character: refused
+    """
+    if any(c in value or c in name for c in "\r\n\0"):
+        source = ", ".join(f"${{{v}}}" for v in _VAR.findall(raw))
+        raise ValueError(
+            f"header {name!r}{f' (from {source})' if source else ''} contains a line break or "
+            "NUL character: refused"
+        )
 
 
 class Catalog(BaseModel):
@@ -391,22 +443,69 @@ def catalog_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(env) if env else DEMO_CATALOG
 
 
-def _read(path: Path) -> Any:
+def _read_text(path: Path) -> str:
+    """The file's text, refused above :data:`MAX_CATALOG_BYTES` (read no further, so neither
+    a huge file nor an endless one, ``/dev/zero``, is loaded)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CATALOG_BYTES + 1)
+        if len(data) > MAX_CATALOG_BYTES:
+            raise CatalogError(
+                f"catalog {path}: larger than {MAX_CATALOG_BYTES // 2**20} MiB: refused (a catalog "
+                "lists layers; data belongs on the services it points to)"
+            )
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CatalogError(f"catalog {path}: cannot read the file: {reason}") from exc
+
+
+def _too_deep(path: Path) -> CatalogError:
+    return CatalogError(
+        f"catalog {path}: nested deeper than {MAX_CATALOG_DEPTH} levels: refused (a catalog "
+        "needs 4 or 5)"
+    )
+
+
+def _check_depth(path: Path, data: Any) -> None:
+    """Refuse parsed ``data`` nested deeper than :data:`MAX_CATALOG_DEPTH` (iteratively, so
+    the check itself cannot recurse too deep)."""
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_CATALOG_DEPTH:
+                raise _too_deep(path)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _read(path: Path) -> Any:
+    text = _read_text(path)
     if path.suffix.lower() == ".toml":
         import tomllib
 
         try:
-            return tomllib.loads(text)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise CatalogError(f"catalog {path}: not valid TOML: {exc}") from exc
+        except RecursionError:  # tomllib recurses into nested arrays and inline tables
+            raise _too_deep(path) from None
+        _check_depth(path, data)
+        return data
     import yaml
 
     try:
+        # PyYAML's parser is iterative but its composer recurses once per level: count the
+        # depth on the event stream first.
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_CATALOG_DEPTH:
+                    raise _too_deep(path)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
@@ -504,7 +603,7 @@ async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> Layer:
         from mapstream.demo import ensure_demo  # the demo is a room of its own, started on first use
 
         services = await ensure_demo()
-        demo = {"demo://tiles": services.tiles_url, "demo://ogc": services.ogc_url}
+        demo = {"demo://tiles": services.tiles_url, "demo://ogc": services.ogc_url, "demo://stac": services.stac_url}
         cogs = services.tiles_url.split("/tiles/", 1)[0] + "/cogs/"  # the tile server's files
 
         def resolve(u: str) -> str:
@@ -525,4 +624,6 @@ async def build_layer(spec: LayerSpec, fetcher: Fetcher) -> Layer:
             fetcher.set_host_limit(urlsplit(prefix).netloc, spec.concurrency)
         if headers:
             fetcher.set_source_headers(prefix, headers)
+        if spec.allow_private_redirects:
+            fetcher.redirects.allow(prefix)
     return layer

@@ -246,3 +246,115 @@ async def test_public_catalog_builds_without_contacting_anything():
     assert isinstance(built["terrestris"], WMSLayer)
     assert all(isinstance(built[n], FeatureLayer) for n in ("lakes", "obs"))
     assert all(n <= 2 for n in rec.limits.values())
+
+
+# ------------------------------------------------------------------ hostile catalogs (issue 17)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "layers: " + "[" * 10_000 + "]" * 10_000 + "\n",  # flow style, 10 000 levels
+        "layers:\n" + "".join("  " * i + "- \n" for i in range(1, 200)),  # block style
+        "title: x\nlayers: [{name: a, kind: tiles, url: 'https://t.test/{z}/{x}/{y}.png', "
+        "style: " + "{a: " * 5000 + "1" + "}" * 5000 + "}]\n",  # deep inside a layer
+    ],
+    ids=["flow", "block", "in-a-layer"],
+)
+def test_a_deeply_nested_catalog_is_refused_before_it_is_built(tmp_path, text):
+    path = tmp_path / "deep.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(CatalogError, match="nested deeper than 32 levels") as info:
+        load_catalog(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_deeply_nested_toml_catalog_is_refused(tmp_path):
+    path = tmp_path / "deep.toml"
+    path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    with pytest.raises(CatalogError, match="nested deeper than"):
+        load_catalog(path)
+    path.write_text("x = " + "[" * 40 + "]" * 40 + "\n", encoding="utf-8")  # parses; too deep
+    with pytest.raises(CatalogError, match="nested deeper than"):
+        load_catalog(path)
+
+
+def test_a_huge_catalog_is_refused_by_its_size_without_parsing_it(tmp_path):
+    from mapstream.layers.catalog import MAX_CATALOG_BYTES
+
+    path = tmp_path / "big.yml"
+    line = "  - {name: osm%d, kind: tiles, url: 'https://t.test/{z}/{x}/{y}.png'}\n"
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("layers:\n")
+        i = 0
+        while fh.tell() <= 100 * 2**20:  # the issue's 100 MB
+            fh.write("".join(line % (i + j) for j in range(1000)))
+            i += 1000
+    with pytest.raises(CatalogError, match="larger than 2 MiB") as info:
+        load_catalog(path)
+    assert str(path) in str(info.value)
+    # the limit is on bytes, so a catalog just under it still loads
+    small = tmp_path / "small.yml"
+    small.write_text("layers:\n" + line % 0 + "#" * (MAX_CATALOG_BYTES - 200) + "\n", encoding="utf-8")
+    assert load_catalog(small).names == ["osm0"]
+
+
+def test_an_endless_catalog_file_is_refused(tmp_path):
+    path = tmp_path / "zero.yml"
+    path.symlink_to("/dev/zero")  # never ends: only the bounded read can answer
+    with pytest.raises(CatalogError, match="larger than|cannot read"):
+        load_catalog(path)
+
+
+@pytest.mark.parametrize("value", ["abc\r\nHost: evil.test", "abc\nX-Injected: 1", "abc\revil"])
+def test_a_header_from_the_environment_with_a_line_break_is_refused(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("MAPSTREAM_TEST_KEY", value)
+    layer = {**TILES, "headers": {"X-Api-Key": "${MAPSTREAM_TEST_KEY}"}}
+    with pytest.raises(CatalogError) as info:
+        load_catalog(write(tmp_path, [layer]))
+    message = str(info.value)
+    assert "layer 'base'" in message and "'X-Api-Key'" in message and "line break" in message
+    assert "${MAPSTREAM_TEST_KEY}" in message and "evil" not in message and "abc" not in message
+
+
+def test_a_literal_header_with_a_nul_is_refused(tmp_path):
+    path = tmp_path / "nul.yml"
+    path.write_text('layers:\n  - {name: t, kind: tiles, url: "https://t.test/{z}/{x}/{y}.png", '
+                    'headers: {X-Key: "a\\0b"}}\n', encoding="utf-8")
+    with pytest.raises(CatalogError, match="'X-Key' contains a line break or NUL"):
+        load_catalog(path)
+
+
+async def test_a_header_that_turns_bad_after_loading_is_refused_when_built(monkeypatch):
+    monkeypatch.setenv("MAPSTREAM_TEST_KEY", "fine")
+    spec = LayerSpec(**{**TILES, "headers": {"X-Api-Key": "${MAPSTREAM_TEST_KEY}"}})
+    monkeypatch.setenv("MAPSTREAM_TEST_KEY", "rotated\r\nHost: evil.test")
+    with pytest.raises(CatalogError, match="line break"):
+        await build_layer(spec, Recorder())
+
+
+def test_the_cli_refuses_a_header_with_a_line_break_without_a_traceback(tmp_path):
+    from tests.support.cli import cli_env, one_line_error, run_mapstream, write_catalog
+
+    catalog = write_catalog(
+        tmp_path / "bad.yml", [{**TILES, "headers": {"X-Api-Key": "${MAPSTREAM_TEST_KEY}"}}]
+    )
+    env = cli_env(tmp_path / "cache", MAPSTREAM_TEST_KEY="abc\r\nHost: evil.test")
+    result = run_mapstream(["check", "--catalog", str(catalog)], env=env, timeout=60)
+    assert result.returncode != 0
+    line = one_line_error(result.stderr)  # asserts there is no traceback
+    assert "line break" in line and "X-Api-Key" in line and "evil" not in result.stderr + result.stdout
+
+
+async def test_allow_private_redirects_is_applied_to_the_layers_prefixes():
+    from mapstream.layers.http.redirects import RedirectGuard
+
+    class WithGuard(Recorder):
+        redirects = RedirectGuard()
+
+    rec = WithGuard()
+    await build_layer(LayerSpec(**{**TILES, "url": "https://intra.test/{z}/{x}/{y}.png",
+                                   "allow_private_redirects": True}), rec)
+    await build_layer(LayerSpec(**{**TILES, "name": "other"}), rec)
+    assert rec.redirects.allows("https://intra.test/3/1/2.png")
+    assert not rec.redirects.allows("https://t.test/3/1/2.png")
