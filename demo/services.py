@@ -1,13 +1,14 @@
 """Start and stop the embedded demo services: once per process, shared, stopped at exit.
 
-Two child processes on ``127.0.0.1``, each in its own process group:
+Three child processes on ``127.0.0.1``, each in its own process group:
 
 * an OGC API Features server (pygeoapi, through :class:`~mapstream.demo.ogcserver.PygeoapiServer`)
   over the demo data of :mod:`mapstream.demo.data`: ``countries`` (polygons), ``sensors``
   (200 000 points) and ``borders`` (lines). Every collection is served by the in-memory
   ``FrameProvider`` (a spatial index, stable offset paging with ``numberMatched``), not by
   pygeoapi's GeoJSON provider that re-reads and filters the whole file on every request;
-* the basemap tile server of :mod:`mapstream.demo.tileserver`.
+* the basemap tile server of :mod:`mapstream.demo.tileserver` (it also serves the COGs);
+* a STAC API (rustac's server, :mod:`mapstream.demo.stacserver`) whose items are the COGs.
 
 :func:`ensure_demo` (async) and :func:`start_demo` (its sync twin, for the CLI) share one start:
 callers that arrive while the services start wait for the same start, and a cancelled caller
@@ -40,8 +41,9 @@ from typing import Any
 from mapstream.layers.errors import BadInputError, LayersError
 from mapstream.layers.units import parse_duration
 from ._watchdog import ENV as WATCHDOG_ENV
-from .data import ensure_data
+from .data import COG_FILES, ensure_data
 from .ogcserver import PygeoapiServer
+from .stacserver import StacServer, demo_items
 from .tileserver import MAX_ZOOM, TileServer
 
 __all__ = ["DemoServices", "demo_resources", "ensure_demo", "start_demo"]
@@ -122,6 +124,8 @@ class DemoServices:
         XYZ template of the basemap, ``http://127.0.0.1:PORT/tiles/{z}/{x}/{y}.png``.
     max_zoom
         The basemap's deepest zoom level.
+    stac_url
+        Landing page of the STAC API over the demo's COGs.
     startup_seconds
         Wall time of the start (data generation on a first run included), until both servers
         answered and every collection had served a first page.
@@ -135,13 +139,15 @@ class DemoServices:
     latency: float = 0.0
     fail_rate: float = 0.0
     max_zoom: int = MAX_ZOOM
+    stac_url: str = ""
     ogc: PygeoapiServer | None = field(default=None, repr=False)
     tiles: TileServer | None = field(default=None, repr=False)
+    stac: StacServer | None = field(default=None, repr=False)
 
     @property
     def pids(self) -> list[int]:
         """Process ids of the children (empty once stopped)."""
-        procs = [getattr(self.ogc, "_proc", None), getattr(self.tiles, "_proc", None)]
+        procs = [getattr(s, "_proc", None) for s in (self.ogc, self.tiles, self.stac)]
         return [p.pid for p in procs if p is not None]
 
     def stop(self) -> None:
@@ -150,7 +156,7 @@ class DemoServices:
         with _lock:
             if _current is self:
                 _current = None
-        for server in (self.ogc, self.tiles):
+        for server in (self.ogc, self.tiles, self.stac):
             if server is not None:
                 server.stop()
 
@@ -268,12 +274,18 @@ def _launch(
         # Lost a race for a preferred port: any free port serves, only the cache is colder.
         ogc, tiles = servers(0, 0)
         start(ogc, tiles)
+    stac = StacServer(
+        demo_items(tiles.tiles_url.split("/tiles/", 1)[0] + "/cogs/", COG_FILES),
+        latency=latency, env=parent,
+    )
     try:
+        stac.start(timeout)  # after the tile server: its items point at the COGs' URLs
         if not fail_rate:  # with faults, warming would eat injected failures
             _warm(ogc.url, list(resources), timeout)
     except BaseException:
         ogc.stop()
         tiles.stop()
+        stac.stop()
         raise
     return DemoServices(
         ogc_url=ogc.url,
@@ -281,8 +293,10 @@ def _launch(
         startup_seconds=time.perf_counter() - t0,
         latency=latency,
         fail_rate=fail_rate,
+        stac_url=stac.url or "",
         ogc=ogc,
         tiles=tiles,
+        stac=stac,
     )
 
 
