@@ -71,6 +71,7 @@ __all__ = [
     "offset_of",
     "page_url",
     "split_box",
+    "visit_key",
     "with_offset",
 ]
 
@@ -266,6 +267,16 @@ def count_member(meta: Mapping[str, Any], key: str, url: str | None = None) -> i
     return number
 
 
+def visit_key(url: str) -> frozenset[tuple[str, str]]:
+    """What makes two page URLs the same page: their parameters in any order, ``offset=0``
+    and no offset alike (a 2-cycle of next links closes on the first page either way).
+
+    >>> visit_key("http://h/i?limit=5&offset=0") == visit_key("http://h/i?limit=5")
+    True
+    """
+    return frozenset((k, v) for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True) if (k, v) != ("offset", "0"))
+
+
 def _ids(frame: Any) -> list[Any]:
     return frame["id"].tolist() if "id" in frame.columns and len(frame) else []
 
@@ -325,7 +336,7 @@ class PageWalk:
         self.total: int | None = None
         self.truncated = False
         self.seen: set[Any] = set()  # ids received, for de-duplication
-        self.visited: set[str] = set()  # page URLs requested
+        self.visited: set[frozenset[tuple[str, str]]] = set()  # pages requested (visit_key)
         self.requests = 0
         self.max_pages = int(getattr(layer, "max_pages", 2000))
         self._budget_reported = False
@@ -412,7 +423,7 @@ class PageWalk:
         layer = self.layer
         items = layer.items_url
         urls = [page_url(items, q) for q in queries]
-        self.visited.update(urls)
+        self.visited.update(visit_key(u) for u in urls)
         # The first page(s) are needed to plan: their failure is the load's failure.
         results = await asyncio.gather(*(self._spawn(self._get_page(u)) for u in urls))
         offsets: list[tuple[str, int]] = []
@@ -437,7 +448,7 @@ class PageWalk:
                     nxt = follow_next(items, query, href, base=url)
                 except PagingError as exc:
                     errors = (exc,)
-                if nxt is not None and nxt in self.visited:
+                if nxt is not None and visit_key(nxt) in self.visited:
                     errors = (PagingError(f"the server's next link leads back to a page already requested: {nxt}", url=nxt),)
                     nxt = None
             pages.append((frame, url, errors))
@@ -477,15 +488,15 @@ class PageWalk:
             elif layer.paging in ("auto", "split") and "bbox" in query:
                 for sub in self._split_queries(query):
                     u = page_url(items, sub)
-                    if u not in self.visited:
-                        self.visited.add(u)
+                    if visit_key(u) not in self.visited:
+                        self.visited.add(visit_key(u))
                         walkers.append((u, sub, None, 0, set()))
             else:
                 walkers.append((nxt, query, matched, n_raw, set(raw_ids)))
         for u, _ in offsets:
-            self.visited.add(u)
+            self.visited.add(visit_key(u))
         for u, *_ in walkers:
-            self.visited.add(u)
+            self.visited.add(visit_key(u))
         more = bool(offsets or walkers)
         if offsets and not walkers:
             self.total = self.done + len(offsets)
@@ -564,13 +575,13 @@ class PageWalk:
                 except PagingError as exc:
                     last = _Item(frame, final, (exc,), cached)
                     return
-                if nxt in self.visited:
+                if visit_key(nxt) in self.visited:
                     err = PagingError(
                         f"the server's next link leads back to a page already requested: {nxt}", url=nxt
                     )
                     last = _Item(frame, final, (err,), cached)
                     return
-                self.visited.add(nxt)
+                self.visited.add(visit_key(nxt))
                 queue.put_nowait(_Item(frame, final, (), cached))
                 url = nxt
         finally:
