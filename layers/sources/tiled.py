@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import xarray as xr
 
-from ..errors import BadInputError, FetchError, LayersError, StatusError, TileError
+from ..errors import BadInputError, LayersError, StatusError, TileError
 from ..imaging import decode_tile
 from ..projection import lonlat_bbox_to_mercator
 from ..tilegrid import (
@@ -220,7 +220,7 @@ class TiledLayer:
             return _Outcome(url, None if isinstance(hit, str) else hit, True, _reason(hit), False)
         try:
             resp = await fetcher.get(url, headers=self.headers or None, allow_status=EMPTY_STATUSES)
-        except FetchError as exc:
+        except LayersError as exc:  # a fetch failure, a refused redirect, a bad header: this tile's
             status = exc.status if isinstance(exc, StatusError) else None
             return _Outcome(url, None, False, self._redact(_describe(exc)), True, status)
         if resp.status in EMPTY_STATUSES or not resp.content:
@@ -378,7 +378,7 @@ def _reason(hit: Any) -> str | None:
     return f"empty ({hit.rsplit(':', 1)[-1]})" if isinstance(hit, str) else None
 
 
-def _describe(exc: FetchError) -> str:
+def _describe(exc: LayersError) -> str:
     if isinstance(exc, StatusError):
         return f"HTTP {exc.status}"
     return f"{type(exc).__name__}: {exc}"
