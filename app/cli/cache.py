@@ -21,7 +21,9 @@ def cache(cache_dir, prune_to, clear) -> None:
     """Show the HTTP disk cache (where, entries, size, bound); prune or clear it.
 
     The bound is MAPSTREAM_CACHE_MAX_BYTES (default 1G); when the cache is full, expired
-    responses that cannot be revalidated go first, then the least recently used.
+    responses that cannot be revalidated go first, then the least recently used. Temporary
+    files left by an interrupted write (a killed prefetch) count against the bound and are
+    removed by every look at the cache once their writer is gone.
     """
     from mapstream.layers.cache import DiskCache, default_cache_dir
     from mapstream.layers.errors import BadInputError, LayersError
@@ -41,13 +43,16 @@ def cache(cache_dir, prune_to, clear) -> None:
             before = disk.size()
             disk.clear()
             click.echo(f"removed {before.entries} entries ({_human(before.nbytes)}) from {directory}")
+            _echo_orphans(disk)
             return
         if prune_to is not None:
             result = disk.prune(prune_to)
             click.echo(f"removed {result.removed.entries} entries ({_human(result.removed.nbytes)}); "
                        f"kept {result.kept.entries} ({_human(result.kept.nbytes)})")
+            _echo_orphans(disk)
             return
         usage = disk.size()
+        temporary = disk.temporary()
     except LayersError as exc:
         raise click.ClickException(one_line(exc)) from None
     except OSError as exc:
@@ -56,6 +61,17 @@ def cache(cache_dir, prune_to, clear) -> None:
     click.echo(f"entries: {usage.entries}")
     click.echo(f"size:    {_human(usage.nbytes)} of {_human(disk.max_bytes)} "
                f"({usage.nbytes / max(disk.max_bytes, 1):.0%}; bound from MAPSTREAM_CACHE_MAX_BYTES, default 1G)")
+    if temporary.entries:
+        click.echo(f"temporary: {temporary.entries} files ({_human(temporary.nbytes)}) being written, "
+                   "or left by an interrupted write (removed once their writer is gone)")
+    _echo_orphans(disk)
+
+
+def _echo_orphans(disk) -> None:
+    """Say how many temporary files of interrupted writes the look at the cache removed."""
+    gone = disk.removed_temporary
+    if gone.entries:
+        click.echo(f"removed {gone.entries} temporary files ({_human(gone.nbytes)}) left by interrupted writes")
 
 
 def _human(nbytes: int) -> str:

@@ -5,7 +5,11 @@
 about freshness itself.
 
 File format: a 4-byte big-endian length, a JSON metadata object, then the body. Files are
-written to a temporary name and renamed (atomic on POSIX), so readers never see half an entry.
+written to a temporary name (``.tmp-<pid>-*``, next to the entry) and renamed (atomic on POSIX),
+so readers never see half an entry. A process killed mid-write leaves its temporary file
+behind: temporary files count against the bound, and every scan removes those whose writer
+is dead (after :attr:`DiskCache.TMP_DEAD_GRACE_SECONDS`) or that are older than
+:attr:`DiskCache.STALE_TMP_SECONDS` whoever wrote them.
 The directory is bounded in bytes (``$MAPSTREAM_CACHE_MAX_BYTES``, default 1 GiB): see
 :class:`DiskCache` for the eviction order and what is safe when several processes share it.
 """
@@ -75,6 +79,12 @@ class PruneResult(NamedTuple):
     kept: DiskUsage
 
 
+class _Scan(NamedTuple):
+    files: list[_File]
+    temporary: DiskUsage  # temporary files left, live writers' or not stale yet
+    removed: DiskUsage  # orphaned temporary files this scan removed
+
+
 class _File(NamedTuple):
     mtime_ns: int  # first: a list of these sorts least recently used first
     size: int
@@ -124,8 +134,13 @@ class DiskCache:
     LOW_WATER = 0.9
     #: A writer rescans at least this often to notice other processes' writes.
     RESCAN_SECONDS = 30.0
-    #: A temporary file older than this was left by a process that died while writing.
-    STALE_TMP_SECONDS = 3600.0
+    #: A temporary file older than this was left by a process that died while writing (a
+    #: store writes its file in well under a second), whatever its name says.
+    STALE_TMP_SECONDS = 600.0
+    #: A temporary file whose writer (the pid in its name) is dead is removed once it is this
+    #: old (not at once: a process in another PID namespace sharing the directory may have
+    #: that pid for us).
+    TMP_DEAD_GRACE_SECONDS = 60.0
 
     def __init__(
         self, directory: str | os.PathLike[str], max_bytes: int | str | None = None
@@ -141,6 +156,8 @@ class DiskCache:
         # each file's metadata, remembered from our own stores and from earlier evictions so an
         # eviction reads only the headers of files it has not seen (a ~20 us read each).
         self._useful: dict[int, tuple[int, float]] = {}
+        #: Orphaned temporary files removed by this object's scans so far.
+        self.removed_temporary = DiskUsage(0, 0)
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.entry"
@@ -201,7 +218,7 @@ class DiskCache:
             self.delete(key)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(struct.pack(">I", len(meta)))
@@ -225,17 +242,24 @@ class DiskCache:
         self._account(-size)
 
     def size(self) -> DiskUsage:
-        """Entries and bytes on disk now (scans the directory)."""
-        files = self._scan()
-        usage = DiskUsage(len(files), sum(f.size for f in files))
+        """Entries and bytes on disk now (scans the directory); the bytes include temporary
+        files (stores in progress, and those left by a dead writer not removed yet)."""
+        scan = self._scan()
+        files = scan.files
+        usage = DiskUsage(len(files), sum(f.size for f in files) + scan.temporary.nbytes)
         with self._lock:
             self._estimate, self._written = usage.nbytes, 0
             self._scanned_at = time.monotonic()
         return usage
 
+    def temporary(self) -> DiskUsage:
+        """Temporary files on disk now, after removing orphaned ones (scans the directory):
+        stores in progress, and files of dead writers still within their grace period."""
+        return self._scan().temporary
+
     def __len__(self) -> int:
         """Number of entries on disk (scans the directory)."""
-        return len(self._scan())
+        return len(self._scan().files)
 
     def prune(self, max_bytes: int | str | None = None) -> PruneResult:
         """Remove expired entries without validators, then the least recently used until the
@@ -251,8 +275,8 @@ class DiskCache:
             return self._scan_and_evict(target, over=-1)
 
     def clear(self) -> None:
-        """Remove every entry."""
-        for f in self._scan():
+        """Remove every entry (and orphaned temporary files; a live writer's stays)."""
+        for f in self._scan().files:
             with contextlib.suppress(OSError):
                 os.unlink(f.path)
         with self._lock:
@@ -287,8 +311,11 @@ class DiskCache:
         # until it is at most ``target``. Caller holds self._evicting.
         with self._lock:
             self._written = 0
-        files = self._scan()
-        total = sum(f.size for f in files)
+        scan = self._scan()
+        files = scan.files
+        # Temporary files take room too; they cannot be evicted (a writer is at work, or they
+        # are not stale yet), so entries make room for them.
+        total = sum(f.size for f in files) + scan.temporary.nbytes
         entries, removed, removed_bytes = len(files), 0, 0
         with self._lock:
             known, self._useful = self._useful, {}
@@ -327,14 +354,16 @@ class DiskCache:
             self._scanned_at = time.monotonic()
         return PruneResult(DiskUsage(removed, removed_bytes), DiskUsage(entries, total))
 
-    def _scan(self) -> list[_File]:
-        """Every entry file as (mtime, size, path); removes stale temporary files."""
+    def _scan(self) -> _Scan:
+        """Every entry file as (mtime, size, path, inode), and the temporary files; removes
+        orphaned temporary files (see the module notes)."""
         out: list[_File] = []
-        stale_before = time.time() - self.STALE_TMP_SECONDS
+        now = time.time()
+        tmp_n = tmp_bytes = gone_n = gone_bytes = 0
         try:
             top = os.scandir(self.directory)
         except (FileNotFoundError, NotADirectoryError):
-            return out
+            return _Scan(out, DiskUsage(0, 0), DiskUsage(0, 0))
         with top:
             subdirs = [d.path for d in top if len(d.name) == 2 and d.is_dir(follow_symlinks=False)]
         for sub in subdirs:
@@ -348,11 +377,54 @@ class DiskCache:
                         if f.name.endswith(".entry"):
                             st = f.stat(follow_symlinks=False)
                             out.append(_File(st.st_mtime_ns, st.st_size, f.path, f.inode()))
-                        elif f.name.startswith(".tmp-") and f.stat().st_mtime < stale_before:
-                            os.unlink(f.path)
+                        elif f.name.startswith(_TMP_PREFIX):
+                            st = f.stat(follow_symlinks=False)
+                            if self._orphaned(f.name, now - st.st_mtime):
+                                os.unlink(f.path)
+                                gone_n, gone_bytes = gone_n + 1, gone_bytes + st.st_size
+                            else:
+                                tmp_n, tmp_bytes = tmp_n + 1, tmp_bytes + st.st_size
                     except OSError:
                         continue  # removed by another process while we looked
-        return out
+        removed = DiskUsage(gone_n, gone_bytes)
+        if gone_n:
+            with self._lock:
+                before = self.removed_temporary
+                self.removed_temporary = DiskUsage(before.entries + gone_n, before.nbytes + gone_bytes)
+        return _Scan(out, DiskUsage(tmp_n, tmp_bytes), removed)
+
+    def _orphaned(self, name: str, age: float) -> bool:
+        """Whether the temporary file ``name``, ``age`` seconds old, was left by a dead writer."""
+        if age >= self.STALE_TMP_SECONDS:
+            return True
+        if age < self.TMP_DEAD_GRACE_SECONDS:
+            return False
+        pid = _writer_pid(name)
+        return pid is not None and pid != os.getpid() and not _alive(pid)
+
+
+_TMP_PREFIX = ".tmp-"
+
+
+def _writer_pid(name: str) -> int | None:
+    """The pid in a temporary file's name (``.tmp-<pid>-<random>``), if it has one.
+
+    >>> _writer_pid(".tmp-4242-abc123"), _writer_pid(".tmp-abc123")
+    (4242, None)
+    """
+    pid, sep, _ = name[len(_TMP_PREFIX) :].partition("-")
+    return int(pid) if sep and pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on this host, in this PID namespace)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # exists but not ours, or cannot tell: keep its file
+    return True
 
 
 def _as_size(value: object) -> int:

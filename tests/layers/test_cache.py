@@ -448,3 +448,114 @@ def test_two_processes_share_a_directory(tmp_path):
     disk = DiskCache(tmp_path, max_bytes=20_000)
     disk.store(_key(0), _entry(0, 300))  # the last writer's scan sees everything
     assert _on_disk(tmp_path) <= 20_000
+
+
+# -- temporary files left by a writer that died (issue 17) -------------------------------------
+
+_KILLED_MID_WRITE = textwrap.dedent(
+    """
+    import os, sys, time
+    from mapstream.layers.cache import DiskCache, make_entry
+
+    def never_renamed(src, dst):  # the store has written its temporary file: die here
+        print("writing", flush=True)
+        time.sleep(600)
+
+    os.replace = never_renamed
+    disk = DiskCache(sys.argv[1])
+    disk.store("ab" + "0" * 62, make_entry("http://h/big", 200, [("ETag", '"1"')], b"x" * 200_000, ttl=600))
+    """
+)
+
+
+def _tmp_files(directory: Path) -> list[Path]:
+    return list(directory.rglob(".tmp-*"))
+
+
+def test_a_prefetch_killed_mid_write_leaves_a_file_that_is_counted_then_removed(tmp_path):
+    disk = DiskCache(tmp_path, max_bytes=10**9)
+    disk.store(_key(1), _entry(1))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_WRITE, str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        (tmp,) = _tmp_files(tmp_path)
+        assert tmp.name.startswith(f".tmp-{child.pid}-") and tmp.stat().st_size > 200_000
+        disk.TMP_DEAD_GRACE_SECONDS = 0  # the writer's pid decides, at once
+        assert disk.size() == (1, _on_disk(tmp_path) + tmp.stat().st_size)  # counted
+        assert disk.temporary().entries == 1 and tmp.exists()  # its writer lives: kept
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    usage = disk.size()
+    assert not tmp.exists() and usage == (1, _on_disk(tmp_path))
+    assert disk.removed_temporary.entries == 1 and disk.removed_temporary.nbytes > 200_000
+    assert disk.load(_key(1)) is not None  # the entries are untouched
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid
+
+
+def test_orphaned_temporary_files_go_by_writer_and_age(tmp_path):
+    disk = DiskCache(tmp_path, max_bytes=10**9)
+    disk.store(_key(1), _entry(1))
+    sub = disk._path(_key(1)).parent
+    dead = _dead_pid()
+    now = time.time()
+    files = {
+        "dead-writer-past-grace": (f".tmp-{dead}-a", disk.TMP_DEAD_GRACE_SECONDS + 5),
+        "dead-writer-in-grace": (f".tmp-{dead}-b", 1),
+        "live-writer": (f".tmp-{os.getpid()}-c", disk.TMP_DEAD_GRACE_SECONDS + 5),
+        "unnamed-stale": (".tmp-xyz", disk.STALE_TMP_SECONDS + 5),
+        "live-writer-stale": (f".tmp-{os.getpid()}-d", disk.STALE_TMP_SECONDS + 5),
+    }
+    for name, age in files.values():
+        (sub / name).write_bytes(b"x" * 1000)
+        os.utime(sub / name, (now - age, now - age))
+    usage = disk.size()
+    left = sorted(p.name for p in _tmp_files(tmp_path))
+    assert left == sorted([files["dead-writer-in-grace"][0], files["live-writer"][0]])
+    assert usage == (1, _on_disk(tmp_path) + 2000)
+    assert disk.removed_temporary == (3, 3000)
+
+
+def test_temporary_files_count_against_the_bound(tmp_path):
+    one = DiskCache(tmp_path)
+    one.store(_key(0), _entry(0))
+    size = _on_disk(tmp_path)
+    one.clear()
+    disk = DiskCache(tmp_path, max_bytes=10 * size)
+    (tmp_path / "00").mkdir(exist_ok=True)
+    live = tmp_path / "00" / f".tmp-{os.getpid()}-writing"
+    live.write_bytes(b"x" * (5 * size))  # a store in progress, half the bound
+    for i in range(30):
+        disk.store(_key(i), _entry(i))
+        _age(disk, i, 1000 - i)
+        assert _on_disk(tmp_path) + live.stat().st_size <= disk.max_bytes
+    assert live.exists() and len(disk) <= 5
+
+
+def test_the_cache_command_shows_and_cleans_temporary_files(tmp_path):
+    from click.testing import CliRunner
+
+    from mapstream.app import cli
+
+    disk = DiskCache(tmp_path)
+    disk.store(_key(1), _entry(1))
+    sub = disk._path(_key(1)).parent
+    (sub / f".tmp-{os.getpid()}-live").write_bytes(b"x" * 3000)
+    orphan = sub / f".tmp-{_dead_pid()}-orphan"
+    orphan.write_bytes(b"x" * 5000)
+    old = time.time() - 2 * disk.STALE_TMP_SECONDS
+    os.utime(orphan, (old, old))
+    result = CliRunner().invoke(cli.main, ["cache", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "entries: 1" in result.output
+    assert "temporary: 1 files (2.9 KiB) being written" in result.output
+    assert "removed 1 temporary files (4.9 KiB) left by interrupted writes" in result.output
+    assert not orphan.exists()
