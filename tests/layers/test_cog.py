@@ -10,9 +10,7 @@ import asyncio
 import numpy as np
 import pytest
 import rasterio
-from rasterio.enums import Resampling
-from rasterio.transform import from_bounds, from_origin
-from rasterio.warp import calculate_default_transform, reproject
+from rasterio.transform import from_origin
 
 from mapstream.layers.errors import RangeError, SourceChangedError
 from mapstream.layers.http import Fetcher
@@ -20,53 +18,36 @@ from mapstream.layers.raster.store import RangeStore
 from mapstream.layers.sources.cog import COGLayer
 from mapstream.layers.types import Mosaic
 from mapstream.layers.viewport import Viewport
+from tests.support.cogs import assert_same_pixels, level_for, reference, terrain, write_cog
 from tests.support.rangeserver import RangeServer
 
 X0, Y0 = 1_000_000.0, 6_000_000.0  # north-west corner of the 3857 test rasters
 RES = 100.0
 
 
-def _terrain(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    smooth = 800 + 600 * np.sin(x / 97.0) * np.cos(y / 131.0) + 0.2 * x
-    return (smooth + rng.normal(0, 5, (h, w))).astype("float32")
-
-
-def _write(path, data, *, crs, transform, nodata):
-    count = 1 if data.ndim == 2 else data.shape[0]
-    with rasterio.open(
-        path, "w", driver="COG", height=data.shape[-2], width=data.shape[-1], count=count,
-        dtype=data.dtype, crs=crs, transform=transform, nodata=nodata, blocksize=256,
-        compress="deflate", overview_resampling="nearest",
-    ) as dst:
-        dst.write(data if data.ndim == 3 else data[None])
-    return path.read_bytes()
-
-
 @pytest.fixture(scope="module")
 def cogs(tmp_path_factory):
     d = tmp_path_factory.mktemp("cogs")
-    dem = _terrain(2048, 2048, 1)
+    dem = terrain(2048, 2048, 1)
     dem[100:300, 100:300] = -9999.0  # a nodata hole
     files = {
-        "dem.tif": _write(d / "dem.tif", dem, crs="EPSG:3857",
+        "dem.tif": write_cog(d / "dem.tif", dem, crs="EPSG:3857",
                           transform=from_origin(X0, Y0, RES, RES), nodata=-9999.0),
-        "dem2.tif": _write(d / "dem2.tif", dem + 1.0, crs="EPSG:3857",
+        "dem2.tif": write_cog(d / "dem2.tif", dem + 1.0, crs="EPSG:3857",
                            transform=from_origin(X0, Y0, RES, RES), nodata=-9999.0),
     }
     # Two adjacent halves of one raster, and the whole for reference.
-    whole = _terrain(512, 1024, 2)
+    whole = terrain(512, 1024, 2)
     t = from_origin(X0, Y0, RES, RES)
-    files["whole.tif"] = _write(d / "whole.tif", whole, crs="EPSG:3857", transform=t, nodata=None)
-    files["west.tif"] = _write(d / "west.tif", whole[:, :512].copy(), crs="EPSG:3857",
+    files["whole.tif"] = write_cog(d / "whole.tif", whole, crs="EPSG:3857", transform=t, nodata=None)
+    files["west.tif"] = write_cog(d / "west.tif", whole[:, :512].copy(), crs="EPSG:3857",
                                transform=t, nodata=None)
-    files["east.tif"] = _write(d / "east.tif", whole[:, 512:].copy(), crs="EPSG:3857",
+    files["east.tif"] = write_cog(d / "east.tif", whole[:, 512:].copy(), crs="EPSG:3857",
                                transform=from_origin(X0 + 512 * RES, Y0, RES, RES), nodata=None)
     # UTM zone 32N (around 9 E, 47 N), 16-bit integers with a nodata value.
-    utm = (_terrain(1024, 1024, 3)).astype("int16")
+    utm = (terrain(1024, 1024, 3)).astype("int16")
     utm[:64, :] = -32768
-    files["utm.tif"] = _write(d / "utm.tif", utm, crs="EPSG:32632",
+    files["utm.tif"] = write_cog(d / "utm.tif", utm, crs="EPSG:32632",
                               transform=from_origin(450_000, 5_250_000, 150, 150), nodata=-32768)
     return {"dir": d, "files": files}
 
@@ -85,53 +66,13 @@ async def fetcher():
     await f.aclose()
 
 
-def _level_for(path, target: float) -> int:
-    """rio-tiler's overview rule, worked out here with rasterio's own numbers."""
-    with rasterio.open(path) as src:
-        dst, _, _ = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height, *src.bounds)
-        res = [abs(dst.a)] + [abs(dst.a) * d for d in src.overviews(1)]
-    level = 0
-    for i, r in enumerate(res):
-        if r <= target or abs(r - target) < 0.1:
-            level = i
-    return level
-
-
-def reference(path, viewport: Viewport, level: int) -> np.ndarray:
-    """rasterio reads the whole level and warps it onto the viewport's grid (nearest)."""
-    kwargs = {} if level == 0 else {"overview_level": level - 1}
-    with rasterio.open(path, **kwargs) as src:
-        data = src.read()
-        ftype = "float32" if data.dtype.itemsize <= 2 or data.dtype == np.float32 else "float64"
-        data = data.astype(ftype)
-        if src.nodata is not None:
-            data[data == src.nodata] = np.nan
-        src_transform, src_crs = src.transform, src.crs
-    (x0, x1), (y0, y1) = viewport.x_range, viewport.y_range
-    out = np.full((data.shape[0], viewport.height, viewport.width), np.nan, dtype=data.dtype)
-    reproject(
-        data, out, src_transform=src_transform, src_crs=src_crs, src_nodata=np.nan,
-        dst_transform=from_bounds(x0, y0, x1, y1, viewport.width, viewport.height),
-        dst_crs="EPSG:3857", dst_nodata=np.nan, resampling=Resampling.nearest,
-    )
-    return out
-
-
 def view(cx: float, cy: float, res: float, w: int = 200, h: int = 150) -> Viewport:
     return Viewport.create((cx - w * res / 2, cx + w * res / 2), (cy - h * res / 2, cy + h * res / 2), w, h)
 
 
-def assert_same_pixels(got, expected):
-    got = np.asarray(got)
-    assert got.shape == expected.shape
-    assert np.array_equal(np.isnan(got), np.isnan(expected))
-    assert np.array_equal(got[~np.isnan(got)], expected[~np.isnan(expected)])
-    assert (~np.isnan(got)).sum() > 0
-
-
 async def test_full_resolution_3857_equals_rasterio(cogs, server, fetcher):
     vp = view(X0 + 30_000, Y0 - 25_000, 100.0)  # 1:1 with the file, the nodata hole inside
-    assert _level_for(cogs["dir"] / "dem.tif", vp.resolution) == 0
+    assert level_for(cogs["dir"] / "dem.tif", vp.resolution) == 0
     da = await COGLayer(f"{server.url}/dem.tif").fetch(vp, fetcher)
     assert da.dims == ("band", "y", "x") and da.attrs["crs"] == "EPSG:3857"
     assert list(da.band.values) == [1] and da.dtype == np.float32
@@ -146,7 +87,7 @@ async def test_full_resolution_3857_equals_rasterio(cogs, server, fetcher):
 @pytest.mark.parametrize("res", [250.0, 420.0, 900.0])
 async def test_overview_equals_rasterio_at_the_same_level(cogs, server, fetcher, res):
     vp = view(X0 + 100_000, Y0 - 100_000, res)
-    level = _level_for(cogs["dir"] / "dem.tif", res)
+    level = level_for(cogs["dir"] / "dem.tif", res)
     assert level > 0
     da = await COGLayer(f"{server.url}/dem.tif").fetch(vp, fetcher)
     assert_same_pixels(da.values, reference(cogs["dir"] / "dem.tif", vp, level))
@@ -158,7 +99,7 @@ async def test_utm_cog_is_warped_like_rasterio(cogs, server, fetcher):
     cx, cy = lonlat_to_mercator(8.9, 47.1)
     for res in (150.0, 600.0):
         vp = view(cx, cy, res, 240, 180)
-        level = _level_for(cogs["dir"] / "utm.tif", res)
+        level = level_for(cogs["dir"] / "utm.tif", res)
         da = await COGLayer(f"{server.url}/utm.tif").fetch(vp, fetcher)
         assert da.dtype == np.float32  # int16 read as float32, nodata -> NaN
         assert_same_pixels(da.values, reference(cogs["dir"] / "utm.tif", vp, level))

@@ -67,6 +67,12 @@ class RangeServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
+    def __enter__(self) -> RangeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @staticmethod
     def etag(body: bytes) -> str:
         return '"' + hashlib.sha1(body).hexdigest()[:16] + '"'
