@@ -14,12 +14,15 @@ SPEC``, which runs two things in its process group:
   ``latency`` (seconds added to every request), ``faults`` (``{substring of the request's
   path+query: [action, ...]}``, each matching request consumes one: ``"503"`` or any status,
   or ``"ok"``), request counters at ``GET /__stats`` (``requests``, ``in_flight``, ``peak``,
-  ``by_method``) and, with ``merge_paging``, POST paging by token: a POST ``next`` link's body
-  is replaced by ``{"token": ...}`` with ``"merge": true`` and a ``headers`` entry
+  ``by_method``) and the paging a test asks for. ``paging="merge"``: a POST ``next`` link's
+  body is replaced by ``{"token": ...}`` with ``"merge": true`` and a ``headers`` entry
   (``X-Stac-Page``), the STAC API's way to avoid sending the whole body back; a request with
-  the token and the header gets the stored body merged back before it reaches rustac, and one
-  without the header is answered 400. (rustac and stac-fastapi page POST with whole bodies: the
-  front is what lets a test see a server that pages with ``merge``.)
+  the token and the header gets the stored body merged back before it reaches rustac, one
+  without the header is answered 400 (rustac and stac-fastapi page POST with whole bodies).
+  ``paging="get"``: the landing page offers GET search only and next links are GET URLs
+  (rustac 0.9 answers 500 to a GET search with ``bbox`` or ``collections`` that has a next
+  page: its next link cannot encode the lists, so the front sends such searches to rustac as
+  POST).
 
 rustac is imported only in the child's child; importing this module is cheap.
 """
@@ -95,8 +98,12 @@ class StacServer(ChildServer):
     ----------
     items
         STAC Items (dicts, each with a ``collection``); their collections are made from them.
-    latency, faults, merge_paging
+    latency, faults
         The front's hooks (see the module docstring).
+    paging
+        ``"post"``: rustac's own (POST next links with the whole body); ``"merge"``: POST
+        paging by token with ``merge`` and ``headers``; ``"get"``: the landing page offers GET
+        search only, paged by GET next links.
     port
         The public port (0: a free one).
     env
@@ -112,7 +119,7 @@ class StacServer(ChildServer):
         *,
         latency: float = 0.0,
         faults: Mapping[str, list[str]] | None = None,
-        merge_paging: bool = False,
+        paging: str = "post",
         port: int = 0,
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -120,7 +127,9 @@ class StacServer(ChildServer):
         self.items = [dict(i) for i in items]
         self.latency = float(latency)
         self.faults = {k: list(v) for k, v in (faults or {}).items()}
-        self.merge_paging = merge_paging
+        if paging not in ("post", "merge", "get"):
+            raise ValueError(f"paging must be post, merge or get, got {paging!r}")
+        self.paging = paging
 
     def spec(self, workdir: str) -> dict[str, Any]:
         path = Path(workdir) / "items.json"
@@ -129,7 +138,7 @@ class StacServer(ChildServer):
             "items": str(path),
             "latency": self.latency,
             "faults": self.faults,
-            "merge_paging": self.merge_paging,
+            "paging": self.paging,
             "parent": os.getpid(),
         }
 
@@ -189,18 +198,93 @@ def _start_rustac(items: str, public: str, log: Path, timeout: float = 60.0) -> 
     raise ServiceError(f"rustac did not start: {err}")
 
 
+def _get_to_body(query: Mapping[str, str]) -> dict[str, Any]:
+    """A GET search's query as the POST body rustac takes (pure).
+
+    >>> _get_to_body({"collections": "a,b", "bbox": "0,1,2,3", "limit": "5", "skip": "5"})
+    {'collections': ['a', 'b'], 'bbox': [0.0, 1.0, 2.0, 3.0], 'limit': 5, 'skip': 5}
+    """
+    body: dict[str, Any] = {}
+    for key, value in query.items():
+        if key in ("collections", "ids"):
+            body[key] = value.split(",")
+        elif key == "bbox":
+            body[key] = [float(v) for v in value.split(",")]
+        elif key in ("limit", "skip"):
+            body[key] = int(value)
+        elif key == "filter" and value.startswith("{"):
+            body[key] = json.loads(value)
+        else:
+            body[key] = value
+    return body
+
+
+def _body_to_query(body: Mapping[str, Any]) -> str:
+    """A next POST body as the query of a GET link (pure).
+
+    >>> _body_to_query({"collections": ["a"], "bbox": [0.0, 1.0, 2.0, 3.0], "limit": 5, "skip": 5})
+    'collections=a&bbox=0.0%2C1.0%2C2.0%2C3.0&limit=5&skip=5'
+    """
+    from urllib.parse import urlencode
+
+    return urlencode({
+        k: ",".join(str(x) for x in v) if isinstance(v, list) else json.dumps(v) if isinstance(v, dict) else v
+        for k, v in body.items()
+    })
+
+
 def _front(spec: Mapping[str, Any], upstream: str) -> Any:
     from aiohttp import ClientSession, web
 
     latency = float(spec["latency"])
     faults = {k: list(v) for k, v in spec["faults"].items()}
-    merge = bool(spec["merge_paging"])
+    paging = spec["paging"]
     stats: dict[str, Any] = {"requests": 0, "in_flight": 0, "peak": 0, "by_method": {}}
     bodies: dict[str, dict[str, Any]] = {}  # token -> the full next body (merge paging)
     session: ClientSession | None = None
 
-    async def forward(request: web.Request) -> web.StreamResponse:
+    async def answer(request: web.Request, target: str) -> web.Response:
         nonlocal session
+        method, body = request.method, await request.read()
+        if paging == "get" and method == "GET" and request.path == "/search":
+            # rustac cannot page a GET search with bbox or collections (its next link fails
+            # to encode the lists): the same search goes to rustac as a POST.
+            method, target = "POST", "/search"
+            body = json.dumps(_get_to_body(dict(request.query))).encode()
+        if paging == "merge" and method == "POST" and body:
+            doc = json.loads(body)
+            token = doc.pop("token", None)
+            if token is not None:
+                if request.headers.get("X-Stac-Page") != token or token not in bodies:
+                    return web.Response(status=400, text="merge paging: unknown token or no X-Stac-Page header")
+                doc = {**bodies[token], **doc}
+            body = json.dumps(doc).encode()
+        if session is None:
+            session = ClientSession()
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
+        if method == "POST":
+            headers["Content-Type"] = "application/json"
+        async with session.request(method, upstream + target, data=body or None, headers=headers) as up:
+            content = await up.read()
+            ctype = up.headers.get("Content-Type", "application/json")
+            status = up.status
+        if status != 200 or paging == "post" or not ctype.startswith(("application/json", "application/geo+json")):
+            return web.Response(status=status, body=content, headers={"Content-Type": ctype})
+        doc = json.loads(content)
+        for link in doc.get("links") or ():
+            if paging == "get" and link.get("rel") == "search" and link.get("method") == "POST":
+                link["rel"] = "search-disabled"  # the landing page offers GET only
+            if link.get("rel") != "next" or link.get("method") != "POST":
+                continue
+            if paging == "get":
+                link.update(method="GET", href=f"{link['href']}?{_body_to_query(link.pop('body', {}))}")
+            else:
+                token = f"t{len(bodies) + 1}"
+                bodies[token] = link.get("body") or {}
+                link.update(body={"token": token}, merge=True, headers={"X-Stac-Page": token})
+        return web.Response(status=status, body=json.dumps(doc).encode(), headers={"Content-Type": ctype})
+
+    async def forward(request: web.Request) -> web.StreamResponse:
         target = request.raw_path  # path and query as sent
         if request.path == "/__stats":
             return web.json_response(stats)
@@ -217,33 +301,7 @@ def _front(spec: Mapping[str, Any], upstream: str) -> Any:
                     if action != "ok":
                         return web.Response(status=int(action), text="injected fault")
                     break
-            body = await request.read()
-            if merge and request.method == "POST" and body:
-                doc = json.loads(body)
-                token = doc.pop("token", None)
-                if token is not None:
-                    if request.headers.get("X-Stac-Page") != token or token not in bodies:
-                        return web.Response(status=400, text="merge paging: unknown token or no X-Stac-Page header")
-                    doc = {**bodies[token], **doc}
-                body = json.dumps(doc).encode()
-            if session is None:
-                session = ClientSession()
-            headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
-            async with session.request(request.method, upstream + target, data=body or None, headers=headers) as up:
-                content = await up.read()
-                ctype = up.headers.get("Content-Type", "application/json")
-                status = up.status
-            if merge and request.method == "POST" and status == 200:
-                page = json.loads(content)
-                for link in page.get("links") or ():
-                    if link.get("rel") == "next" and link.get("method") == "POST":
-                        token = f"t{len(bodies) + 1}"
-                        bodies[token] = link.get("body") or {}
-                        link["body"] = {"token": token}
-                        link["merge"] = True
-                        link["headers"] = {"X-Stac-Page": token}
-                content = json.dumps(page).encode()
-            return web.Response(status=status, body=content, headers={"Content-Type": ctype})
+            return await answer(request, target)
         finally:
             stats["in_flight"] -= 1
 
