@@ -9,6 +9,7 @@ One module per command, each holding the click command and its async core:
 - :mod:`.prefetch`: ``mapstream prefetch`` (tiles of a box over zoom levels, or feature pages);
 - :mod:`.export`: ``mapstream export`` (a feature layer to GeoParquet, GeoPackage or GeoJSON);
 - :mod:`.raster`: ``mapstream raster`` (a raster layer's values over a box into one GeoTIFF);
+- :mod:`.stac`: ``mapstream stac search`` (STAC API items over a box into GeoParquet);
 - :mod:`.check`: ``mapstream check`` (probe every layer of a catalog);
 - :mod:`.cache`: ``mapstream cache`` (show, prune or clear the disk cache);
 - :mod:`.demo`: ``mapstream demo`` (the embedded demo services);
@@ -29,7 +30,7 @@ import click
 
 from mapstream import __version__
 
-from . import cache, check, demo, export, prefetch, raster, serve
+from . import cache, check, demo, export, prefetch, raster, serve, stac
 
 __all__ = ["main"]
 
@@ -44,6 +45,7 @@ for _command in (
     prefetch.prefetch,
     export.export,
     raster.raster,
+    stac.stac,
     check.check,
     cache.cache,
     demo.demo,

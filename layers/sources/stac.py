@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -261,7 +261,11 @@ class STACLayer:
         return body
 
     async def search(
-        self, bbox_lonlat: Sequence[float] | Sequence[Sequence[float]], fetcher: Fetcher
+        self,
+        bbox_lonlat: Sequence[float] | Sequence[Sequence[float]],
+        fetcher: Fetcher,
+        *,
+        on_page: Callable[[Progress], None] | None = None,
     ) -> ItemSearch:
         """The items of every catalog and collection over ``bbox_lonlat`` (CRS84 west, south,
         east, north; or several such boxes, e.g. the two halves of an antimeridian view).
@@ -269,6 +273,7 @@ class STACLayer:
         Every catalog x collection x box is one walk, all at once; the pages of a walk follow
         their ``next`` links. An item seen twice (two boxes, two catalogs mirroring each other)
         is kept once. A walk that fails is reported in ``errors``; the rest are kept.
+        ``on_page`` (e.g. a progress bar) is called with the progress after every page.
 
         Raises
         ------
@@ -304,6 +309,8 @@ class STACLayer:
                                 return
                             seen.add(key)
                             rows.append(_row(item, url, self.asset))
+                        if on_page is not None:
+                            on_page(Progress(state["pages"], None, "pages", len(rows), failed=state["failed"]))
                         if self.max_items is not None and len(rows) >= self.max_items:
                             # more may follow: only a page without a next link would say
                             state["truncated"] = state["truncated"] or any(
