@@ -38,6 +38,9 @@ __all__ = [
 #: Statuses a cache may store without explicit freshness (RFC 9110 "heuristically cacheable").
 CACHEABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 404, 405, 410, 414, 501})
 
+#: The longest freshness a server can give (RFC 9111 1.2.2: 2**31 seconds, about 68 years).
+MAX_DELTA_SECONDS = float(2**31)
+
 #: Request headers that do not change what the server sends back, so they stay out of the key.
 _KEY_IGNORED = frozenset(
     {
@@ -119,6 +122,8 @@ def freshness_lifetime(headers: Mapping[str, str], ttl: float) -> float | None:
     (0.0, 5.0)
     >>> freshness_lifetime({"cache-control": "no-cache, max-age=60"}, ttl=5)
     0.0
+    >>> freshness_lifetime({"cache-control": "max-age=" + "9" * 400}, ttl=5) == MAX_DELTA_SECONDS
+    True
     """
     cc = parse_cache_control(headers.get("cache-control"))
     if "no-store" in cc:
@@ -127,9 +132,11 @@ def freshness_lifetime(headers: Mapping[str, str], ttl: float) -> float | None:
         return 0.0
     if "max-age" in cc:
         try:
-            return max(0.0, float(int(cc["max-age"] or "")))
+            return min(max(0.0, float(int(cc["max-age"] or ""))), MAX_DELTA_SECONDS)
         except ValueError:
             return 0.0
+        except OverflowError:  # hundreds of digits (RFC 9111 1.2.2: the largest value, then)
+            return MAX_DELTA_SECONDS
     expires = headers.get("expires")
     if expires is not None:
         when = _http_date(expires)

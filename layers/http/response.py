@@ -64,8 +64,15 @@ class Response:
         >>> Response("http://h.test/", 200, httpx.Headers({"Content-Type": "text/plain; charset=latin-1"}),
         ...          "café".encode("latin-1")).text
         'café'
+        >>> Response("http://h.test/", 200, httpx.Headers({"Content-Type": "text/plain; charset=zlib_codec"}),
+        ...          b"ok").text
+        'ok'
         """
-        return self.content.decode(content_charset(self.headers.get("content-type", "")), errors="replace")
+        charset = content_charset(self.headers.get("content-type", ""))
+        try:
+            return self.content.decode(charset, errors="replace")
+        except LookupError:  # a charset Python does not know, or not a text encoding (a server's word)
+            return self.content.decode("utf-8", errors="replace")
 
 
 def check_status(resp: Response, allow_status: tuple[int, ...]) -> Response:

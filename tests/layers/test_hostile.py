@@ -281,3 +281,27 @@ async def test_a_header_with_a_line_break_is_a_bad_input_per_tile(hostile_server
     assert mosaic.progress.failed == 4 and all("line break" in e.reason for e in mosaic.errors)
     assert hostile_server.hits("/t/0/0/0.png") == 0 and not hostile_server.requests
     assert np.all(mosaic.image.values == 0)
+
+
+# -- headers written to hurt -------------------------------------------------------------------
+
+
+async def test_hostile_caching_and_charset_headers_are_survived(hostile_server, tmp_path):
+    url = hostile_server.route(
+        "/weird",
+        body=b"plain words",
+        headers={"Cache-Control": "max-age=" + "9" * 400, "Expires": "Tue, 99 Foo 99999 99:99:99 GMT"},
+        content_type="text/plain; charset=zlib_codec",
+    )
+    async with Fetcher(cache_dir=tmp_path) as f:
+        first = await f.get(url)  # a freshness of 10**400 s was an OverflowError
+        again = await f.get(url)
+    assert first.text == "plain words"  # a charset that is no text encoding: UTF-8 instead
+    assert again.from_cache and hostile_server.hits("/weird") == 1
+
+
+async def test_a_redirect_to_a_file_url_is_a_bad_input_not_a_crash(hostile_server, transport):
+    url = hostile_server.route("/f", status=302, headers={"Location": "file:///etc/passwd"})
+    async with Fetcher(transport=transport, cache_dir=None) as f:
+        with pytest.raises(BadInputError, match="unsupported"):
+            await f.get(url)
