@@ -231,3 +231,33 @@ async def test_a_page_seen_before_is_not_parsed_again(ogc_server, fetcher, monke
     fetcher.memory.clear()
     [p async for p in layer.load(world, fetcher)]
     assert len(calls) == 2 * parsed  # without it, the bytes are parsed again
+
+
+async def test_a_json_filter_pygeoapi_cannot_take_is_refused_or_filtered_here(ogc_server, fetcher, points):
+    """pygeoapi parses CQL text on GET but no CQL2 JSON: a clear error, or the client filters."""
+    from mapstream.layers.sources.ogcapi import CONF_FILTER, CapabilityError
+
+    flt = {"op": "and", "args": [{"op": "<", "args": [{"property": "count"}, 100]},
+                                 {"op": "=", "args": [{"property": "kind"}, "alpha"]}]}
+    box = (-10.0, 35.0, 30.0, 60.0)
+    with pytest.raises(CapabilityError) as info:
+        await FeatureLayer(ogc_server.url, "points", filter=flt).fetch(Viewport.from_lonlat(box, 400), fetcher)
+    assert CONF_FILTER in str(info.value) and ogc_server.url in str(info.value)
+    layer = FeatureLayer(ogc_server.url, "points", limit=PAGE_LIMIT, filter=flt, client_filter=True)
+    result = await layer.fetch(Viewport.from_lonlat(box, 400), fetcher)
+    inside = points[points.intersects(shapely.box(*box))]
+    want = inside[(inside["count"] < 100) & (inside["kind"] == "alpha")]
+    assert len(want) and set(_ids(result.frame)) == set(want["id"].tolist())
+    assert result.frame["id"].is_unique and result.progress.client_filtered
+
+
+async def test_a_partly_failed_load_reads_by_column(make_ogc_server, fetcher):
+    """Issue 14 item 3: frame["id"] on a load with a failed page (errors live in the result)."""
+    import copy
+
+    server = make_ogc_server(faults={"offset=1000": ["malformed"]})
+    result = await FeatureLayer(server.url, "points", limit=PAGE_LIMIT, concurrent=False).fetch(None, fetcher)
+    assert len(result.errors) == 1 and result.frame.attrs == {}
+    ids = result.frame["id"]
+    assert len(ids) >= 1000 and ids.is_unique
+    assert copy.deepcopy(result).errors[0].url == result.errors[0].url
