@@ -183,6 +183,11 @@ class LayerSpec(BaseModel):
     page_size
         Features per request (the OGC API ``limit``; features). Bigger pages mean fewer round
         trips for dense layers; the server may answer with fewer.
+    filter, filter_lang, filter_fallback
+        A CQL2 filter (text, or a mapping for CQL2 JSON) for a features layer, its language,
+        and what happens on a server that cannot filter (no OGC API Features Part 3):
+        ``error`` (the default: the layer fails, naming the missing conformance class) or
+        ``client`` (the unfiltered features are loaded and filtered here).
     attribution
         Credit line.
 
@@ -218,6 +223,9 @@ class LayerSpec(BaseModel):
     asset: str | None = None
     datetime: str | None = None
     max_items: int | None = Field(None, ge=1)
+    filter: str | dict[str, Any] | None = None
+    filter_lang: Literal["cql2-text", "cql2-json"] | None = None
+    filter_fallback: Literal["error", "client"] = "error"
     attribution: str = ""
 
     @field_validator("url")

@@ -255,3 +255,17 @@ async def test_a_crs_without_part2_is_refused(paging_server, fetcher):
     with pytest.raises(CapabilityError) as info:
         await _fetch(layer, VIEW, fetcher)
     assert "Part 2" in str(info.value)
+
+
+async def test_the_catalog_asks_for_client_side_filtering(paging_server, fetcher):
+    from mapstream.layers.catalog import LayerSpec
+
+    spec = dict(name="f", kind="features", url="http://h.test", collection="qgis", page_size=LIMIT,
+                filter="kind = 'gamma'")
+    strict = FeatureLayer.from_spec(LayerSpec(**spec), paging_server.url)
+    with pytest.raises(CapabilityError):
+        await _fetch(strict, VIEW, fetcher)
+    lenient = FeatureLayer.from_spec(LayerSpec(**spec, filter_fallback="client"), paging_server.url)
+    result = await _fetch(lenient, VIEW, fetcher)
+    want = {p["id"] for p in truth() if inside(p, BOX) and p["kind"] == "gamma"}
+    assert set(_ids(result.frame)) == want and result.progress.client_filtered
