@@ -169,13 +169,25 @@ class CacheEntry:
         return self.etag is not None or self.last_modified is not None
 
     def conditional_headers(self) -> dict[str, str]:
-        """``If-None-Match`` / ``If-Modified-Since`` for revalidating this entry."""
+        """``If-None-Match`` / ``If-Modified-Since`` for revalidating this entry.
+
+        A validator that could not be sent back as it came (non-ASCII or control characters
+        from a server that should not have sent them) is left out: the request is then a
+        plain GET, not a failure.
+
+        >>> CacheEntry("u", 200, [], b"", 0, 0, etag='"caf\xe9"', last_modified="Wed, 21 Oct 2015 07:28:00 GMT").conditional_headers()
+        {'If-Modified-Since': 'Wed, 21 Oct 2015 07:28:00 GMT'}
+        """
         out = {}
-        if self.etag is not None:
+        if self.etag is not None and _sendable(self.etag):
             out["If-None-Match"] = self.etag
-        if self.last_modified is not None:
+        if self.last_modified is not None and _sendable(self.last_modified):
             out["If-Modified-Since"] = self.last_modified
         return out
+
+
+def _sendable(value: str) -> bool:
+    return value.isascii() and value.isprintable()
 
 
 def _storable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -53,27 +54,52 @@ _HTTPX_LOG = logging.getLogger("httpx")
 #: A timeout met after this fraction of the total timeout is the total timeout (aiohttp rounds
 #: its deadline up, never down; a read timeout this late is as good as the total).
 _TOTAL_SPENT = 0.98
+#: RFC 9110 5.1 token (a header name) and field value (visible ASCII, space and tab only).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 def check_headers(headers: dict[str, str], url: str) -> None:
-    """Refuse header values that would split the request (CR, LF or NUL in a value).
+    """Refuse headers that cannot be sent as they are: a name that is not an HTTP token, a
+    value with a line break or NUL (it would split the request), or non-ASCII text (httpx
+    refuses it, aiohttp would send UTF-8 bytes the server may read otherwise).
 
     >>> check_headers({"X-Api-Key": "a\\r\\nHost: evil"}, "http://h.test/")
     Traceback (most recent call last):
     ...
     mapstream.layers.errors.BadInputError: header 'X-Api-Key' for http://h.test/ contains a line break or NUL: refused (check where its value comes from, e.g. an environment variable)
+    >>> check_headers({"X-Key": "café"}, "http://h.test/")
+    Traceback (most recent call last):
+    ...
+    mapstream.layers.errors.BadInputError: header 'X-Key' for http://h.test/ holds non-ASCII characters: encode the value as the server expects (e.g. percent-encoding)
+    >>> check_headers({"X Key": "v"}, "http://h.test/")
+    Traceback (most recent call last):
+    ...
+    mapstream.layers.errors.BadInputError: header name 'X Key' for http://h.test/ is not a valid HTTP header name
 
     Raises
     ------
     BadInputError
-        A value contains ``\\r``, ``\\n`` or ``\\0`` (the value is not shown: it may be a secret).
+        Which header, and why (the value is not shown: it may be a secret).
     """
     for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\0" in value or "\r" in name or "\n" in name:
-            raise BadInputError(
+        if _HEADER_NAME.fullmatch(name) and _HEADER_VALUE.fullmatch(value):
+            continue
+        if not _HEADER_NAME.fullmatch(name):
+            problem = f"header name {name!r} for {redact_url(url)} is not a valid HTTP header name"
+        elif "\r" in value or "\n" in value or "\0" in value:
+            problem = (
                 f"header {name!r} for {redact_url(url)} contains a line break or NUL: refused "
                 "(check where its value comes from, e.g. an environment variable)"
             )
+        elif not value.isascii():
+            problem = (
+                f"header {name!r} for {redact_url(url)} holds non-ASCII characters: encode the "
+                "value as the server expects (e.g. percent-encoding)"
+            )
+        else:
+            problem = f"header {name!r} for {redact_url(url)} holds control characters"
+        raise BadInputError(problem)
 
 
 def fetch_error(exc: Exception, url: str) -> LayersError:

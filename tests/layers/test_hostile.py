@@ -305,3 +305,28 @@ async def test_a_redirect_to_a_file_url_is_a_bad_input_not_a_crash(hostile_serve
     async with Fetcher(transport=transport, cache_dir=None) as f:
         with pytest.raises(BadInputError, match="unsupported"):
             await f.get(url)
+
+
+@pytest.mark.parametrize(
+    ("headers", "words"),
+    [
+        ({"X-Key": "café"}, "non-ASCII"),
+        ({"X-Key": "日本"}, "non-ASCII"),
+        ({"X Key": "v"}, "not a valid HTTP header name"),
+        ({"X-Kéy": "v"}, "not a valid HTTP header name"),
+    ],
+)
+async def test_headers_that_cannot_be_sent_are_a_bad_input_on_both_paths(hostile_server, transport, headers, words):
+    url = hostile_server.route("/h")
+    async with Fetcher(transport=transport, cache_dir=None) as f:
+        with pytest.raises(BadInputError, match=words):
+            await f.get(url, headers=headers)
+    assert hostile_server.hits("/h") == 0
+
+
+async def test_a_non_ascii_validator_from_the_server_does_not_break_revalidation(hostile_server, tmp_path, transport):
+    url = hostile_server.route("/etag", body=b"v1", headers={"ETag": '"caf\xe9"'})
+    async with Fetcher(transport=transport, cache_dir=tmp_path) as f:
+        first, second = await f.get(url), await f.get(url)  # stale at once: asked again
+    assert first.content == second.content == b"v1" and hostile_server.hits("/etag") == 2
+    assert "if-none-match" not in hostile_server.headers_of("/etag")[1]  # a plain GET instead
