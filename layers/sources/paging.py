@@ -32,7 +32,7 @@ the result, its data kept, when: a next link leads to a page URL already request
 itself, a 2-cycle); a page brings only features its walk has already received (a server that
 ignores the token); pages keep bringing features past the page's ``numberMatched`` (a lying
 count); or the load reaches ``max_pages`` requests (1 feature a page with ``numberMatched:
-1e9``). A ``numberMatched`` or ``numberReturned`` that is not a count is a
+1e9``). Offsets planned from an overstated ``numberMatched`` stop at the first empty page. A ``numberMatched`` or ``numberReturned`` that is not a count is a
 :class:`~mapstream.layers.errors.ParseError`.
 
 The feature cap (``max_features``) stops planning and fetching once reached (``truncated`` in the
@@ -341,6 +341,7 @@ class PageWalk:
         self.max_pages = int(getattr(layer, "max_pages", 2000))
         self._budget_reported = False
         self._stop_offsets = False
+        self._end_offset = math.inf  # the first offset that answered no features
 
     async def cancel_all(self) -> None:
         """Cancel every request of the walk and wait for them to end."""
@@ -594,13 +595,16 @@ class PageWalk:
         last: _Item | None = None
         try:
             async with window:
-                if self._capped or self._stop_offsets:
+                if self._capped or self._stop_offsets or offset >= self._end_offset:
                     return
                 try:
                     raw, _meta, final, cached = await self._get_page(url)
                 except LayersError as exc:
                     last = _Item(None, url, (exc,), failed=True)
                     return
+                if not len(raw):
+                    # Past the real end (an overstated numberMatched): later offsets are too.
+                    self._end_offset = min(self._end_offset, offset)
                 raw_ids = _ids(raw)
                 if raw_ids and self.seen.issuperset(raw_ids):
                     # Every offset answering the same features: the server ignores offset.

@@ -157,6 +157,16 @@ async def test_the_default_page_bound_holds(make_paging_server, fetcher):
     assert len(server.items_requests("endless")) == 60 and _errors_of(result)
 
 
+async def test_offsets_from_an_overstated_count_stop_at_the_end(make_paging_server, fetcher):
+    """numberMatched 1 000 000 over 2 000 features: offsets stop at the first empty page."""
+    server = make_paging_server()
+    layer = FeatureLayer(server.url, "overcount", limit=LIMIT)
+    result = await _fetch(layer, None, fetcher)
+    assert sorted(_ids(result.frame)) == list(range(1, 2001))
+    window = 2 * fetcher.host_limit(server.url)  # requests already sent when the end shows
+    assert 2000 // LIMIT < len(server.items_requests("overcount")) <= 2000 // LIMIT + window + 1
+
+
 async def test_a_non_numeric_count_is_a_parse_error(paging_server, fetcher):
     layer = FeatureLayer(paging_server.url, "five", limit=LIMIT)
     with pytest.raises(ParseError) as info:

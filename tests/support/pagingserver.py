@@ -16,6 +16,7 @@ Each collection pages one way (its name says how); every one serves the same poi
     endless      numberMatched 1e9, 1 feature a page (made up: id = offset + 1), next forever
     endless-cursor  as endless, with an opaque token instead of offset
     five         numberReturned is the string "five"
+    overcount    numberMatched says 1 000 000; the pages end with the real features
     elsewhere    next links name another origin (``server.elsewhere``, set by the test)
 
 The server honours ``bbox`` (CRS84, literal or encoded commas; anything else is HTTP 400),
@@ -47,7 +48,7 @@ CONF_FILTER = "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter"
 CONF_CQL2_TEXT = "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text"
 COLLECTIONS = (
     "plain", "mapserver", "qgis", "cursor", "cursor-drop", "selfloop", "cycle", "repeat", "liar",
-    "endless", "endless-cursor", "five", "elsewhere",
+    "endless", "endless-cursor", "five", "elsewhere", "overcount",
 )
 
 
@@ -250,12 +251,14 @@ class PagingServer:
         returned: Any = len(page)
         if coll == "liar":
             matched = 10
+        if coll == "overcount":
+            matched, more = 10**6, True
         if coll == "five":
             returned = "five"
         nxt: str | None = None
         if more:
             o = str(offset + limit)
-            if coll in ("plain", "liar", "five"):
+            if coll in ("plain", "liar", "five", "overcount"):
                 nxt = self._next(coll, raw, offset=o)
             elif coll == "mapserver":
                 nxt = self._next(coll, "", f="json", limit=str(limit), offset=o)
