@@ -5,7 +5,9 @@ into :class:`Frame` objects, dispatching on each result's type (the layer's kind
 asked): a :class:`~mapstream.layers.types.Mosaic` is converted to an image; each
 :class:`~mapstream.layers.types.FeaturePage` is aggregated once (datashader, in a worker
 thread) into the layer's aggregates, which are shaded at most every :data:`SHADE_EVERY`
-seconds. Pure asyncio over :mod:`mapstream.app.render`: no Panel, testable without a server.
+seconds. A layer that yields pages and then mosaics (a STAC layer: its items' footprints, then
+their COGs' mosaic) gets the pages drawn over each mosaic. Pure asyncio over
+:mod:`mapstream.app.render`: no Panel, testable without a server.
 """
 
 from __future__ import annotations
@@ -68,10 +70,15 @@ async def iter_frames(
         The layer yielded something that is neither a ``Mosaic`` nor a ``FeaturePage``.
     """
     shader: _PageShader | None = None
+    pages: Image | None = None  # the pages shaded once, drawn over the mosaics that follow
     try:
         async for result in results:
             if isinstance(result, Mosaic):
                 image = await asyncio.to_thread(render.mosaic_image, result)
+                if shader is not None and shader.pages:
+                    if pages is None:
+                        pages = (await shader.final()).image
+                    image = _over(image, pages)
                 p = result.progress
                 received = image.opaque_pixels > 0 or p.failed < max(p.total or 0, 1)
                 yield Frame(image, p, tuple(result.errors), received)
@@ -84,11 +91,18 @@ async def iter_frames(
                 yield await shader.add(result)
             else:
                 raise TypeError(f"a layer yielded {type(result).__name__}, not a Mosaic or FeaturePage")
-        if shader is not None and shader.pages:  # the pages ended without a complete one
+        if shader is not None and shader.pages and pages is None:  # pages ended, none complete
             yield await shader.final()
     finally:
         if shader is not None:
             shader.cancel()
+
+
+def _over(base: Image, top: Image | None) -> Image:
+    """``top`` composited over ``base`` when both cover the same pixels (else ``base``)."""
+    if top is None or top.rgba.shape != base.rgba.shape:
+        return base
+    return Image(render.over_rgba([base.rgba, top.rgba]), base.bounds)
 
 
 class _PageShader:

@@ -122,6 +122,7 @@ class MapSession:
         visible = [name for name, spec in self.specs.items() if getattr(spec, "visible", True)]
         self.state = MapState.for_layers(list(self.specs), visible, viewport=viewport)
         self.state.param.watch(self._on_visible, "visible")
+        self.state.param.watch(self._on_datetimes, "datetimes")
         self.view_settle = VIEW_SETTLE
         self.preloading = False
         self.closed = False
@@ -261,6 +262,21 @@ class MapSession:
             self._set_status(name, state="hidden")
         for name in shown:
             self.request(name)
+
+    def set_datetime(self, name: str, interval: str | None) -> None:
+        """Search layer ``name`` for ``interval`` (RFC 3339; None: all dates) and reload it
+        (what the side panel's date filter does, through ``state.datetimes``)."""
+        self.state.datetimes = {**self.state.datetimes, name: interval}
+
+    def _on_datetimes(self, event: Any) -> None:
+        changed = {n: v for n, v in event.new.items() if event.old.get(n, ...) != v}
+        self.schedule(lambda: [asyncio.ensure_future(self._apply_datetime(n, v)) for n, v in changed.items()])
+
+    async def _apply_datetime(self, name: str, interval: str | None) -> None:
+        layer = await self.layer(name)
+        if hasattr(layer, "datetime"):  # a layer that searches by date (STAC, OGC API Features)
+            layer.datetime = interval
+            self.request(name, force=True)
 
     def view_reported(self) -> None:
         """The browser has reported the plot's real size: the preload need not guess."""

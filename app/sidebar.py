@@ -25,7 +25,7 @@ from typing import Any
 import panel as pn
 
 from .inspection import PLACEHOLDER
-from .state import MapState
+from .state import MapState, date_interval, date_range
 
 __all__ = ["Sidebar", "completed_text", "metrics_text", "plain"]
 
@@ -104,6 +104,9 @@ class Sidebar(pn.viewable.Viewer):
         The ``CheckBoxGroup`` of the visible layers (options: title -> name).
     status_panes, retry
         Layer name -> its status line, and its retry button.
+    dates
+        Layer name -> its date filter (a ``DateRangePicker``), for layers whose spec searches
+        by ``datetime`` (STAC): a new range sets ``state.datetimes`` and reloads the layer.
     inspect_pane, metrics_pane, completed_pane
         The inspect answers, the engine metrics and the loads counter.
     """
@@ -116,6 +119,7 @@ class Sidebar(pn.viewable.Viewer):
         )
         self.status_panes: dict[str, pn.pane.Str] = {}
         self.retry: dict[str, pn.widgets.Button] = {}
+        self.dates: dict[str, pn.widgets.DateRangePicker] = {}
         rows = []
         for spec in specs:
             name, status = spec.name, state.status(spec.name)
@@ -129,7 +133,18 @@ class Sidebar(pn.viewable.Viewer):
             )
             title = pn.pane.Str(plain(spec.title or name), styles={"font-size": "smaller"}, margin=(0, 10), width=280,
                                 stylesheets=_WRAP)
-            rows.append(pn.Column(title, pn.Row(self.status_panes[name], self.retry[name]), margin=(0, 0, 4, 0)))
+            row = [title, pn.Row(self.status_panes[name], self.retry[name])]
+            if getattr(spec, "datetime", None):  # a layer searched by date: its date filter
+                self.dates[name] = pn.widgets.DateRangePicker(
+                    name="Dates", value=date_range(spec.datetime), width=260, margin=(0, 10),
+                    css_classes=[f"dates-{name}"],
+                )
+                self.dates[name].param.watch(
+                    lambda ev, n=name: setattr(state, "datetimes", {**state.datetimes, n: date_interval(*(ev.new or (None, None)))}),
+                    "value",
+                )
+                row.append(self.dates[name])
+            rows.append(pn.Column(*row, margin=(0, 0, 4, 0)))
         self.inspect_pane = pn.pane.HTML(pn.bind(_inspect_html, state.param.inspect_html), max_height=400,
                                          width=280, styles={"overflow-y": "auto"}, stylesheets=_WRAP_CELLS)
         self.metrics_pane = pn.pane.Markdown(pn.bind(_metrics_markdown, state.param.metrics), styles={"font-size": "smaller"},

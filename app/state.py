@@ -9,6 +9,7 @@ from plot ranges, equal aspect, the initial view) are pure and doctested.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any
 
@@ -22,6 +23,8 @@ __all__ = [
     "LayerStatus",
     "MapState",
     "by_priority",
+    "date_interval",
+    "date_range",
     "equal_aspect",
     "error_reason",
     "initial_viewport",
@@ -127,6 +130,40 @@ def error_reason(exc: BaseException | object) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def date_range(interval: str | None) -> tuple[dt.date | None, dt.date | None]:
+    """The first and last day of an RFC 3339 instant or interval (``..`` or empty: open).
+
+    >>> date_range("2024-03-01T00:00:00Z/2024-06-30T23:59:59Z")
+    (datetime.date(2024, 3, 1), datetime.date(2024, 6, 30))
+    >>> date_range("../2024-06-30"), date_range(None)
+    ((None, datetime.date(2024, 6, 30)), (None, None))
+    """
+    if not interval:
+        return None, None
+    parts = (interval.split("/", 1) + [""])[:2] if "/" in interval else [interval, interval]
+
+    def day(text: str) -> dt.date | None:
+        text = text.strip()
+        return None if text in ("", "..") else dt.date.fromisoformat(text[:10])
+
+    return day(parts[0]), day(parts[1])
+
+
+def date_interval(start: dt.date | None, end: dt.date | None) -> str | None:
+    """The RFC 3339 interval from the start of ``start`` to the end of ``end`` (None: open).
+
+    >>> date_interval(dt.date(2024, 3, 1), dt.date(2024, 3, 31))
+    '2024-03-01T00:00:00Z/2024-03-31T23:59:59Z'
+    >>> date_interval(None, dt.date(2024, 3, 31)), date_interval(None, None)
+    ('../2024-03-31T23:59:59Z', None)
+    """
+    if start is None and end is None:
+        return None
+    a = f"{start.isoformat()}T00:00:00Z" if start else ".."
+    b = f"{end.isoformat()}T23:59:59Z" if end else ".."
+    return f"{a}/{b}"
+
+
 def by_priority(specs: Any) -> list[Any]:
     """Layer specs in priority order, lower first (ties keep catalog order).
 
@@ -229,6 +266,7 @@ class MapState(param.Parameterized):
     inspect_html = param.String(default="", doc="Escaped HTML of the click-inspect answers.")
     metrics = param.Dict(default={}, doc="Engine metrics snapshot (replaced, never mutated).")
     completed = param.Integer(default=0, doc="Loads completed (done or error) in this session.")
+    datetimes = param.Dict(default={}, doc="Layer name -> the RFC 3339 interval its date filter asks for (replaced, never mutated).")
 
     @classmethod
     def for_layers(cls, names: list[str], visible: list[str], **params: Any) -> MapState:

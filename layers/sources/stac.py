@@ -11,9 +11,10 @@ collection at once (one walk each, pages followed by their ``next`` links), each
   kept);
 - :meth:`STACLayer.fetch` mosaics the items' ``asset`` COGs over the view with
   :class:`~mapstream.layers.sources.cog.COGLayer` (newest item first: first-valid);
-- :meth:`STACLayer.load` yields the footprints first (a
+- :meth:`STACLayer.load` yields the footprints first (their outlines, a
   :class:`~mapstream.layers.types.FeaturePage` in EPSG:3857, not complete), then the mosaic's
-  :class:`~mapstream.layers.types.Mosaic` frames as its tiles arrive.
+  :class:`~mapstream.layers.types.Mosaic` frames as its tiles arrive (the app draws the
+  outlines over each mosaic).
 
 ``datetime`` is an attribute: the app's date filter sets it and reloads.
 """
@@ -451,11 +452,13 @@ def _in_catalog(exc: LayersError, url: str, collection: str) -> LayersError:
 
 
 def _footprints(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """The items' footprints in EPSG:3857 (the app's feature drawing), ``valid`` set."""
+    """The items' footprints as outlines in EPSG:3857 (drawn over the mosaic, they must not
+    hide it: a polygon would be filled), ``valid`` set."""
     out = frame.drop(columns=["assets"]).copy()
     out["valid"] = out.geometry.notna()
     out = out.set_crs("EPSG:4326", allow_override=True).to_crs("EPSG:3857") if len(out) else out.set_crs(
         "EPSG:3857", allow_override=True
     )
+    out.geometry = out.geometry.boundary
     return out
 
