@@ -151,7 +151,7 @@ def parse_feature_collection(
     except (AttributeError, TypeError, ValueError, KeyError, IndexError, shapely.errors.ShapelyError) as exc:
         raise ParseError(f"unreadable feature in GeoJSON page: {exc}", url=url) from exc
     if n and any("id" in f for f in features):
-        props.insert(0, "id", [f.get("id") for f in features])
+        props.insert(0, "id", [f.get("id") for f in features], allow_duplicates=True)
         if "id" in props.columns[1:]:  # a property also named "id": keep the feature id
             props = props.loc[:, ~props.columns.duplicated()]
     for col in datetime_columns:
