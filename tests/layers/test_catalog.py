@@ -48,7 +48,7 @@ def test_demo_catalog_is_the_default(monkeypatch):
     catalog = load_catalog()
     assert catalog.path == DEMO_CATALOG
     assert catalog.uses_demo
-    assert [s.name for s in catalog.layers] == ["basemap", "countries", "sensors", "borders"]
+    assert [s.name for s in catalog.layers] == ["basemap", "countries", "sensors", "borders", "elevation", "scenes"]
     assert [s.priority for s in catalog.layers] == sorted(s.priority for s in catalog.layers)
     kinds = {s.name: s.kind for s in catalog.layers}
     assert kinds == {
@@ -56,10 +56,14 @@ def test_demo_catalog_is_the_default(monkeypatch):
         "countries": "features",
         "sensors": "features",
         "borders": "features",
+        "elevation": "cog",
+        "scenes": "stac",
     }
     assert catalog.get("sensors").max_features >= 200_000
     assert catalog.get("sensors").style.cmap and catalog.get("countries").style.opacity < 1
     assert not catalog.get("borders").visible
+    assert not catalog.get("elevation").visible and not catalog.get("scenes").visible
+    assert catalog.get("scenes").url == "demo://stac" and catalog.get("scenes").asset == "elevation"
 
 
 def test_env_variable_then_argument_choose_the_file(tmp_path, monkeypatch):
