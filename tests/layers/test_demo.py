@@ -22,6 +22,7 @@ from mapstream.demo.data import COUNTRIES_FILE, ensure_data, read_countries, sen
 from mapstream.demo.tileserver import LAND, MAX_ZOOM, SEA, TileServer
 from mapstream.layers.sources.cog import COGLayer
 from mapstream.layers.sources.features import FeatureLayer
+from mapstream.layers.sources.stac import STACLayer
 from mapstream.layers.http import Fetcher
 from mapstream.layers.sources.tiles import TileLayer
 from mapstream.layers.viewport import Viewport
@@ -169,6 +170,13 @@ async def test_every_demo_layer_answers(demo):
                 values = await layer.fetch(Viewport.from_lonlat((5, 43, 22, 49), 400), fetcher)
                 assert values.dims == ("band", "y", "x") and np.isfinite(values.values).mean() > 0.5
                 assert float(np.nanmax(values.values)) > 1000  # mountains
+            elif spec.kind == "stac":
+                assert isinstance(layer, STACLayer) and layer.urls == [demo.stac_url]
+                items = await layer.search((5, 43, 22, 49), fetcher)
+                assert sorted(items.frame["id"]) == ["elevation-3857", "elevation-utm33"] and not items.errors
+                assert all(h.startswith(demo.tiles_url.split("/tiles/")[0] + "/cogs/") for h in items.hrefs)
+                values = await layer.fetch(Viewport.from_lonlat((5, 43, 22, 49), 400), fetcher)
+                assert float(np.nanmax(values.values)) > 1000  # the COGs' mountains
             else:
                 assert isinstance(layer, FeatureLayer) and layer.url == demo.ogc_url
                 result = await layer.fetch(view, fetcher)
@@ -256,14 +264,14 @@ def test_services_start_shared_stop_and_leave_nothing_at_exit(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["shared"] and out["children"] == 2 and len(out["pids"]) == 2
+    assert out["shared"] and out["children"] == 3 and len(out["pids"]) == 3  # OGC, tiles, STAC
     assert out["startup"] > 0
     # the event loop kept running during the start (a blocking start would stall it for all of it)
     assert out["lag"] < max(0.5, out["startup"] / 3), out
     assert out["failed"] + out["ok"] == 30 and 5 <= out["failed"] <= 25  # about half
     assert out["fastest"] >= 0.1  # the injected latency
     assert out["after_stop"] == []
-    assert len(out["pids_again"]) == 2
+    assert len(out["pids_again"]) == 3
     wait_for(lambda: not any(psutil.pid_exists(p) for p in out["pids_again"]), 10)
     alive = [p for p in out["pids_again"] if psutil.pid_exists(p)]
     assert not alive, f"left running after exit: {alive}"
@@ -287,7 +295,7 @@ def test_children_exit_when_the_starter_is_killed(tmp_path):
     )
     try:
         pids = json.loads(proc.stdout.readline())
-        assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+        assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
         os.kill(proc.pid, signal.SIGKILL)  # no atexit: the children's watchdog must act
         proc.wait(10)
         wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), 15)
