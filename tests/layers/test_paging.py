@@ -23,6 +23,7 @@ BOX = (-30.05, 20.05, 50.05, 75.05)
 VIEW = Viewport.from_lonlat(BOX, 400)
 LIMIT = 50
 BOUND = 30  # seconds: every load here ends long before
+pytestmark = pytest.mark.timeout(120)  # and pytest-timeout stops a test that would hang anyway
 
 
 @pytest.fixture
@@ -279,3 +280,14 @@ async def test_the_catalog_asks_for_client_side_filtering(paging_server, fetcher
     result = await _fetch(lenient, VIEW, fetcher)
     want = {p["id"] for p in truth() if inside(p, BOX) and p["kind"] == "gamma"}
     assert set(_ids(result.frame)) == want and result.progress.client_filtered
+
+
+@pytest.mark.parametrize("error", [
+    PagingError("the server's next link leads back to a page already requested", url="http://h/i?offset=5"),
+    CapabilityError("http://h does not declare OGC API Features Part 3 filtering"),
+])
+def test_the_new_errors_copy_and_pickle(error):
+    for again in (copy.deepcopy(error), pickle.loads(pickle.dumps(error))):
+        assert type(again) is type(error) and str(again) == str(error)
+        assert getattr(again, "url", None) == getattr(error, "url", None)
+        assert isinstance(again, LayersError)
