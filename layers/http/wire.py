@@ -57,6 +57,16 @@ _TOTAL_SPENT = 0.98
 #: RFC 9110 5.1 token (a header name) and field value (visible ASCII, space and tab only).
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+#: Header names already checked (a few dozen in a process: a set lookup beats the regex).
+_NAMES_SEEN: set[str] = set()
+
+
+def _good_name(name: str) -> bool:
+    if _HEADER_NAME.fullmatch(name) is None:
+        return False
+    if len(_NAMES_SEEN) < 1024:
+        _NAMES_SEEN.add(name)
+    return True
 
 
 def check_headers(headers: dict[str, str], url: str) -> None:
@@ -83,8 +93,11 @@ def check_headers(headers: dict[str, str], url: str) -> None:
         Which header, and why (the value is not shown: it may be a secret).
     """
     for name, value in headers.items():
-        if _HEADER_NAME.fullmatch(name) and _HEADER_VALUE.fullmatch(value):
+        # The fast test first (str methods, ~0.1 us): visible ASCII and spaces, a known name.
+        if value.isascii() and value.isprintable() and (name in _NAMES_SEEN or _good_name(name)):
             continue
+        if _HEADER_NAME.fullmatch(name) and _HEADER_VALUE.fullmatch(value):
+            continue  # a tab in the value
         if not _HEADER_NAME.fullmatch(name):
             problem = f"header name {name!r} for {redact_url(url)} is not a valid HTTP header name"
         elif "\r" in value or "\n" in value or "\0" in value:
