@@ -10,8 +10,8 @@ and parsing :mod:`~mapstream.layers.sources.geojson`'s.
 Capabilities are checked before they are used: a ``filter`` needs OGC API Features Part 3 (and
 the filter language among those declared; a server that declares nothing is probed once, see
 :func:`~mapstream.layers.sources.ogcapi.probe_filter`), ``crs``/``bbox-crs`` need Part 2, and a
-``datetime`` needs a collection with time. A request the server cannot answer is a
-:class:`~mapstream.layers.sources.ogcapi.CapabilityError` naming the server and the missing
+``datetime`` needs a collection that declares time (a temporal extent or a date-time
+queryable). A request the server cannot answer is a :class:`~mapstream.layers.sources.ogcapi.CapabilityError` naming the server and the missing
 conformance class, unless the layer was asked to filter on the client (``client_filter=True``):
 then the CQL2 filter is evaluated on the loaded pages (:mod:`~mapstream.layers.sources.cql`) and
 every progress says ``client_filtered=True``.
@@ -298,10 +298,11 @@ class FeatureLayer:
             )
         part2 = has_part2 and coll.offers(ogcapi.EPSG3857)
         crs = ogcapi.EPSG3857 if part2 else None
-        if self.datetime and coll.temporal is None and queryables is not None and not queryables.datetime_properties:
+        if self.datetime and coll.temporal is None and not (queryables and queryables.datetime_properties):
+            # Nothing says the features have a time: a server would ignore datetime= or fail.
             raise CapabilityError(
-                f"collection {self.collection!r} of {self.url} has no temporal extent and no "
-                "date-time queryable: the server cannot select by datetime"
+                f"collection {self.collection!r} of {self.url} declares no temporal extent and "
+                "no date-time queryable: the server cannot select by datetime"
             )
         client = await self._filter_plan(conformance, fetcher)
         boxes: list[Bounds | None] = list(lonlat_boxes(viewport)) if viewport is not None else [None]
