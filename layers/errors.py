@@ -23,6 +23,7 @@ The tree::
     │   ├── ResponseTooLargeError  the body exceeded the fetcher's size limit
     │   ├── RedirectRefusedError  a redirect from a public origin to an internal address
     │   ├── RetriesExhaustedError  retries used up; ``last_error`` is the final failure
+    │   ├── RetryAfterTooLongError  the server asks for a longer wait than the fetcher allows
     │   ├── RangeError      a ranged read answered with the wrong bytes, or 416
     │   └── SourceChangedError  the file changed while it was read (ETag / size differ)
     ├── TileError               one tile of a mosaic that failed (keeps its key, URL, status)
@@ -44,6 +45,7 @@ __all__ = [
     "ResponseTooLargeError",
     "RedirectRefusedError",
     "RetriesExhaustedError",
+    "RetryAfterTooLongError",
     "RangeError",
     "SourceChangedError",
     "TileError",
@@ -146,6 +148,35 @@ class RetriesExhaustedError(FetchError):
         self.attempts = attempts
         self.last_error = last_error
 
+
+
+class RetryAfterTooLongError(FetchError):
+    """The server asks us to wait longer (``Retry-After``) than the fetcher's
+    ``max_retry_after`` before retrying: the request ends at once, and so does every request
+    to that host until the wait is over, instead of retrying or hanging.
+
+    >>> str(RetryAfterTooLongError("tiles.test", 3600, 60))
+    'the server tiles.test asks us to wait 1 h before retrying; giving up (the fetcher waits at most 60 s: Fetcher(max_retry_after=...))'
+    """
+
+    def __init__(self, where: str, retry_after: float, limit: float, *, url: str | None = None) -> None:
+        super().__init__(
+            f"the server {where} asks us to wait {_duration(retry_after)} before retrying; giving up "
+            f"(the fetcher waits at most {_duration(limit)}: Fetcher(max_retry_after=...))",
+            url=url,
+        )
+        self.retry_after = retry_after
+        self.limit = limit
+
+
+def _duration(seconds: float) -> str:
+    """``3600`` -> ``'1 h'``, ``90`` -> ``'2 min'``, ``60`` -> ``'60 s'``."""
+    hours = seconds / 3600
+    if hours >= 0.99 and abs(hours - round(hours)) < 0.05:  # a pause counted down since sent
+        return f"{round(hours)} h"
+    if seconds > 90:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
 
 class RangeError(FetchError):
     """A ranged read (``Range: bytes=a-b``) the server could not or did not answer correctly:

@@ -27,6 +27,7 @@ from ..errors import BadInputError
 from .admission import Admission
 from .cached import cached_get
 from .flight import SingleFlight
+from .limits import HostLimits, adaptive_default
 from .logs import install_log_redaction
 from .metrics import FetchMetrics
 from .redirects import RedirectGuard
@@ -67,9 +68,14 @@ class Fetcher:
     ----------
     per_host_limit
         Concurrent requests per host (``host`` or ``host:port``) unless ``host_limits`` says
-        otherwise.
+        otherwise: the *ceiling* of each host's adaptive limit.
     host_limits
-        ``{host: limit}``, e.g. ``{"tile.openstreetmap.org": 2}``.
+        ``{host: limit}``, e.g. ``{"tile.openstreetmap.org": 2}`` (ceilings too).
+    adaptive
+        Learn each host's best concurrency between 1 and its ceiling (:mod:`.limits`: start
+        low, grow while throughput grows, shrink when latency rises without a gain, halve on
+        429/503 and timeouts). ``False``: every host gets its ceiling at once, as a fixed
+        limit. Default: on, unless the environment has ``MAPSTREAM_ADAPTIVE=0``.
     global_limit
         Concurrent requests in total.
     connect_timeout, read_timeout, total_timeout
@@ -81,7 +87,14 @@ class Fetcher:
     backoff_base, backoff_cap
         Full-jitter backoff: the n-th retry waits uniform(0, min(cap, base * 2**(n-1))).
     retry_after_cap
-        The longest wait a server's ``Retry-After`` can impose (longer values wait this long).
+        The longest wait a server's ``Retry-After`` can impose (longer values, up to
+        ``max_retry_after``, wait this long). Default: ``max_retry_after``.
+    max_retry_after
+        Seconds: a ``Retry-After`` longer than this ends the request at once with
+        :class:`~mapstream.layers.errors.RetryAfterTooLongError` ("the server asks us to wait
+        1 h before retrying; giving up"), as it does every request to that host until the
+        wait is over. Shorter ones are honoured for the whole host: no attempt to it leaves
+        before that time.
     retry_budget
         Retries a host may use before failures stop being retried; each success refunds
         0.1, so a dead host fails fast while a flaky one keeps being retried.
@@ -127,6 +140,7 @@ class Fetcher:
         *,
         per_host_limit: int = 8,
         host_limits: Mapping[str, int] | None = None,
+        adaptive: bool | None = None,
         global_limit: int = 64,
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
@@ -134,7 +148,8 @@ class Fetcher:
         retry_attempts: int = 4,
         backoff_base: float = 0.25,
         backoff_cap: float = 8.0,
-        retry_after_cap: float = 30.0,
+        retry_after_cap: float | None = None,
+        max_retry_after: float = 60.0,
         retry_budget: float = 20.0,
         max_response_bytes: int = 256 * 2**20,
         headers: Mapping[str, str] | None = None,
@@ -161,6 +176,7 @@ class Fetcher:
             ("read_timeout", read_timeout),
             ("total_timeout", total_timeout),
             ("max_response_bytes", max_response_bytes),
+            ("max_retry_after", max_retry_after),
         ):
             if not value > 0:
                 raise BadInputError(f"{name} must be > 0, got {value!r}")
@@ -173,7 +189,19 @@ class Fetcher:
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         )
         self.total_timeout = total_timeout
-        self.retry = RetryPolicy(retry_attempts, backoff_base, backoff_cap, retry_after_cap, retry_budget)
+        self.adaptive = adaptive_default() if adaptive is None else bool(adaptive)
+        #: Each host's adaptive limit, latency floors, throughput and pause, for the fetcher's
+        #: life (every loop, load and session share it): :mod:`.limits`.
+        self.hosts = HostLimits(self._limit_for, adaptive=self.adaptive, max_retry_after=max_retry_after)
+        self.retry = RetryPolicy(
+            retry_attempts,
+            backoff_base,
+            backoff_cap,
+            max_retry_after if retry_after_cap is None else retry_after_cap,
+            retry_budget,
+            max_retry_after=max_retry_after,
+            hosts=self.hosts,
+        )
         self.max_response_bytes = max_response_bytes
         self.ttl = ttl
         self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
@@ -185,7 +213,7 @@ class Fetcher:
             cache_dir = default_cache_dir()
         self.disk: DiskCache | None = None if cache_dir is None else DiskCache(cache_dir)
         self.memory = MemoryLRU(memory_bytes)
-        self.metrics = FetchMetrics()
+        self.metrics = FetchMetrics(hosts=self.hosts.snapshot)
         self.redirects = RedirectGuard(allow_private_redirects)
         self._lock = threading.Lock()
         self._last_state: _LoopState | None = None
@@ -259,7 +287,7 @@ class Fetcher:
             # cookies to later requests (credentials go in source headers).
             cookies=http.cookiejar.CookieJar(_NO_COOKIES),
         )
-        admission = Admission(self.global_limit, self._limit_for, self.metrics)
+        admission = Admission(self.global_limit, self._limit_for, self.metrics, self.hosts)
         wire = Wire(
             loop,
             client,
@@ -280,7 +308,8 @@ class Fetcher:
         return self.host_limits.get(netloc, self.host_limits.get(hostname, self.per_host_limit))
 
     def host_limit(self, url: str) -> int:
-        """The number of concurrent requests allowed to the host of ``url``.
+        """The number of concurrent requests allowed to the host of ``url``: its ceiling (the
+        adaptive limit moves below it, see ``metrics.snapshot()["hosts"]``).
 
         A caller that plans many requests to one host (a layer's pages) keeps about this many
         outstanding, so it saturates the host's slots without queueing everything at once ahead
@@ -292,7 +321,8 @@ class Fetcher:
         return self._limit_for(httpx.URL(url).netloc.decode("ascii").lower())
 
     def set_host_limit(self, host: str, limit: int) -> None:
-        """Allow ``limit`` concurrent requests to ``host`` (``"name"`` or ``"name:port"``).
+        """Allow ``limit`` concurrent requests to ``host`` (``"name"`` or ``"name:port"``): the
+        ceiling of its adaptive limit, never exceeded.
 
         Takes effect at once, also for requests already waiting.
 
@@ -306,6 +336,7 @@ class Fetcher:
         with self._lock:
             self.host_limits[host] = limit
             states = list(self._loops.values())
+        self.hosts.refresh()
         for st in states:
             if st.loop.is_closed():
                 continue

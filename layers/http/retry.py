@@ -3,6 +3,12 @@
 Idempotent requests are retried on :data:`RETRY_STATUSES` and on transport failures and
 timeouts, with full-jitter backoff or the server's ``Retry-After`` (capped), while the host's
 :class:`RetryBudget` lasts; :meth:`RetryPolicy.send` runs that loop around one attempt.
+
+With the fetcher's :class:`~.limits.HostLimits` the loop also tells each host's adaptive limit
+what happened (a latency sample, a push-back, a timeout) and honours ``Retry-After`` for the whole host: the host is
+paused (admission holds every attempt to it until then), and requests refused in the same burst
+retry after the pause without spending the budget or an attempt. A ``Retry-After`` longer than
+``max_retry_after`` ends the request at once (:class:`~mapstream.layers.errors.RetryAfterTooLongError`).
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ..errors import FetchError, FetchTimeoutError, RetriesExhaustedError, StatusError, TransportError
-from ..errors import TotalTimeoutError
+from ..errors import RetryAfterTooLongError, TotalTimeoutError
 from ..redact import redact_url
+from .admission import LAST_ATTEMPT
+from .limits import HostLimit, HostLimits, route_of
 from .metrics import FetchMetrics
 from .response import Response
 
@@ -31,6 +39,9 @@ __all__ = [
 
 #: Statuses worth retrying (for idempotent requests only).
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Statuses by which a server pushes back (too many requests, overloaded): the host's limit
+#: halves and its ``Retry-After`` pauses the whole host.
+PUSHBACK_STATUSES = frozenset({429, 503})
 #: Methods that may be sent twice (RFC 9110 9.2.2): only these are retried.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
@@ -103,19 +114,38 @@ class RetryPolicy:
     backoff_base, backoff_cap
         Full-jitter backoff: the n-th retry waits uniform(0, min(cap, base * 2**(n-1))).
     retry_after_cap
-        The longest wait a server's ``Retry-After`` can impose (longer values wait this long).
+        The longest wait a server's ``Retry-After`` can impose (longer values, up to
+        ``max_retry_after``, wait this long).
     budget
         Retries a host may use before failures stop being retried (:class:`RetryBudget`).
+    max_retry_after
+        A ``Retry-After`` longer than this ends the request at once with
+        :class:`~mapstream.layers.errors.RetryAfterTooLongError` (``None``: never).
+    hosts
+        The fetcher's adaptive limits and pauses per host (``None``: none).
     """
 
+    #: Retries after a push-back of the same burst (free of budget and attempts), at most.
+    FREE_RETRIES = 8
+
     def __init__(
-        self, attempts: int, backoff_base: float, backoff_cap: float, retry_after_cap: float, budget: float
+        self,
+        attempts: int,
+        backoff_base: float,
+        backoff_cap: float,
+        retry_after_cap: float,
+        budget: float,
+        *,
+        max_retry_after: float | None = None,
+        hosts: HostLimits | None = None,
     ) -> None:
         self.attempts = attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.retry_after_cap = retry_after_cap
         self.budget = budget
+        self.max_retry_after = max_retry_after
+        self.hosts = hosts
         self._budgets: dict[str, RetryBudget] = {}
         self._lock = threading.Lock()
 
@@ -168,30 +198,74 @@ class RetryPolicy:
         """
         budget = self.budget_of(netloc)
         idempotent = method in IDEMPOTENT_METHODS
-        n = 0
+        host = self.hosts.host(netloc) if self.hosts is not None else None
+        route = route_of(url) if host is not None else ""
+        n = free = 0
         while True:
             n += 1
             retry_after: float | None = None
+            collateral = False
+            LAST_ATTEMPT.set(None)
             try:
                 resp = await attempt(method, url, netloc, headers, content)
+                if resp.status in RETRY_STATUSES:
+                    retry_after = parse_retry_after(resp.headers.get("retry-after"))
+                    self._refuse_long_wait(retry_after, netloc, url, host, metrics)
+                if host is not None:
+                    collateral = self._observe(host, route, resp.status, retry_after)
             except TotalTimeoutError:
+                if host is not None:
+                    host.timeout()
                 metrics.incr("errors")
                 raise  # the whole total timeout spent: another attempt would take as long
             except (FetchTimeoutError, TransportError) as exc:
+                if host is not None and isinstance(exc, FetchTimeoutError):
+                    host.timeout()
                 error: FetchError = exc
             else:
                 if resp.status not in RETRY_STATUSES or not idempotent:
                     budget.success()
                     return resp
                 error = StatusError(resp.status, redact_url(url))
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
             if not idempotent:
                 metrics.incr("errors")
                 raise error
+            if collateral and free < self.FREE_RETRIES and host is not None and host.pause_left() > 0:
+                # Refused in a burst the host already answered: the pause covers it.
+                free += 1
+                n -= 1
+                metrics.incr("retries")
+                continue
             if n >= self.attempts or not budget.try_spend():
                 metrics.incr("errors")
                 if n == 1:  # retries disabled, or the host's budget is spent: fail fast
                     raise error
                 raise RetriesExhaustedError(redact_url(url), n, error) from error
             metrics.incr("retries")
+            if host is not None and retry_after is not None and host.pause_left() > 0:
+                continue  # admission holds the next attempt until the host's pause is over
             await asyncio.sleep(self.delay(n, retry_after))
+
+    def _refuse_long_wait(
+        self, retry_after: float | None, netloc: str, url: str, host: HostLimit | None, metrics: FetchMetrics
+    ) -> None:
+        """Raise :class:`RetryAfterTooLongError` for a ``Retry-After`` over ``max_retry_after``
+        (and pause the host that long, so its other requests end at once too)."""
+        if retry_after is None or self.max_retry_after is None or retry_after <= self.max_retry_after:
+            return
+        if host is not None:
+            host.pushback(LAST_ATTEMPT.get(), retry_after, retry_after)
+        metrics.incr("errors")
+        raise RetryAfterTooLongError(netloc, retry_after, self.max_retry_after, url=redact_url(url))
+
+    def _observe(self, host: HostLimit, route: str, status: int, retry_after: float | None) -> bool:
+        """Tell ``host`` how the attempt went; returns whether a push-back was collateral."""
+        seen = LAST_ATTEMPT.get()
+        if status in PUSHBACK_STATUSES:
+            wait = None if retry_after is None else min(retry_after, self.retry_after_cap)
+            return host.pushback(seen, retry_after, wait)
+        if status == 504:
+            host.timeout()
+        elif status not in RETRY_STATUSES and seen is not None:
+            host.success(route, seen)
+        return False
