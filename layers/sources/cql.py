@@ -223,6 +223,7 @@ class ClientFilter:
     def __init__(self, filter: str | Mapping[str, Any], lang: str | None = None) -> None:
         self.language = filter_language(filter, lang)
         self.ast = parse_cql2(filter, self.language)
+        self.source = (filter, lang)
 
     def __repr__(self) -> str:
         return f"ClientFilter({self.ast!r})"

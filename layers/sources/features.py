@@ -11,7 +11,8 @@ Capabilities are checked before they are used: a ``filter`` needs OGC API Featur
 the filter language among those declared; a server that declares nothing is probed once, see
 :func:`~mapstream.layers.sources.ogcapi.probe_filter`), ``crs``/``bbox-crs`` need Part 2, and a
 ``datetime`` needs a collection that declares time (a temporal extent or a date-time
-queryable). A request the server cannot answer is a :class:`~mapstream.layers.sources.ogcapi.CapabilityError` naming the server and the missing
+queryable). A request the server cannot answer is a
+:class:`~mapstream.layers.sources.ogcapi.CapabilityError` naming the server and the missing
 conformance class, unless the layer was asked to filter on the client (``client_filter=True``):
 then the CQL2 filter is evaluated on the loaded pages (:mod:`~mapstream.layers.sources.cql`) and
 every progress says ``client_filtered=True``.
@@ -336,7 +337,9 @@ class FeatureLayer:
             missing = ogcapi.CONF_CQL2_JSON if lang == "cql2-json" else ogcapi.CONF_CQL2_TEXT
         elif langs is not None:
             return None
-        if self._client_filter is not None:
+        if self.client_filter:
+            if self._client_filter is None or self._client_filter.source != (self.filter, self.filter_lang):
+                self._client_filter = ClientFilter(self.filter, self.filter_lang)  # set after construction
             return self._client_filter
         what = (
             "OGC API Features Part 3 filtering" if missing == ogcapi.CONF_FILTER else f"{lang} filters"
