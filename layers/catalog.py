@@ -153,6 +153,9 @@ class LayerSpec(BaseModel):
         OGC API collection id (features).
     wms_layers
         WMS layer names (wms).
+    gutter
+        Pixels of the neighbours asked for around each WMS tile and cropped away, so symbols
+        are whole at tile edges (wms; 0: one tile per GetMap; 32-64 for point symbols).
     priority
         Preload order, lower first (default: position in the file).
     visible
@@ -206,6 +209,7 @@ class LayerSpec(BaseModel):
     provider: str | None = None
     collection: str | None = None
     wms_layers: list[str] | None = None
+    gutter: int = Field(0, ge=0, le=256)
     priority: int | None = None
     visible: bool = True
     min_zoom: int = Field(0, ge=0, le=30)
@@ -307,6 +311,8 @@ class LayerSpec(BaseModel):
                 need("url", f"a {self.kind} layer needs url")
         if self.kind == "wms" and not self.wms_layers:
             need("wms_layers", "a wms layer needs wms_layers (the WMS layer names)")
+        if self.gutter and self.kind != "wms":
+            need("gutter", f"gutter is for wms layers, not {self.kind}")
         if self.kind == "features" and not self.collection:
             need("collection", "a features layer needs collection")
         if self.max_zoom is not None and self.max_zoom < self.min_zoom:

@@ -139,6 +139,17 @@ class TiledLayer:
         """``text`` with any secret the layer puts into URLs removed."""
         return text
 
+    async def _decode(self, content: bytes, url: str) -> np.ndarray:
+        """One answer's bytes as the tile's ``tile_size`` x ``tile_size`` RGBA, off the loop
+        (a subclass that asks for more than the tile, such as a WMS gutter, crops here).
+
+        Raises
+        ------
+        ParseError
+            Not an image, or too large (:func:`~mapstream.layers.imaging.decode_rgba`).
+        """
+        return await decode_tile(content, self.tile_size, url=self._redact(url))
+
     # -- planning (pure) ----------------------------------------------------------------------
     def _check_zoom(self, zoom: int) -> int:
         if not isinstance(zoom, (int, np.integer)) or not self.min_zoom <= zoom <= self.max_zoom:
@@ -234,7 +245,7 @@ class TiledLayer:
             reason = self._redact(f"server sent {ctype}: {excerpt}")
             return _Outcome(url, None, resp.from_cache, reason, True)
         try:
-            image = await decode_tile(resp.content, self.tile_size, url=self._redact(url))
+            image = await self._decode(resp.content, url)
         except LayersError as exc:
             return _Outcome(url, None, resp.from_cache, self._redact(str(exc)), True)
         fetcher.memory.put(key, image, image.nbytes)

@@ -15,9 +15,12 @@ from mapstream.layers.projection import ORIGIN_SHIFT, lonlat_to_mercator
 from mapstream.layers.viewport import Viewport
 from mapstream.layers.sources.wms import WMSLayer, wms_bbox
 from tests.layers.test_tiles import expected_pixels
+from tests.support.pointwms import crop, mosaic_getmap
+from tests.support.pointwms import point_wms as point_wms_fixture
 from tests.support.tileserver import tile_server as tile_server_fixture
 
 tile_server = tile_server_fixture  # the loopback server fixture
+point_wms = point_wms_fixture  # draws point symbols, cut at the BBOX like real servers
 
 
 @pytest.fixture
@@ -126,3 +129,30 @@ def test_axis_order_and_bad_input():
     q = dict(parse_qsl(urlsplit(url).query))
     assert q["BBOX"] == ",".join(repr(v).removesuffix(".0") for v in tile_bounds(Tile(3, 1, 2)))
     assert WMSLayer.load is TileLayer.load  # both layers share one pipeline
+
+
+async def test_gutter_keeps_point_symbols_whole_at_tile_edges(point_wms, fetcher):
+    from urllib.parse import urlencode
+
+    from mapstream.layers.imaging import decode_rgba
+
+    vp = Viewport.create((-2.1e6, 2.1e6), (-1.3e6, 1.3e6), 700, 430)
+    plain = await WMSLayer(point_wms.url, "points", max_zoom=8).fetch(vp, fetcher)
+    wide = await WMSLayer(point_wms.url, "points", max_zoom=8, gutter=8).fetch(vp, fetcher)
+    assert plain.errors == () and wide.errors == ()
+    assert plain.image.shape == wide.image.shape and len(wide.tiles_used) > 6
+    gutter_get = point_wms.requests[-1]
+    assert (gutter_get["WIDTH"], gutter_get["HEIGHT"]) == ("272", "272")
+    params = mosaic_getmap(wide.image, gutter=8, LAYERS="points")
+    one = await fetcher.get(f"{point_wms.url}?{urlencode(params)}")
+    whole = crop(decode_rgba(one.content), 8)
+    assert whole.shape == wide.image.shape and whole[..., 3].any()
+    np.testing.assert_array_equal(wide.image.values, whole)  # pixel for pixel
+    assert (plain.image.values != whole).any()  # without a gutter, symbols at tile edges are cut
+
+
+def test_gutter_is_checked():
+    with pytest.raises(BadInputError, match="gutter"):
+        WMSLayer("http://w.test/wms", "a", gutter=-1)
+    with pytest.raises(BadInputError, match="gutter"):
+        WMSLayer("http://w.test/wms", "a", gutter=1000)
