@@ -342,6 +342,8 @@ class PageWalk:
         self._budget_reported = False
         self._stop_offsets = False
         self._end_offset = math.inf  # the first offset that answered no features
+        self._budget_error: PagingError | None = None  # offsets cut at max_pages
+        self._budget_reported_walk = False  # a walk stopped at max_pages
 
     async def cancel_all(self) -> None:
         """Cancel every request of the walk and wait for them to end."""
@@ -379,6 +381,7 @@ class PageWalk:
         if self.requests < self.max_pages:
             return False, ()
         self.truncated = True
+        self._budget_reported_walk = True
         if self._budget_reported:
             return True, ()
         self._budget_reported = True
@@ -472,14 +475,17 @@ class PageWalk:
                 room = max(0, self.max_pages - self.requests - len(offsets))
                 if len(planned) > room:
                     planned = planned[:room]
-                    budget_errors.append(PagingError(
+                    # Said at the end, if the pages really went on that long (a count can lie high).
+                    self._budget_error = PagingError(
                         f"numberMatched={matched} at {step} features a page needs "
                         f"{math.ceil((end - start) / step)} more pages; max_pages={self.max_pages} "
                         f"allows {room}: stopped there. Raise max_pages or limit to load more",
                         url=nxt,
-                    ))
+                    )
                     self._budget_reported = True
-                    self.truncated = True
+                    if not room:
+                        budget_errors.append(self._budget_error)
+                        self.truncated = True
                 for o in planned:
                     u = with_offset(nxt, o)
                     assert u is not None
@@ -655,6 +661,7 @@ class PageWalk:
             complete = open_producers == 0
             if complete:
                 self.total = self.done
+                item.errors += self._budget_errors_at_end()
             elif self.total is not None and self.done >= self.total:
                 self.total = None  # more pages than planned: the count is unknown
             yield self._page(frame, item.url, item.errors, complete)
@@ -664,8 +671,19 @@ class PageWalk:
             # stopped at the cap): one empty page says the load is complete.
             self.total = self.done
             yield self._page(
-                gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs="EPSG:3857")), self.layer.items_url, (), True
+                gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs="EPSG:3857")), self.layer.items_url,
+                self._budget_errors_at_end(), True,
             )
+
+    def _budget_errors_at_end(self) -> tuple[LayersError, ...]:
+        """The max_pages error of planned offsets, when the pages did go on to the last one."""
+        error, self._budget_error = self._budget_error, None
+        if self._end_offset != math.inf and not self._capped and not self._budget_reported_walk:
+            self.truncated = False  # the pages ended before the plan: the count was only high
+        if error is None or self._end_offset != math.inf or self._stop_offsets or self._capped:
+            return ()
+        self.truncated = True
+        return (error,)
 
 
 def _finish(queue: asyncio.Queue[_Item], last: _Item | None, url: str) -> None:
