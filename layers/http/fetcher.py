@@ -428,9 +428,11 @@ class Fetcher:
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
         allow_status: tuple[int, ...] = (),
+        idempotent: bool | None = None,
     ) -> Response:
-        """Any request, never cached; only idempotent methods are retried, and only GET and
-        HEAD without a body are coalesced.
+        """Any request, never cached; only idempotent methods are retried (``idempotent=True``:
+        the caller says this one is, e.g. a STAC search by POST), and only GET and HEAD without
+        a body are coalesced.
 
         Raises
         ------
@@ -447,7 +449,9 @@ class Fetcher:
                 key, lambda: self.retry.send(state.wire.attempt, method, full, netloc, hdrs, None, self.metrics)
             )
         else:
-            resp = await self.retry.send(state.wire.attempt, method, full, netloc, hdrs, content, self.metrics)
+            resp = await self.retry.send(
+                state.wire.attempt, method, full, netloc, hdrs, content, self.metrics, idempotent
+            )
         return check_status(resp, allow_status)
 
     def cache_has_fresh(

@@ -181,10 +181,12 @@ class RetryPolicy:
         headers: dict[str, str],
         content: bytes | None,
         metrics: FetchMetrics,
+        idempotent: bool | None = None,
     ) -> Response:
         """One logical request: ``attempt`` until a response is final, with retries and
         backoff. Returns the final response for any status that is not retried (the caller
-        checks it).
+        checks it). ``idempotent`` None: by the method (:data:`IDEMPOTENT_METHODS`); True: the
+        caller knows that sending it twice is harmless (a search sent by POST).
 
         Raises
         ------
@@ -197,7 +199,7 @@ class RetryPolicy:
             Any other failure of an attempt, as it is (never retried).
         """
         budget = self.budget_of(netloc)
-        idempotent = method in IDEMPOTENT_METHODS
+        idempotent = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         host = self.hosts.host(netloc) if self.hosts is not None else None
         route = route_of(url) if host is not None else ""
         n = free = 0

@@ -13,8 +13,9 @@ One search is a walk over one catalog's ``/search`` for one collection:
    A next link that repeats a request already made ends the walk (a server looping on its own
    last page must not keep a load alive).
 
-POST searches are never retried by the fetcher (POST is not idempotent in RFC 9110); a page
-that fails ends that walk with its error, and the items before it are kept.
+A search sent by POST changes nothing on the server: the fetcher retries it like a GET
+(``idempotent=True``). A page that still fails ends that walk with its error, and the items
+before it are kept.
 """
 
 from __future__ import annotations
@@ -218,6 +219,7 @@ async def send(request: SearchRequest, fetcher: Fetcher, headers: Mapping[str, s
             request.url,
             content=orjson.dumps(request.body or {}),
             headers={**hdrs, "Content-Type": "application/json"},
+            idempotent=True,  # a search: sending it twice is harmless, so a 503 is retried
         )
     elif request.method == "GET":
         resp = await fetcher.get(request.url, params=request.params, headers=hdrs)

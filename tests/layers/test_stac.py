@@ -148,6 +148,17 @@ async def test_a_failing_catalog_is_reported_and_the_others_items_kept(stac_pair
     assert bad.url in str(err) and "'utm'" in str(err)
 
 
+async def test_a_search_by_post_is_retried_after_a_503():
+    with stac_servers(StacServer(make_items("dem", 5), faults={"/search": ["503", "ok", "503"]})) as (srv,):
+        async with Fetcher(cache_dir=None, retry_attempts=3, backoff_base=0.01) as fetcher:
+            layer = STACLayer(srv.url, collections=["dem"], asset="data", limit=2)
+            result = await layer.search(WORLD, fetcher)
+            stats = srv.stats()
+            retries = fetcher.metrics.snapshot().get("retries")
+    assert result.errors == () and _ids(result) == [f"dem-{k:03d}" for k in range(5)]
+    assert stats["by_method"]["POST"] == 3 + 2 and retries == 2  # 3 pages, 2 of them twice
+
+
 async def test_a_server_that_is_not_a_stac_api_is_a_clear_error(fetcher):
     with stac_servers(StacServer(make_items("dem", 1), faults={"/": ["ok"]})) as (srv,):
         layer = STACLayer(srv.url + "/collections", collections=["dem"], asset="data")
