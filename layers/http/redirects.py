@@ -85,10 +85,15 @@ def follow(
     >>> follow("GET", httpx.URL("http://a.test/x"), 301, "https://a.test/x", {"authorization": "t"}, None)[2]
     {'authorization': 't'}
 
+    >>> follow("GET", httpx.URL("http://a.test/x"), 302, "http://a.test:99999/", {}, None)
+    Traceback (most recent call last):
+    ...
+    httpx.RemoteProtocolError: Invalid URL in location header: port 99999 is out of range.
+
     Raises
     ------
     httpx.RemoteProtocolError
-        ``location`` is not a URL.
+        ``location`` is not a URL (or its port is out of range).
     httpx.UnsupportedProtocol
         It is not an http(s) URL.
     """
@@ -107,6 +112,8 @@ def follow(
         new = new.copy_with(fragment=url.fragment)
     if new.scheme not in ("http", "https"):
         raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol '{new.scheme}://'.")
+    if new.port is not None and not 0 < new.port < 65536:
+        raise httpx.RemoteProtocolError(f"Invalid URL in location header: port {new.port} is out of range.")
     out = {k: v for k, v in headers.items() if k != "cookie"}
     if not same_origin(url, new):
         upgrade = (

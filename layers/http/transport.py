@@ -241,6 +241,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         ------
         httpx.TransportError
             The matching subclass (``ConnectError``, ``ConnectTimeout``, ``ReadError``, ...).
+        httpx.UnsupportedProtocol
+            yarl or aiohttp cannot send to ``url`` (a port out of range, ...).
         """
         try:
             return await self._get_session().request(
@@ -253,6 +255,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         except _FAILURES as exc:
             raise _httpx_error(exc, None) from exc
+        except ValueError as exc:  # yarl's checks httpx.URL does not make (port 99999, ...)
+            raise httpx.UnsupportedProtocol(f"cannot send a request to this URL: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._session is not None:

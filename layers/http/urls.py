@@ -63,6 +63,10 @@ def normalize(url: str, params: Mapping[str, Any] | None = None) -> tuple[str, s
 
     >>> normalize("HTTPS://Tiles.test:443/a/../b", {"z": 1})
     ('tiles.test', 'https://tiles.test/b?z=1')
+    >>> normalize("http://h.test:99999/")
+    Traceback (most recent call last):
+    ...
+    mapstream.layers.errors.BadInputError: invalid URL http://h.test:99999/: port 99999 is out of range
 
     Raises
     ------
@@ -71,6 +75,8 @@ def normalize(url: str, params: Mapping[str, Any] | None = None) -> tuple[str, s
     """
     netloc = None if params else plain_netloc(url)
     if netloc is not None:  # httpx would leave it as it is: no need to parse it
+        if len(netloc) > 6 and netloc[-6] == ":" and netloc[-5:] > "65535":  # ports have 1-5 digits
+            raise BadInputError(f"invalid URL {redact_url(url)}: port {netloc[-5:]} is out of range")
         return netloc, url
     try:
         u = httpx.URL(url)
@@ -80,6 +86,8 @@ def normalize(url: str, params: Mapping[str, Any] | None = None) -> tuple[str, s
         raise BadInputError(f"invalid URL {url!r}: {exc}") from exc
     if u.scheme not in ("http", "https"):
         raise BadInputError(f"not an http(s) URL: {redact_url(url)}")
+    if u.port is not None and not 0 < u.port < 65536:  # httpx accepts it; no socket does
+        raise BadInputError(f"invalid URL {redact_url(url)}: port {u.port} is out of range")
     return u.netloc.decode("ascii").lower(), str(u)
 
 

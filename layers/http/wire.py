@@ -315,6 +315,9 @@ class Wire:
             try:
                 _HTTPX_LOG.info('HTTP Request: %s %s "HTTP/1.1 %d %s"', method, url, resp.status, resp.reason or "")
                 location = resp.headers.get("Location")
+                if location is not None and not location.isascii():
+                    # aiohttp decodes header bytes as UTF-8 with surrogates; httpx, as Latin-1
+                    location = location.encode("utf-8", "surrogateescape").decode("latin-1")
                 if location is not None and resp.status in REDIRECT_STATUSES and client.follow_redirects:
                     current = httpx.URL(url)
                     # Every header the request was configured with is bound to its origin;

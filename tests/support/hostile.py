@@ -7,6 +7,9 @@ once, or dripped a few bytes at a time with a pause between). Unknown paths unde
 ending in ``/`` use that route (``"/tiles/"`` serves every tile). It records each request's
 path and headers.
 
+:class:`RawServer` sends canned bytes that no HTTP library would (bad status lines, framing,
+redirects to impossible URLs).
+
 Payloads: :func:`bomb_png` (a valid PNG that declares a huge size in a few kB: a decompression
 bomb) and :func:`solid_png`.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import io
+import socket
 import struct
 import threading
 import zlib
@@ -24,10 +28,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
-__all__ = ["HostileServer", "Route", "bomb_png", "solid_png", "hostile_server"]
+__all__ = ["HostileServer", "RawServer", "Route", "bomb_png", "solid_png", "hostile_server"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -206,6 +211,49 @@ class HostileServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RawServer:
+    """Answers each request with canned bytes, whatever HTTP says: ``answers[path]`` (the first
+    path segment), then closes the connection. For status lines, headers and framing no
+    well-behaved server library would send."""
+
+    def __init__(self, answers: dict[str, bytes]) -> None:
+        self.answers = answers
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._thread = threading.Thread(target=self._serve, name="raw-hostile", daemon=True)
+        self._open = True
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while self._open:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                request = conn.recv(65536).decode("latin-1")
+                target = request.split(" ", 2)[1] if request.count(" ") >= 2 else "/"
+                path = unquote(target.split("?")[0].strip("/"), encoding="latin-1")
+                conn.sendall(self.answers.get(path, b""))
+            except OSError:
+                pass
+
+    def __enter__(self) -> RawServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._open = False
+        self._sock.close()
+        self._thread.join(timeout=10)
 
 
 @pytest.fixture
