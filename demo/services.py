@@ -18,7 +18,7 @@ does not cancel it. The services stop at interpreter exit (``atexit``) or on
 Latency and fault injection, for seeing the async behaviour on a laptop, come from the
 arguments or, when those are None, from ``MAPSTREAM_DEMO_LATENCY`` (``"150ms"``, ``"0.2s"``)
 and ``MAPSTREAM_DEMO_FAIL_RATE`` (``"0.05"``): every request is delayed by the latency, and
-that fraction of item and tile requests is answered ``503`` (a seeded sequence).
+that fraction of item, tile and STAC search requests is answered ``503`` (a seeded sequence).
 """
 
 from __future__ import annotations
@@ -277,6 +277,7 @@ def _launch(
     stac = StacServer(
         demo_items(tiles.tiles_url.split("/tiles/", 1)[0] + "/cogs/", COG_FILES),
         latency=latency, env=parent,
+        faults={"/search": faults["/items"][:2000]} if faults else None,  # searches fail too
     )
     try:
         stac.start(timeout)  # after the tile server: its items point at the COGs' URLs
