@@ -6,8 +6,9 @@ thread (:func:`asyncio.to_thread`); :func:`decode_rgba` is the blocking function
 
 The bytes come from servers we do not control, so before anything is decoded the size the
 image *declares* (read from its header: Pillow's ``Image.open`` is lazy) is checked against a
-pixel budget (:data:`MAX_PIXELS`): a "decompression bomb" (20 000 x 20 000 px in 100 kB, 1.6 GB
-once decoded) is refused in microseconds as one bad image, never decoded. Only the raster
+pixel budget (:data:`MAX_PIXELS`; for tiles :func:`tile_pixel_budget`): a "decompression
+bomb" (20 000 x 20 000 px in 100 kB, 1.6 GB once decoded) is refused in microseconds as one
+bad image, never decoded. Only the raster
 formats tiles come in are opened, so no Pillow plugin that runs an external program (EPS) or
 parses an exotic container can be reached from a tile server.
 """
@@ -22,7 +23,7 @@ import numpy as np
 
 from .errors import ParseError
 
-__all__ = ["FORMATS", "MAX_PIXELS", "decode_rgba", "decode_tile"]
+__all__ = ["FORMATS", "MAX_PIXELS", "decode_rgba", "decode_tile", "tile_pixel_budget"]
 
 #: The most pixels an image may declare: 4096 x 4096 (64 MiB as RGBA), 256 times a 256 px tile.
 MAX_PIXELS = 4096 * 4096
@@ -104,13 +105,28 @@ def decode_rgba(
 
 
 async def decode_tile(
-    content: bytes, size: int | None = None, *, url: str | None = None
+    content: bytes, size: int | None = None, *, url: str | None = None, max_pixels: int | None = None
 ) -> np.ndarray:
     """:func:`decode_rgba` in a worker thread, so the event loop never decodes.
+
+    ``max_pixels`` defaults to :func:`tile_pixel_budget` of ``size`` (:data:`MAX_PIXELS`
+    without one).
 
     Raises
     ------
     ParseError
         As :func:`decode_rgba`.
     """
-    return await asyncio.to_thread(decode_rgba, content, size, url=url)
+    budget = max_pixels if max_pixels is not None else tile_pixel_budget(size)
+    return await asyncio.to_thread(decode_rgba, content, size, url=url, max_pixels=budget)
+
+
+def tile_pixel_budget(size: int | None) -> int:
+    """The pixels a tile of ``size`` px may declare: 4 times its side each way (a server that
+    answers 512 px tiles to a 256 px layer is fine, one that answers 4096 px costs 64 MiB a
+    tile in every decoding thread), at most :data:`MAX_PIXELS`.
+
+    >>> tile_pixel_budget(256) == 1024 * 1024, tile_pixel_budget(None) == MAX_PIXELS
+    (True, True)
+    """
+    return MAX_PIXELS if size is None else min(MAX_PIXELS, 16 * size * size)

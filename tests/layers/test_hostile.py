@@ -384,3 +384,15 @@ async def test_a_url_with_a_port_out_of_range_is_a_bad_input(transport):
     async with Fetcher(transport=transport, cache_dir=None) as f:
         with pytest.raises(BadInputError, match="port 99999 is out of range"):
             await f.get("http://127.0.0.1:99999/")
+
+
+async def test_a_tile_may_be_bigger_than_asked_but_not_without_bound(hostile_server):
+    template = tile_route(
+        hostile_server,
+        {"1/0/0": dict(body=solid_png(BLUE, 512)), "1/1/0": dict(body=solid_png(BLUE, 2048))},
+    )
+    async with Fetcher(cache_dir=None) as f:
+        mosaic = await TileLayer(template, name="sizes").fetch(WORLD, f)
+    assert pixel_of(mosaic, "1/0/0") == list(BLUE)  # 512 px for a 256 px layer: resampled
+    (error,) = mosaic.errors  # 2048 px: 64 times the pixels of the tile, refused undecoded
+    assert error.key == "1/1/0" and "2048 x 2048 px is over the 1048576-pixel budget" in error.reason
