@@ -15,7 +15,9 @@ engine's error (:attr:`~.store.RangeStore.error`) and it is raised here in their
 
 from __future__ import annotations
 
+import asyncio
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ..errors import LayersError, ParseError
+from ..http.flight import SingleFlight
 from ..redact import redact_url
 from .store import RangeStore
 
@@ -131,6 +134,25 @@ async def open_cog(
     hit = fetcher.memory.get(key)
     if isinstance(hit, COGInfo):
         return hit
+    # Views of one file opened at once share one read of its header (and one store, so their
+    # ranges are shared too).
+    loop = asyncio.get_running_loop()
+    per_loop = _OPENING.setdefault(fetcher, weakref.WeakKeyDictionary())
+    flights = per_loop.get(loop)
+    if flights is None:
+        flights = per_loop[loop] = SingleFlight(loop)
+    return await flights.run(key, lambda: _open(url, fetcher, headers, key))
+
+
+#: Header reads in flight: fetcher -> event loop -> flights by cache key.
+_OPENING: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, SingleFlight[COGInfo]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _open(
+    url: str, fetcher: Fetcher, headers: Mapping[str, str] | None, key: tuple[Any, ...]
+) -> COGInfo:
     from async_geotiff import GeoTIFF
 
     store = RangeStore(url, fetcher, headers=headers)
@@ -336,8 +358,6 @@ async def read_window(info: COGInfo, level: Level, box: PixelBox) -> np.ndarray:
     ParseError, RangeError, SourceChangedError, FetchError
         As :func:`read_tiles`.
     """
-    import asyncio
-
     tiles = await read_tiles(info, level, tiles_for_window(level, box))
     canvas = np.full((info.count, *box.shape), np.nan, dtype=window_dtype(info.dtype))
     await asyncio.to_thread(paste_tiles, canvas, info, level, box, tiles)

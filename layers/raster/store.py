@@ -19,7 +19,9 @@ What a ranged read checks, so that wrong bytes never reach a decoder:
   differs, or a ``412`` to ``If-Match``, raises :class:`~mapstream.layers.errors.SourceChangedError`.
 
 Nearby ranges of one call are merged into one request when the gap between them is at most
-:data:`MERGE_GAP` bytes and the merged request at most :data:`MAX_REQUEST` bytes. Every range
+:data:`MERGE_GAP` bytes and the merged request at most :data:`MAX_REQUEST` bytes; a range that
+a request already in flight covers (another view of the same file, read at the same time)
+waits for that request instead of asking again (single-flight by coverage). Every range
 read is kept in ``fetcher.memory`` (keyed by URL, pin and range), so reading a view again makes
 no request. Ranged GETs skip the disk cache: it stores no ``206`` (RFC 9111 lets a cache keep
 partial content only if it understands ranges; :mod:`mapstream.layers.cache.policy` stores
@@ -30,11 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import BadInputError, LayersError, RangeError, SourceChangedError, StatusError
+from ..http.flight import SingleFlight
 from ..redact import redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,8 +46,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MAX_REQUEST", "MERGE_GAP", "RangeStore", "merge_ranges", "parse_content_range"]
 
-#: Two ranges closer than this (bytes) are read in one request (a seek costs a round trip; a
-#: few kilobytes more on the wire do not).
+#: Two ranges closer than this (bytes) are read in one request: a round trip of 50-100 ms costs
+#: more than 256 KiB at tens of MB/s, and the rows of tiles under a window are a row's worth of
+#: tiles apart in a COG, so a window's rows come in one request.
 MERGE_GAP = 64 * 1024
 #: A merged request never grows past this many bytes (so one slow request does not hold back
 #: many tiles, and concurrency stays useful).
@@ -152,6 +157,10 @@ class RangeStore:
         self.error: LayersError | None = None
         self._lock = asyncio.Lock()
         self._key = (url, tuple(sorted(self.headers.items())))
+        # Per event loop: the requests in flight, by byte range (range -> callers waiting).
+        self._loops: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[SingleFlight[tuple[int, int]], dict[tuple[int, int], int]]
+        ] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"RangeStore({redact_url(self.url)!r})"
@@ -240,18 +249,43 @@ class RangeStore:
                 self.stats.memory_hits += 1
                 found[rng] = hit
         if missing:
-            groups = merge_ranges(missing, gap=self.merge_gap, cap=self.max_request)
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._fetch(s, e)) for s, e in groups]
+            _, flying = self._flights()
+            # ranges a request in flight covers wait for it; the rest are merged and asked for
+            covered = {r: next((g for g in flying if g[0] <= r[0] and r[1] <= g[1]), None) for r in missing}
+            new = merge_ranges(
+                [r for r, g in covered.items() if g is None], gap=self.merge_gap, cap=self.max_request
+            )
+            groups = list(dict.fromkeys([*new, *(g for g in covered.values() if g is not None)]))
+            flights, flying = self._flights()
+            for g in groups:  # now, before any task runs: the next read sees them
+                flying[g] = flying.get(g, 0) + 1
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tasks = [tg.create_task(flights.run(g, self._fetcher_of(g))) for g in groups]
+            finally:
+                for g in groups:
+                    flying[g] -= 1
+                    if not flying[g]:
+                        del flying[g]
             bodies = {g: t.result() for g, t in zip(groups, tasks, strict=True)}
             for rng in missing:
-                group = next(g for g in groups if g[0] <= rng[0] and rng[1] <= g[1])
+                group = covered[rng] or next(g for g in new if g[0] <= rng[0] and rng[1] <= g[1])
                 start, body = bodies[group]
                 data = body[rng[0] - start : rng[1] - start]
                 found[rng] = data
                 if self._whole() is None:
                     self._remember(rng, (start, body))
         return [found[r] for r in ranges]
+
+    def _flights(self) -> tuple[SingleFlight[tuple[int, int]], dict[tuple[int, int], int]]:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = (SingleFlight(loop), {})
+        return state
+
+    def _fetcher_of(self, rng: tuple[int, int]) -> Any:
+        return lambda: self._fetch(*rng)
 
     def _memkey(self, rng: tuple[int, int]) -> tuple[object, ...]:
         return ("range", self._key, self.pin, rng)

@@ -71,6 +71,8 @@ def warp_to_grid(
     from rasterio.enums import Resampling
     from rasterio.warp import reproject
 
+    _quiet_memory_datasets()
+
     try:
         method = Resampling[resampling]
     except KeyError:
@@ -90,6 +92,20 @@ def warp_to_grid(
         resampling=method,
     )
     return out
+
+
+def _quiet_memory_datasets() -> None:
+    """rasterio 1.4 warns ``NotGeoreferencedWarning`` while it builds the in-memory datasets of
+    an array ``reproject`` (before it sets their transforms): not about our data. Filtered by
+    message (adding the same filter again replaces it) rather than with ``catch_warnings``,
+    which is not thread-safe."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings(
+        "ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning
+    )
 
 
 def first_valid(layers: Sequence[np.ndarray | None]) -> np.ndarray | None:
