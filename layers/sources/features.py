@@ -305,19 +305,24 @@ class FeatureLayer:
                 f"collection {self.collection!r} of {self.url} declares no temporal extent and "
                 "no date-time queryable: the server cannot select by datetime"
             )
-        client = await self._filter_plan(conformance, fetcher)
+        client, probed = await self._filter_plan(conformance, fetcher)
         boxes: list[Bounds | None] = list(lonlat_boxes(viewport)) if viewport is not None else [None]
         # bbox-crs only where the Mercator box is exact: no antimeridian split, inside its limits
         merc = part2 and len(boxes) == 1 and boxes[0] is not None and abs(boxes[0][1]) < MAX_LAT and abs(boxes[0][3]) < MAX_LAT
         queries = [self.query_params(b, mercator_bbox=merc, crs=crs, send_filter=client is None) for b in boxes]
+        if probed:  # a server without Part 3 (pygeoapi) takes CQL text, and refuses filter-lang
+            queries = [{k: v for k, v in q.items() if k != "filter-lang"} for q in queries]
         dt_cols = queryables.datetime_properties if queryables else ()
         if self.properties is not None:
             dt_cols = tuple(c for c in dt_cols if c in self.properties)
         return queries, ("EPSG:3857" if crs else "OGC:CRS84"), dt_cols, client
 
-    async def _filter_plan(self, conformance: frozenset[str], fetcher: Fetcher) -> ClientFilter | None:
-        """None when the server filters (or there is no filter); the client-side filter when it
-        cannot and ``client_filter`` is set.
+    async def _filter_plan(
+        self, conformance: frozenset[str], fetcher: Fetcher
+    ) -> tuple[ClientFilter | None, bool]:
+        """(None when the server filters or there is no filter, else the client-side filter when
+        the server cannot and ``client_filter`` is set; whether the server's support was found
+        by :func:`~mapstream.layers.sources.ogcapi.probe_filter` rather than declared).
 
         Raises
         ------
@@ -325,22 +330,23 @@ class FeatureLayer:
             The server cannot filter in the filter's language and ``client_filter`` is not set.
         """
         if self.filter is None:
-            return None
+            return None, False
         lang = filter_language(self.filter, self.filter_lang)
         langs = ogcapi.filter_languages(conformance)
         missing = ogcapi.CONF_FILTER
+        probed = False
         if langs is None and lang == "cql2-text":
             # pygeoapi 0.21 filters in CQL2 text but declares no Part 3: ask it.
             if await ogcapi.probe_filter(self.url, self.collection, fetcher, self.headers):
-                langs = frozenset({"cql2-text"})
+                langs, probed = frozenset({"cql2-text"}), True
         if langs is not None and lang not in langs:
             missing = ogcapi.CONF_CQL2_JSON if lang == "cql2-json" else ogcapi.CONF_CQL2_TEXT
         elif langs is not None:
-            return None
+            return None, probed
         if self.client_filter:
             if self._client_filter is None or self._client_filter.source != (self.filter, self.filter_lang):
                 self._client_filter = ClientFilter(self.filter, self.filter_lang)  # set after construction
-            return self._client_filter
+            return self._client_filter, False
         what = (
             "OGC API Features Part 3 filtering" if missing == ogcapi.CONF_FILTER else f"{lang} filters"
         )

@@ -110,9 +110,11 @@ async def test_datetime_narrows(ogc_server, fetcher, points):
     assert frame["when"].between(lo, hi).all()
 
 
-async def test_cql2_text_filter_and_properties(ogc_server, fetcher, points):
+@pytest.mark.parametrize("filter_lang", [None, "cql2-text"])
+async def test_cql2_text_filter_and_properties(ogc_server, fetcher, points, filter_lang):
+    # pygeoapi declares no Part 3 (the probe finds it filters) and refuses filter-lang=cql2-text
     layer = FeatureLayer(
-        ogc_server.url, "points", limit=PAGE_LIMIT,
+        ogc_server.url, "points", limit=PAGE_LIMIT, filter_lang=filter_lang,
         filter="count < 100 AND kind = 'alpha'", properties=["count", "kind"],
     )
     frame = (await layer.fetch(None, fetcher)).frame
