@@ -92,6 +92,8 @@ def export(layer, bbox, output, fmt, crs, force, catalog_path, cache_dir, quiet)
         run_async(go, interrupted)
     except ExportError as exc:
         raise click.ClickException(one_line(exc)) from None
+    except OSError as exc:  # the rename into place, or a file system that went away
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or one_line(exc)}") from None
     writer = done["writer"]
     click.echo(format_summary(stats, action="export"))
     click.echo(f"wrote {writer.rows} features to {output} ({fmt})")
@@ -101,6 +103,9 @@ def export(layer, bbox, output, fmt, crs, force, catalog_path, cache_dir, quiet)
             "catalog): the file holds only part of the layer",
             err=True,
         )
+    if writer.renamed:
+        pairs = ", ".join(f"{old!r} -> {new!r}" for old, new in writer.renamed.items())
+        click.echo(f"columns renamed for {fmt} (reserved or equal but for case): {pairs}", err=True)
     if writer.dropped_columns:
         click.echo(
             f"columns absent from the first page were dropped: {', '.join(sorted(writer.dropped_columns))}",
@@ -146,12 +151,13 @@ async def export_layer(
     Returns
     -------
     PageWriter
-        The finished writer (``rows``, ``dropped_columns``).
+        The finished writer (``rows``, ``dropped_columns``, ``renamed``).
 
     Raises
     ------
     ExportError
-        A page failed (after the fetcher's retries) or pages disagree on a column's type.
+        A page failed (after the fetcher's retries), pages disagree on a column's type, or the
+        format's library could not write a page.
     """
     with atomic_output(output) as tmp:
         writer = open_writer(fmt, tmp, crs=crs, layer_name=getattr(layer, "name", "features"))

@@ -8,6 +8,14 @@ complete (:func:`atomic_output` removes the temporary file).
 The first page fixes the columns: later pages get missing columns as nulls and lose columns the
 first page did not have (counted in :attr:`PageWriter.dropped_columns`); GeoParquet requires one
 schema per file and GeoPackage one per layer.
+
+Real servers send schemas a format may not hold as they are: QGIS Server exposes a ``fid``
+property, which a GeoPackage reserves for its feature id; SQLite column names are
+case-insensitive, so ``Name`` and ``name`` are one column there; pages mix points, lines and
+polygons, and some features have no geometry. Each writer renames what its format cannot hold
+(:func:`safe_names`; the new names are in :attr:`PageWriter.renamed`, which the command
+prints), writes every geometry type into one layer, and nulls as nulls. Any other failure of
+the format's library is an :class:`ExportError` naming the file, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,14 +27,47 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "ExportError", "PageWriter", "atomic_output", "format_for", "open_writer"]
+from mapstream.layers.errors import LayersError
+
+__all__ = ["FORMATS", "ExportError", "PageWriter", "atomic_output", "format_for", "open_writer", "safe_names"]
 
 #: Output formats by file suffix.
 FORMATS = {".parquet": "parquet", ".geoparquet": "parquet", ".gpkg": "gpkg", ".geojson": "geojson", ".json": "geojson"}
 
 
-class ExportError(Exception):
+class ExportError(LayersError):
     """An export that cannot produce a complete file (the message says why)."""
+
+
+def safe_names(
+    names: list[str], *, reserved: tuple[str, ...] = (), fold_case: bool = False
+) -> dict[str, str]:
+    """New names for the columns a format cannot hold as they are: ``{old: new}``.
+
+    A name in ``reserved``, empty, or equal to an earlier one (ignoring case when
+    ``fold_case``, as SQLite does) gets ``_2``, ``_3``, ... until it is unique; names that
+    need no change are not in the result.
+
+    >>> safe_names(["id", "fid", "Name", "name", "a b"], reserved=("fid", "geom"), fold_case=True)
+    {'fid': 'fid_2', 'name': 'name_2'}
+    >>> safe_names(["FID", "", "geom"], reserved=("fid", "geom"), fold_case=True)
+    {'FID': 'FID_2', '': 'field_2', 'geom': 'geom_2'}
+    >>> safe_names(["Name", "name"])
+    {}
+    """
+    key = str.lower if fold_case else (lambda n: n)
+    taken = {key(r) for r in reserved}
+    out: dict[str, str] = {}
+    for name in names:
+        base = name or "field"
+        new, k = base, 1
+        while key(new) in taken or not name and k == 1:
+            k += 1
+            new = f"{base}_{k}"
+        taken.add(key(new))
+        if new != name:
+            out[name] = new
+    return out
 
 
 def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -90,7 +131,24 @@ def _remove(tmp: Path) -> None:
 
 
 class PageWriter:
-    """Base: aligns each page's columns to the first page's, then hands it to ``_write``."""
+    """Base: aligns each page's columns to the first page's, renames what the format cannot
+    hold (:attr:`reserved`, :attr:`fold_case`), then hands the page to ``_write``.
+
+    Raises
+    ------
+    ExportError
+        From :meth:`write` and :meth:`close`: the format's library failed (the message names
+        the file and the reason).
+    """
+
+    #: Column names the format keeps for itself.
+    reserved: tuple[str, ...] = ()
+    #: Whether the format's column names ignore case.
+    fold_case = False
+    #: What the format is called in messages.
+    label = "file"
+    #: Whether object and array values (and columns of mixed types) become JSON text.
+    nested_as_json = True
 
     def __init__(self, path: Path, *, crs: str, layer_name: str) -> None:
         self.path = path
@@ -99,29 +157,49 @@ class PageWriter:
         self.columns: list[str] | None = None
         self.rows = 0
         self.dropped_columns: set[str] = set()
+        self.renamed: dict[str, str] = {}
 
     def write(self, frame: Any) -> None:
         """Write one page (a GeoDataFrame in any CRS; reprojected to the writer's)."""
         if frame is None or len(frame) == 0:
             return
-        frame = frame.to_crs(self.crs) if frame.crs is not None else frame.set_crs(self.crs)
-        geom = frame.geometry.name
-        if self.columns is None:
-            self.columns = [c for c in frame.columns if c != geom] + [geom]
-        else:
-            extra = set(frame.columns) - set(self.columns)
-            self.dropped_columns |= extra
-            frame = frame.reindex(columns=self.columns)
-        self._write(frame)
+        with self._translated():
+            frame = frame.to_crs(self.crs) if frame.crs is not None else frame.set_crs(self.crs)
+            geom = frame.geometry.name
+            if self.columns is None:
+                self.columns = [c for c in frame.columns if c != geom] + [geom]
+                props = [str(c) for c in self.columns[:-1]]
+                self.renamed = safe_names(props, reserved=self.reserved, fold_case=self.fold_case)
+            else:
+                extra = set(frame.columns) - set(self.columns)
+                self.dropped_columns |= extra
+                frame = frame.reindex(columns=self.columns)
+            if self.renamed:
+                frame = frame.rename(columns=self.renamed)
+            if self.nested_as_json:
+                frame = _flatten_objects(frame)
+            self._write(frame)
         self.rows += len(frame)
 
     def close(self) -> None:
         """Finish the file; writes a valid empty file when no page had rows."""
-        if self.columns is None:
-            import geopandas as gpd
+        with self._translated():
+            if self.columns is None:
+                import geopandas as gpd
 
-            self._write(gpd.GeoDataFrame({"geometry": []}, geometry="geometry", crs=self.crs))
-        self._close()
+                self._write(gpd.GeoDataFrame({"geometry": []}, geometry="geometry", crs=self.crs))
+            self._close()
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Any failure but ours as an :class:`ExportError` (pyogrio, pyarrow, OS errors)."""
+        try:
+            yield
+        except LayersError:
+            raise
+        except Exception as exc:  # the format libraries raise many unrelated types
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise ExportError(f"cannot write {self.label} {self.path.name}: {reason}") from exc
 
     def abort(self) -> None:
         """Release the file after a failure (the caller removes it)."""
@@ -135,6 +213,8 @@ class PageWriter:
 
 class GeoParquetWriter(PageWriter):
     """GeoParquet 1.x (WKB geometry, ``geo`` metadata) through one ``pyarrow`` ParquetWriter."""
+
+    label = "GeoParquet"
 
     _writer = None
     _schema = None
@@ -183,21 +263,38 @@ class GeoParquetWriter(PageWriter):
 
 
 class GeoPackageWriter(PageWriter):
-    """GeoPackage through pyogrio, appending each page to one layer."""
+    """GeoPackage through pyogrio, appending each page to one layer.
 
+    The layer's feature id column is ``fid`` and its geometry column ``geom``, so properties
+    of those names are renamed, as are names equal but for case (SQLite's columns ignore
+    case). The layer's geometry type is ``GEOMETRY``: any mix of types, and null geometries.
+    """
+
+    reserved = ("fid", "geom")
+    fold_case = True
+    label = "GeoPackage"
     _started = False
 
     def _write(self, frame: Any) -> None:
         import pyogrio
 
         pyogrio.write_dataframe(
-            frame, self.path, layer=self.layer_name, driver="GPKG", append=self._started
+            frame,
+            self.path,
+            layer=self.layer_name,
+            driver="GPKG",
+            append=self._started,
+            geometry_type="Unknown",  # one layer for points, lines and polygons alike
+            layer_options={"FID": "fid", "GEOMETRY_NAME": "geom"},
         )
         self._started = True
 
 
 class GeoJSONWriter(PageWriter):
     """An RFC 7946 FeatureCollection (always EPSG:4326), written feature by feature."""
+
+    label = "GeoJSON"
+    nested_as_json = False  # GeoJSON holds objects and arrays as they are
 
     def __init__(self, path: Path, *, crs: str, layer_name: str) -> None:
         super().__init__(path, crs="EPSG:4326", layer_name=layer_name)
@@ -214,7 +311,8 @@ class GeoJSONWriter(PageWriter):
 
     def close(self) -> None:
         # An empty collection needs no schema: skip the base class's empty-frame write.
-        self._close()
+        with self._translated():
+            self._close()
 
     def _close(self) -> None:
         self._fh.write("\n]}\n")
@@ -222,6 +320,35 @@ class GeoJSONWriter(PageWriter):
 
     def abort(self) -> None:
         self._fh.close()
+
+
+def _flatten_objects(frame: Any) -> Any:
+    """``frame`` with object columns that hold objects, arrays or values of several types as
+    JSON text (a GeoPackage or Parquet column has one scalar type); other columns as they are.
+
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"a": [{"k": 1}, "x", 2], "b": ["u", "v", "w"]})
+    >>> out = _flatten_objects(frame)
+    >>> out["a"].tolist(), out["b"].tolist()
+    (['{"k": 1}', 'x', '2'], ['u', 'v', 'w'])
+    """
+    geom = getattr(frame, "_geometry_column_name", None)
+    out = None
+    for col in frame.columns:
+        if col == geom or frame[col].dtype != object:
+            continue
+        values = frame[col].tolist()
+        kinds = {type(v) for v in values if v is not None and not (isinstance(v, float) and v != v)}
+        if len(kinds) <= 1 and not kinds & {dict, list, tuple}:
+            continue
+        if out is None:
+            out = frame.copy()
+        out[col] = [
+            None if v is None or (isinstance(v, float) and v != v)
+            else v if isinstance(v, str) else json.dumps(v, default=_json_value)
+            for v in values
+        ]
+    return frame if out is None else out
 
 
 def _json_value(value: Any) -> Any:
