@@ -229,6 +229,10 @@ class FeatureLayer:
     def items_url(self) -> str:
         return f"{self.url}/collections/{quote(self.collection, safe='')}/items"
 
+    def _own_headers(self) -> dict[str, str]:
+        """The headers given to the layer, without its ``Accept`` (discovery asks for JSON)."""
+        return {k: v for k, v in self.headers.items() if k.lower() != "accept"}
+
     def headers_for(self, url: str) -> dict[str, str]:
         """The headers a request to ``url`` carries: all of the layer's on its own origin, only
         ``Accept`` elsewhere (credentials are bound to the origin they were given for, as the
@@ -286,10 +290,11 @@ class FeatureLayer:
         CapabilityError
             The server cannot answer the request as asked (see the module).
         """
+        auth = self._own_headers()  # the layer's headers go with its discovery too
         coll, conformance, queryables = await asyncio.gather(
-            ogcapi.get_collection(self.url, self.collection, fetcher),
-            _safe(ogcapi.get_conformance(self.url, fetcher), frozenset()),
-            _safe(ogcapi.get_queryables(self.url, self.collection, fetcher), None),
+            ogcapi.get_collection(self.url, self.collection, fetcher, auth),
+            _safe(ogcapi.get_conformance(self.url, fetcher, auth), frozenset()),
+            _safe(ogcapi.get_queryables(self.url, self.collection, fetcher, auth), None),
         )
         has_part2 = ogcapi.CONF_CRS in conformance
         if not has_part2 and ({"crs", "bbox-crs"} & set(self.params)):
@@ -337,7 +342,7 @@ class FeatureLayer:
         probed = False
         if langs is None and lang == "cql2-text":
             # pygeoapi 0.21 filters in CQL2 text but declares no Part 3: ask it.
-            if await ogcapi.probe_filter(self.url, self.collection, fetcher, self.headers):
+            if await ogcapi.probe_filter(self.url, self.collection, fetcher, self._own_headers()):
                 langs, probed = frozenset({"cql2-text"}), True
         if langs is not None and lang not in langs:
             missing = ogcapi.CONF_CQL2_JSON if lang == "cql2-json" else ogcapi.CONF_CQL2_TEXT

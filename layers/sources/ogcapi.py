@@ -4,9 +4,11 @@ what a server can do with a request (:func:`filter_languages`, :func:`probe_filt
 Queryables are asked for as ``Accept: application/schema+json`` first (what Part 3 specifies;
 tipg answers HTTP 422 to ``f=json``), then with ``f=json`` (servers that negotiate by ``f``).
 
-Each document is fetched through the :class:`~mapstream.layers.http.Fetcher` (so its HTTP cache applies)
-and parsed into a small frozen value type; the parsed objects are cached in the fetcher's memory
-LRU, keyed by URL, so every layer of a process shares one discovery per server.
+Each document is fetched through the :class:`~mapstream.layers.http.Fetcher` (so its HTTP cache
+applies) and parsed into a small frozen value type; the parsed objects are cached in the
+fetcher's memory LRU, keyed by URL and by a digest of the caller's ``headers`` (a layer's
+credentials, given in Python, go with its discovery requests too), so every layer of a process
+that asks a server the same way shares one discovery.
 """
 
 from __future__ import annotations
@@ -201,15 +203,28 @@ class Queryables:
         return tuple(k for k, v in self.properties.items() if v.get("format") == "date-time")
 
 
-async def _document(url: str, fetcher: Fetcher, kind: str) -> Mapping[str, Any]:
-    resp = await fetcher.get(url, params={"f": "json"}, headers=ACCEPT_JSON)
+async def _document(
+    url: str, fetcher: Fetcher, kind: str, headers: Mapping[str, str] | None = None
+) -> Mapping[str, Any]:
+    resp = await fetcher.get(url, params={"f": "json"}, headers={**(headers or {}), **ACCEPT_JSON})
     doc = resp.json()
     if not isinstance(doc, Mapping):
         raise ParseError(f"{kind} is not a JSON object", url=resp.url)
     return doc
 
 
-async def _cached(key: tuple[str, str], fetcher: Fetcher, build: Any) -> Any:
+def _who(headers: Mapping[str, str] | None) -> str:
+    """A digest of the caller's headers for the memory key: documents fetched with one
+    credential are not handed to a caller with another (or none)."""
+    if not headers:
+        return ""
+    import hashlib
+
+    text = "\n".join(f"{k.lower()}:{v}" for k, v in sorted(headers.items()))
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+async def _cached(key: tuple[str, ...], fetcher: Fetcher, build: Any) -> Any:
     memory = getattr(fetcher, "memory", None)
     hit = memory.get(key) if memory is not None else None
     if hit is not None:
@@ -224,7 +239,7 @@ def _root(url: str) -> str:
     return url.rstrip("/")
 
 
-async def get_landing(url: str, fetcher: Fetcher) -> LandingPage:
+async def get_landing(url: str, fetcher: Fetcher, headers: Mapping[str, str] | None = None) -> LandingPage:
     """The landing page of the server at ``url``.
 
     Raises
@@ -236,13 +251,13 @@ async def get_landing(url: str, fetcher: Fetcher) -> LandingPage:
     """
 
     async def build() -> LandingPage:
-        doc = await _document(_root(url) + "/", fetcher, "landing page")
+        doc = await _document(_root(url) + "/", fetcher, "landing page", headers)
         return LandingPage(url, str(doc.get("title", "")), str(doc.get("description", "")), _links(doc))
 
-    return await _cached(("ogc-landing", _root(url)), fetcher, build)
+    return await _cached(("ogc-landing", _root(url), _who(headers)), fetcher, build)
 
 
-async def get_conformance(url: str, fetcher: Fetcher) -> frozenset[str]:
+async def get_conformance(url: str, fetcher: Fetcher, headers: Mapping[str, str] | None = None) -> frozenset[str]:
     """The conformance classes the server declares.
 
     Raises
@@ -252,13 +267,13 @@ async def get_conformance(url: str, fetcher: Fetcher) -> frozenset[str]:
     """
 
     async def build() -> frozenset[str]:
-        doc = await _document(_root(url) + "/conformance", fetcher, "conformance")
+        doc = await _document(_root(url) + "/conformance", fetcher, "conformance", headers)
         return frozenset(str(c) for c in doc.get("conformsTo", ()))
 
-    return await _cached(("ogc-conformance", _root(url)), fetcher, build)
+    return await _cached(("ogc-conformance", _root(url), _who(headers)), fetcher, build)
 
 
-async def get_collections(url: str, fetcher: Fetcher) -> tuple[Collection, ...]:
+async def get_collections(url: str, fetcher: Fetcher, headers: Mapping[str, str] | None = None) -> tuple[Collection, ...]:
     """Every collection the server lists.
 
     Raises
@@ -268,16 +283,18 @@ async def get_collections(url: str, fetcher: Fetcher) -> tuple[Collection, ...]:
     """
 
     async def build() -> tuple[Collection, ...]:
-        doc = await _document(_root(url) + "/collections", fetcher, "collections")
+        doc = await _document(_root(url) + "/collections", fetcher, "collections", headers)
         try:
             return tuple(Collection.parse(c) for c in doc.get("collections", ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise ParseError(f"bad collection entry: {exc}", url=url) from exc
 
-    return await _cached(("ogc-collections", _root(url)), fetcher, build)
+    return await _cached(("ogc-collections", _root(url), _who(headers)), fetcher, build)
 
 
-async def get_collection(url: str, collection: str, fetcher: Fetcher) -> Collection:
+async def get_collection(
+    url: str, collection: str, fetcher: Fetcher, headers: Mapping[str, str] | None = None
+) -> Collection:
     """One collection's metadata.
 
     Raises
@@ -290,16 +307,18 @@ async def get_collection(url: str, collection: str, fetcher: Fetcher) -> Collect
     curl = f"{_root(url)}/collections/{quote(collection, safe='')}"
 
     async def build() -> Collection:
-        doc = await _document(curl, fetcher, "collection")
+        doc = await _document(curl, fetcher, "collection", headers)
         try:
             return Collection.parse({"id": collection, **doc})
         except (KeyError, TypeError, ValueError) as exc:
             raise ParseError(f"bad collection document: {exc}", url=curl) from exc
 
-    return await _cached(("ogc-collection", curl), fetcher, build)
+    return await _cached(("ogc-collection", curl, _who(headers)), fetcher, build)
 
 
-async def get_queryables(url: str, collection: str, fetcher: Fetcher) -> Queryables | None:
+async def get_queryables(
+    url: str, collection: str, fetcher: Fetcher, headers: Mapping[str, str] | None = None
+) -> Queryables | None:
     """The collection's queryables, or None when the server does not offer them.
 
     Asked for as ``application/schema+json`` (Part 3; tipg answers 422 to ``f=json``), then
@@ -313,9 +332,9 @@ async def get_queryables(url: str, collection: str, fetcher: Fetcher) -> Queryab
     """
     qurl = f"{_root(url)}/collections/{quote(collection, safe='')}/queryables"
 
-    async def attempt(params: dict[str, str] | None, headers: dict[str, str]) -> Mapping[str, Any] | None:
+    async def attempt(params: dict[str, str] | None, accept: dict[str, str]) -> Mapping[str, Any] | None:
         try:
-            resp = await fetcher.get(qurl, params=params, headers=headers)
+            resp = await fetcher.get(qurl, params=params, headers={**(headers or {}), **accept})
         except StatusError as exc:
             if 400 <= exc.status < 500:
                 return None
@@ -337,7 +356,7 @@ async def get_queryables(url: str, collection: str, fetcher: Fetcher) -> Queryab
             return False
         return Queryables({str(k): dict(v) for k, v in props.items() if isinstance(v, Mapping)})
 
-    result = await _cached(("ogc-queryables", qurl), fetcher, build)
+    result = await _cached(("ogc-queryables", qurl, _who(headers)), fetcher, build)
     return result or None
 
 
@@ -364,8 +383,8 @@ async def probe_filter(
 
     async def build() -> str:
         probe = page_url(iurl, {"limit": "1", "filter": PROBE_FILTER})
-        hdrs = {**ACCEPT_JSON, **(headers or {})}
+        hdrs = {**(headers or {}), **ACCEPT_JSON}
         resp = await fetcher.get(probe, headers=hdrs, allow_status=(400, 422), cache=False)
         return "parses" if resp.status in (400, 422) else "ignores"
 
-    return await _cached(("ogc-filter-probe", iurl), fetcher, build) == "parses"
+    return await _cached(("ogc-filter-probe", iurl, _who(headers)), fetcher, build) == "parses"

@@ -188,6 +188,22 @@ async def test_credentials_never_follow_a_next_link_to_another_origin(make_pagin
     assert len(items) > 1 and all(h.get("authorization") == "Bearer s3cret" for h in items)
 
 
+async def test_credentials_from_python_reach_discovery_and_every_page(make_paging_server, fetcher):
+    """A server behind authentication: the layer's headers go with discovery (and the filter
+    probe) and every page, and a layer without them is refused, not served another's documents."""
+    server = make_paging_server(require_auth="Bearer s3cret")
+    layer = FeatureLayer(server.url, "mapserver", limit=LIMIT, filter="kind = 'beta'", client_filter=True,
+                         headers={"Authorization": "Bearer s3cret"})
+    result = await _fetch(layer, VIEW, fetcher)
+    want = {p["id"] for p in truth() if inside(p, BOX) and p["kind"] == "beta"}
+    assert set(_ids(result.frame)) == want and not result.errors
+    paths = {p for p, _, _ in server.requests}
+    assert {"/collections/mapserver", "/conformance", "/collections/mapserver/queryables"} <= paths
+    with pytest.raises(LayersError) as info:
+        await _fetch(FeatureLayer(server.url, "mapserver", limit=LIMIT), VIEW, fetcher)
+    assert getattr(info.value, "status", None) == 401
+
+
 async def test_a_partly_failed_load_is_plain_data(paging_server, fetcher):
     """Issue 14 item 3: the frame's columns read, the result copies and pickles."""
     layer = FeatureLayer(paging_server.url, "cursor-drop", limit=LIMIT)

@@ -26,6 +26,7 @@ cannot parse is HTTP 400). Without Part 3 it ignores ``filter`` as MapServer and
 Queryables: ``queryables="schema"`` answers ``Accept: application/schema+json`` and gives 422
 to ``f=json`` (tipg); ``"f"`` answers only ``f=json`` (HTML otherwise); ``"none"`` is 404.
 
+With ``require_auth="Bearer x"`` every request without that ``Authorization`` is HTTP 401.
 Every request is recorded (path, raw query, headers) in ``server.requests``.
 """
 
@@ -121,13 +122,14 @@ class PagingServer:
 
     def __init__(
         self, *, n: int = N, filters: bool = False, max_limit: int = 1000, queryables: str = "schema",
-        temporal: bool = True,
+        temporal: bool = True, require_auth: str | None = None,
     ) -> None:
         self.points = truth(n)
         self.filters = filters
         self.max_limit = max_limit
         self.queryables = queryables
         self.temporal = temporal
+        self.require_auth = require_auth  # every request needs this Authorization (else 401)
         self.elsewhere = "http://127.0.0.1:9"  # the other origin of the "elsewhere" collection
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._lock = threading.Lock()
@@ -160,6 +162,8 @@ class PagingServer:
     # -- answers ----------------------------------------------------------------------------
 
     def answer(self, path: str, raw: str, headers: Any) -> tuple[int, str, bytes]:
+        if self.require_auth is not None and headers.get("Authorization") != self.require_auth:
+            return 401, "application/json", b'{"code": "Unauthorized"}'
         q = dict(parse_qsl(raw, keep_blank_values=True))
         segs = [unquote(s) for s in path.strip("/").split("/") if s]
         if segs == []:
