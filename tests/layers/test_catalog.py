@@ -362,3 +362,13 @@ async def test_allow_private_redirects_is_applied_to_the_layers_prefixes():
     await build_layer(LayerSpec(**{**TILES, "name": "other"}), rec)
     assert rec.redirects.allows("https://intra.test/3/1/2.png")
     assert not rec.redirects.allows("https://t.test/3/1/2.png")
+
+
+def test_the_cli_refuses_a_deep_catalog_in_one_line(tmp_path):
+    from tests.support.cli import cli_env, one_line_error, run_mapstream
+
+    catalog = tmp_path / "deep.yml"
+    catalog.write_text("layers: " + "[" * 10_000 + "]" * 10_000 + "\n", encoding="utf-8")
+    result = run_mapstream(["check", "--catalog", str(catalog)], env=cli_env(tmp_path / "cache"), timeout=60)
+    assert result.returncode != 0
+    assert "nested deeper than 32 levels" in one_line_error(result.stderr)  # no RecursionError
