@@ -265,7 +265,6 @@ async def test_internal_names_are_resolved():
     assert await guard.is_internal_host("localhost")
     assert await guard.is_internal_host("127.0.0.1") and await guard.is_internal_host("[::1]")
     assert not await guard.is_internal_host("93.184.216.34")
-    assert not await guard.is_internal_host("no-such-host.invalid")  # fails later, as a fetch
     # the spellings of loopback and metadata addresses a hostile Location may use
     for host in ["0x7f000001", "2130706433", "127.1", "017700000001", "0", "::ffff:127.0.0.1",
                  "::ffff:7f00:1", "169.254.169.254", "fd00::1", "10.1.2.3", "192.168.0.1"]:
