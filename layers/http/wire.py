@@ -305,8 +305,7 @@ class Wire:
         base = self.base_headers
         sent = base
         if headers:
-            own = {k.lower(): v for k, v in headers.items()}
-            sent = {**sent, **own}
+            sent = {**sent, **{k.lower(): v for k, v in headers.items()}}
         content = content or None
         timeout = self.aio_timeout
         deadline = self.loop.time() + self.total_timeout
@@ -322,7 +321,7 @@ class Wire:
                     current = httpx.URL(url)
                     # Every header the request was configured with is bound to its origin;
                     # a default the caller had overridden comes back as the default.
-                    bound = headers.keys() and {k.lower() for k in headers}
+                    bound = {k.lower() for k in headers}
                     method, u, sent, content = follow(
                         method, current, resp.status, location, sent, content, bound=bound
                     )
