@@ -121,10 +121,16 @@ async def probe_layer(spec: Any, fetcher: Any, build_layer: Any, *, timeout: flo
     try:
         async with asyncio.timeout(timeout):
             layer = await build_layer(spec, fetcher)
-            url, params, allow = _probe_request(layer, spec)
+            headers = layer_headers(layer)
+            own = getattr(layer, "probe_request", None)  # a source that says how it is probed
+            if callable(own):
+                url, params, allow, extra = own()  # e.g. a COG: the first bytes, by range
+                headers = {**(headers or {}), **extra} or None
+            else:
+                url, params, allow = _probe_request(layer, spec)
             result.url = url
             start = time.perf_counter()
-            r = await fetcher.get(url, params=params, headers=layer_headers(layer), allow_status=allow, cache=False)
+            r = await fetcher.get(url, params=params, headers=headers, allow_status=allow, cache=False)
     except TimeoutError:
         result.latency = time.perf_counter() - start
         result.error = f"no answer within {timeout:g}s"

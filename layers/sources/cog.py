@@ -195,6 +195,15 @@ class COGLayer:
         """
         return list(dict.fromkeys(self.urls))
 
+    def probe_request(self) -> tuple[str, None, tuple[int, ...], dict[str, str]]:
+        """What ``mapstream check`` asks to see that the layer works: the first kilobyte of its
+        first file, by range (never the whole file): ``(url, params, allowed statuses, headers)``.
+
+        >>> COGLayer("http://h.test/a.tif").probe_request()
+        ('http://h.test/a.tif', None, (), {'Range': 'bytes=0-1023'})
+        """
+        return self.urls[0], None, (), {"Range": "bytes=0-1023"}
+
     # -- planning ------------------------------------------------------------------------
 
     async def _plan(self, viewport: Viewport, fetcher: Fetcher) -> tuple[Grid, list[_Source]]:

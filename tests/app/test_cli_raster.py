@@ -114,3 +114,13 @@ def test_ctrl_c_leaves_no_file(cogs, tmp_path):
     assert "raster interrupted" in stdout and "not written" in stdout
     assert "Traceback" not in stderr
     assert not out.exists() and not list(tmp_path.glob(".slow.part-*"))
+
+
+def test_check_probes_a_cog_layer_with_one_small_range(cogs, tmp_path):
+    with RangeServer(cogs["files"]) as srv:
+        cat = write_catalog(tmp_path / "c.yml", [{"name": "dem", "kind": "cog", "url": f"{srv.url}/west.tif"}])
+        result = invoke("check", "--catalog", str(cat))
+        assert result.exit_code == 0, result.output
+        row = next(line for line in result.output.splitlines() if line.startswith("dem "))
+        assert "cog" in row and " up " in row and "206" in row and "ETag" in row
+        assert srv.requests == [("/west.tif", "bytes=0-1023")]
