@@ -136,3 +136,19 @@ async def test_a_server_that_ignores_offset_is_an_error_not_duplicates(mapserver
     assert result.errors and "offset" in str(result.errors[0])
     got = ids(result.frame)
     assert len(got) == len(set(got)) < data.N_POINTS
+
+
+@pytest.mark.parametrize("name", ["mapserver", "qgis_server"])
+async def test_polygons_are_every_zone_once(name, request, fetcher):
+    server = request.getfixturevalue(name)
+    zones = data.make_zones()
+    # one page: MapServer serves the zones from the GeoPackage, where it ignores offset
+    result = await FeatureLayer(server.ogc_url, "zones", limit=100).fetch(None, fetcher)
+    assert result.errors == ()
+    assert sorted(ids(result.frame)) == zones["id"].tolist()
+    assert set(result.frame.geom_type) == {"Polygon"}
+    # each square where Web Mercator holds it is where the truth has it
+    got = result.frame.assign(id=ids(result.frame)).set_index("id").to_crs("EPSG:4326")
+    for zone in zones.itertuples():
+        if abs(zone.geometry.bounds[1]) <= 60 and abs(zone.geometry.bounds[3]) <= 60:
+            assert got.geometry[zone.id].bounds == pytest.approx(zone.geometry.bounds, abs=1e-6)
