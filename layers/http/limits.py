@@ -33,7 +33,8 @@ The control law, once per window (fake-clock tests: ``tests/layers/test_http_ada
   latency-bound server with a ceiling of 8 is at 8 after one round trip.
 - ``q < alpha`` (``alpha = max(1, L/10)``): one more slot, unless the next limit was found not
   to pay within the last :data:`MEMORY` seconds.
-- ``q > beta`` (``beta = max(2, L/4)``): the limit drops to what the pipe carried, ``X + 1``
+- ``q > beta`` (``beta = max(2, L/4)``): the limit drops to what the pipe carried plus one,
+  ``ceil(X) + 1``
   (the gradient step of concurrency-limits' ``Gradient2Limit``, ``limit * longRtt / shortRtt +
   queueSize``, and of Envoy's ``limit * minRTT / sampleRTT + headroom``, without their
   smoothing, which is there for thousands of requests a second, not tens).
@@ -302,7 +303,7 @@ class HostLimit:
                 return
             self.slow_start = False
         if q > beta:
-            self._set(max(1.0, math.floor(X + 1)), now)
+            self._set(float(max(1, min(limit - 1, math.ceil(X) + 1))), now)
         elif q >= alpha:
             below = self.throughput_at.get(key - 1)
             if key > 1 and below is not None and now - below[1] < MEMORY:
