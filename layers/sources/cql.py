@@ -228,6 +228,33 @@ class ClientFilter:
     def __repr__(self) -> str:
         return f"ClientFilter({self.ast!r})"
 
+    @property
+    def properties(self) -> frozenset[str]:
+        """The property names the filter reads.
+
+        >>> sorted(ClientFilter("num > 2 AND kind = 'a'").properties)
+        ['kind', 'num']
+        """
+        from pygeofilter import ast
+
+        names: set[str] = set()
+        stack = [self.ast]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.Attribute):
+                names.add(node.name)
+            elif isinstance(node, ast.Node):
+                stack.extend(node.get_sub_nodes())
+            elif isinstance(node, (list, tuple)):
+                stack.extend(node)
+        return frozenset(names)
+
+    def can_check(self, frame: Any) -> bool:
+        """Whether every property the filter reads is a column of ``frame`` (or its geometry):
+        only then does a row that fails the filter prove the server did not apply it."""
+        have = set(frame.columns) | GEOMETRY_NAMES
+        return self.properties <= have
+
     def mask(self, frame: Any) -> np.ndarray:
         """A boolean array: which rows of ``frame`` match.
 

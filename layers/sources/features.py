@@ -281,9 +281,10 @@ class FeatureLayer:
 
     async def _plan(
         self, viewport: Viewport | None, fetcher: Fetcher
-    ) -> tuple[list[dict[str, str]], str, tuple[str, ...], ClientFilter | None]:
+    ) -> tuple[list[dict[str, str]], str, tuple[str, ...], ClientFilter | None, ClientFilter | None]:
         """Discovery and capability checks -> the first-request queries, the response CRS, the
-        datetime columns and the client-side filter (None when the server filters).
+        datetime columns, the client-side filter (None when the server filters) and the filter
+        to check the server's pages against (when its support was probed, not declared).
 
         Raises
         ------
@@ -315,12 +316,17 @@ class FeatureLayer:
         # bbox-crs only where the Mercator box is exact: no antimeridian split, inside its limits
         merc = part2 and len(boxes) == 1 and boxes[0] is not None and abs(boxes[0][1]) < MAX_LAT and abs(boxes[0][3]) < MAX_LAT
         queries = [self.query_params(b, mercator_bbox=merc, crs=crs, send_filter=client is None) for b in boxes]
+        verify = None
         if probed:  # a server without Part 3 (pygeoapi) takes CQL text, and refuses filter-lang
             queries = [{k: v for k, v in q.items() if k != "filter-lang"} for q in queries]
+            try:  # ... but its provider may ignore it: its pages are checked (paging.PageWalk)
+                verify = ClientFilter(self.filter, self.filter_lang)  # type: ignore[arg-type]
+            except BadInputError:
+                verify = None  # a filter the server parses and we cannot: it is trusted
         dt_cols = queryables.datetime_properties if queryables else ()
         if self.properties is not None:
             dt_cols = tuple(c for c in dt_cols if c in self.properties)
-        return queries, ("EPSG:3857" if crs else "OGC:CRS84"), dt_cols, client
+        return queries, ("EPSG:3857" if crs else "OGC:CRS84"), dt_cols, client, verify
 
     async def _filter_plan(
         self, conformance: frozenset[str], fetcher: Fetcher
@@ -376,8 +382,8 @@ class FeatureLayer:
             The server cannot answer the request as asked (a filter without Part 3 and without
             ``client_filter``, ...).
         """
-        queries, src_crs, dt_cols, client = await self._plan(viewport, fetcher)
-        walk = PageWalk(self, fetcher, src_crs, dt_cols, client)
+        queries, src_crs, dt_cols, client, verify = await self._plan(viewport, fetcher)
+        walk = PageWalk(self, fetcher, src_crs, dt_cols, client, verify)
         try:
             async for page in walk.run(queries):
                 yield page

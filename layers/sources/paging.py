@@ -26,6 +26,9 @@ In order of preference, a load pages by:
    walks its own ``next`` links, concurrently.
 3. **Sequential** (``concurrent=False`` or ``paging="next"``): follow ``rel="next"``.
 
+**The client's box holds.** Features outside the requested box are dropped (MapServer 8 answers
+a bbox with points degrees outside it), by envelope (:func:`in_boxes`).
+
 **Every load ends.** Features are de-duplicated by id (a feature on a border matches two boxes;
 so does one in both halves of an antimeridian split). A walk ends with a :class:`PagingError` in
 the result, its data kept, when: a next link leads to a page URL already requested (a link to
@@ -69,7 +72,9 @@ __all__ = [
     "follow_next",
     "next_link",
     "offset_of",
+    "in_boxes",
     "page_url",
+    "request_boxes",
     "split_box",
     "visit_key",
     "with_offset",
@@ -277,6 +282,53 @@ def visit_key(url: str) -> frozenset[tuple[str, str]]:
     return frozenset((k, v) for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True) if (k, v) != ("offset", "0"))
 
 
+def request_boxes(queries: Sequence[Mapping[str, str]]) -> list[Bounds] | None:
+    """The boxes the first requests select, in EPSG:3857 (None when a request has no bbox).
+
+    >>> [round(v) for v in request_boxes([{"bbox": "0,0,1,1"}])[0]]
+    [0, 0, 111319, 111325]
+    >>> request_boxes([{"limit": "10"}]) is None
+    True
+    """
+    from ..projection import lonlat_to_mercator
+
+    out = []
+    for q in queries:
+        try:
+            vals = [float(v) for v in q["bbox"].split(",")]
+        except (KeyError, ValueError):
+            return None
+        if len(vals) == 6:  # (x0, y0, z0, x1, y1, z1)
+            vals = [vals[0], vals[1], vals[3], vals[4]]
+        if len(vals) != 4:
+            return None
+        if q.get("bbox-crs", "").rstrip("/").endswith("/3857"):
+            out.append(Bounds(*vals))
+        else:
+            x0, y0 = lonlat_to_mercator(vals[0], vals[1])
+            x1, y1 = lonlat_to_mercator(vals[2], vals[3])
+            out.append(Bounds(x0, y0, x1, y1))
+    return out
+
+
+def in_boxes(frame: Any, boxes: Sequence[Bounds], tolerance: float = 1e-3) -> Any:
+    """A boolean array: which rows' envelopes meet one of ``boxes`` (EPSG:3857, edges
+    included, ``tolerance`` metres of slack); rows without a geometry count as in.
+
+    Envelopes, not exact intersection: never drops a feature a server's exact test keeps, and
+    never raises on an invalid geometry. For points (the common case) it is exact.
+    """
+    import numpy as np
+    import shapely
+
+    bounds = shapely.bounds(frame.geometry.to_numpy())
+    minx, miny, maxx, maxy = bounds.T
+    keep = np.isnan(minx)
+    for w, s, e, n in boxes:
+        keep |= (minx <= e + tolerance) & (maxx >= w - tolerance) & (miny <= n + tolerance) & (maxy >= s - tolerance)
+    return keep
+
+
 def _ids(frame: Any) -> list[Any]:
     return frame["id"].tolist() if "id" in frame.columns and len(frame) else []
 
@@ -311,6 +363,12 @@ class PageWalk:
         Properties parsed as datetimes.
     client_filter
         Rows kept from each page (a CQL2 filter evaluated here), or None.
+    verify
+        The filter the server was sent though it declares no Part 3 (its support was probed):
+        each page is checked against it, and a row that fails proves the server ignores it
+        (pygeoapi parses ``filter`` even when its provider cannot apply it). The first pages
+        failing the check fail the load (a ``CapabilityError``), unless the layer allows
+        client-side filtering; later ones are filtered here, with that error in the result.
     """
 
     def __init__(
@@ -320,8 +378,12 @@ class PageWalk:
         src_crs: str,
         dt_cols: tuple[str, ...],
         client_filter: ClientFilter | None = None,
+        verify: ClientFilter | None = None,
     ) -> None:
         self.layer = layer
+        self.verify = verify  # the server's filter, checked here (support probed, not declared)
+        self.notes: list[LayersError] = []  # errors for the next page yielded
+        self._planning = True  # the first pages: a failed check fails the load
         self.fetcher = fetcher
         self.src_crs = src_crs
         self.dt_cols = dt_cols
@@ -341,6 +403,7 @@ class PageWalk:
         self.max_pages = int(getattr(layer, "max_pages", 2000))
         self._budget_reported = False
         self._stop_offsets = False
+        self.boxes: list[Bounds] | None = None  # the requested boxes (EPSG:3857), kept on the client
         self._end_offset = math.inf  # the first offset that answered no features
         self._budget_error: PagingError | None = None  # offsets cut at max_pages
         self._budget_reported_walk = False  # a walk stopped at max_pages
@@ -393,7 +456,15 @@ class PageWalk:
         ),)
 
     async def _accept(self, frame: Any) -> Any:
-        """De-duplicate, filter on the client and apply the cap to a parsed page."""
+        """Keep the requested box, de-duplicate, filter on the client and apply the cap to a
+        parsed page."""
+        if self.boxes and len(frame):
+            # MapServer 8 answers a bbox with points degrees outside it: the client's box wins.
+            keep = in_boxes(frame, self.boxes)
+            if not keep.all():
+                frame = frame[keep]
+        if self.verify is not None and self.client_filter is None and len(frame):
+            frame = await self._check_server_filter(frame)
         if "id" in frame.columns and len(frame):
             keep = ~frame["id"].isin(self.seen) & ~frame["id"].duplicated()
             if not keep.all():
@@ -408,7 +479,45 @@ class PageWalk:
         self.features += len(frame)
         return frame
 
+    async def _check_server_filter(self, frame: Any) -> Any:
+        """``frame`` if every row matches the filter the server was sent; else the matching
+        rows, and from now on the filter is applied here (see ``verify``).
+
+        Raises
+        ------
+        CapabilityError
+            The first pages do not match and the layer does not allow client-side filtering.
+        """
+        from .ogcapi import CONF_FILTER, CapabilityError
+
+        verify = self.verify
+        assert verify is not None
+        if not verify.can_check(frame):
+            return frame  # a property the page lacks (``properties=``): the rows cannot tell
+        try:
+            mask = await asyncio.to_thread(verify.mask, frame)
+        except LayersError:
+            self.verify = None  # beyond what is evaluated here: the server is trusted
+            return frame
+        if mask.all():
+            return frame
+        bad = int((~mask).sum())
+        error = CapabilityError(
+            f"{self.layer.url} declares no OGC API Features Part 3 filtering (conformance class "
+            f"{CONF_FILTER}) and ignores filter=: {bad} of {len(frame)} features of a page do not "
+            "match it. Pass client_filter=True (catalog: filter_fallback: client) to evaluate the "
+            "filter on the loaded features"
+        )
+        if self._planning and not self.layer.client_filter:
+            raise error
+        if not self.layer.client_filter:
+            self.notes.append(error)  # said once; the rest is filtered here
+        self.client_filter, self.verify = verify, None
+        return frame[mask]
+
     def _page(self, frame: Any, url: str, errors: tuple[LayersError, ...], complete: bool) -> FeaturePage:
+        if self.notes:
+            errors, self.notes = errors + tuple(self.notes), []
         self.shown += len(frame)
         return FeaturePage(frame, self._progress(complete), errors, url)
 
@@ -428,6 +537,7 @@ class PageWalk:
         items = layer.items_url
         urls = [page_url(items, q) for q in queries]
         self.visited.update(visit_key(u) for u in urls)
+        self.boxes = request_boxes(queries)
         # The first page(s) are needed to plan: their failure is the load's failure.
         results = await asyncio.gather(*(self._spawn(self._get_page(u)) for u in urls))
         offsets: list[tuple[str, int]] = []
@@ -514,6 +624,7 @@ class PageWalk:
             self.total = len(queries) + len(offsets) + max(
                 0, math.ceil(min(self.matched, layer.max_features) / per) - len(queries)
             )
+        self._planning = False
         for k, (frame, url, errors) in enumerate(pages):
             final = k == len(pages) - 1
             yield self._page(frame, url, errors + (tuple(budget_errors) if final else ()), final and not more)

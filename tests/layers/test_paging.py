@@ -262,6 +262,20 @@ async def test_a_part3_server_filters_itself(make_paging_server, fetcher):
     assert all("filter=num%20%3C%20100" in q for q in server.items_requests("plain"))
 
 
+async def test_a_server_that_parses_filters_but_ignores_them_is_caught(make_paging_server, fetcher):
+    """pygeoapi over SQLite: the probe says it parses filter=, its pages say it ignores it."""
+    server = make_paging_server(filters="parse-only")
+    with pytest.raises(CapabilityError) as info:
+        await _fetch(FeatureLayer(server.url, "plain", limit=LIMIT, filter="num < 100"), VIEW, fetcher)
+    assert "ignores filter=" in str(info.value) and server.url in str(info.value)
+    layer = FeatureLayer(server.url, "plain", limit=LIMIT, filter="num < 100", client_filter=True)
+    pages = [p async for p in layer.load(VIEW, fetcher)]
+    want = {p["id"] for p in truth() if inside(p, BOX) and p["num"] < 100}
+    got = [i for p in pages for i in _ids(p.frame)]
+    assert want and len(got) == len(set(got)) and set(got) == want
+    assert pages[-1].progress.client_filtered and not any(p.errors for p in pages)
+
+
 async def test_a_json_filter_on_a_text_only_server(make_paging_server, fetcher):
     server = make_paging_server(filters=True)  # declares cql2-text only
     flt = {"op": "<", "args": [{"property": "num"}, 100]}

@@ -22,7 +22,9 @@ Each collection pages one way (its name says how); every one serves the same poi
 The server honours ``bbox`` (CRS84, literal or encoded commas; anything else is HTTP 400),
 ``limit`` (at most ``max_limit``), ``offset``, ``datetime`` (on ``when``) and, when it declares
 Part 3 (``filters=True``), a CQL2-text ``filter`` (pygeofilter's native evaluator; a filter it
-cannot parse is HTTP 400). Without Part 3 it ignores ``filter`` as MapServer and QGIS do.
+cannot parse is HTTP 400). Without Part 3 it ignores ``filter`` as MapServer and QGIS do;
+``filters="parse-only"`` declares no Part 3, rejects a filter it cannot parse and ignores the
+others (pygeoapi 0.21 over its SQLite provider).
 Queryables: ``queryables="schema"`` answers ``Accept: application/schema+json`` and gives 422
 to ``f=json`` (tipg); ``"f"`` answers only ``f=json`` (HTML otherwise); ``"none"`` is 404.
 
@@ -121,7 +123,7 @@ class PagingServer:
     """The server (see the module). ``url`` is its landing page."""
 
     def __init__(
-        self, *, n: int = N, filters: bool = False, max_limit: int = 1000, queryables: str = "schema",
+        self, *, n: int = N, filters: bool | str = False, max_limit: int = 1000, queryables: str = "schema",
         temporal: bool = True, require_auth: str | None = None,
     ) -> None:
         self.points = truth(n)
@@ -169,7 +171,7 @@ class PagingServer:
         if segs == []:
             return self._json({"title": "paging server", "links": []})
         if segs == ["conformance"]:
-            classes = [CONF_CORE] + ([CONF_FILTER, CONF_CQL2_TEXT] if self.filters else [])
+            classes = [CONF_CORE] + ([CONF_FILTER, CONF_CQL2_TEXT] if self.filters is True else [])
             return self._json({"conformsTo": classes})
         if len(segs) >= 2 and segs[0] == "collections" and segs[1] in COLLECTIONS:
             if len(segs) == 2:
@@ -221,7 +223,14 @@ class PagingServer:
         if "datetime" in q:
             lo, _, hi = q["datetime"].partition("/")
             rows = [p for p in rows if (lo in ("", "..") or p["when"] >= lo) and (hi in ("", "..") or p["when"] <= hi)]
-        if "filter" in q and self.filters:
+        if "filter" in q and self.filters == "parse-only":  # pygeoapi over a provider without CQL
+            try:
+                from pygeofilter.parsers.cql2_text import parse
+
+                parse(q["filter"])
+            except Exception:
+                return 400, "application/json", b'{"code": "InvalidParameterValue", "filter": "bad CQL2"}'
+        elif "filter" in q and self.filters:
             try:
                 from pygeofilter.backends.native.evaluate import NativeEvaluator
                 from pygeofilter.parsers.cql2_text import parse
