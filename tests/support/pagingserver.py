@@ -17,6 +17,7 @@ Each collection pages one way (its name says how); every one serves the same poi
     endless-cursor  as endless, with an opaque token instead of offset
     five         numberReturned is the string "five"
     overcount    numberMatched says 1 000 000; the pages end with the real features
+    loosebox     a bbox selects 5 degrees more north and south (MapServer 8 answers so)
     elsewhere    next links name another origin (``server.elsewhere``, set by the test)
 
 The server honours ``bbox`` (CRS84, literal or encoded commas; anything else is HTTP 400),
@@ -51,7 +52,7 @@ CONF_FILTER = "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter"
 CONF_CQL2_TEXT = "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text"
 COLLECTIONS = (
     "plain", "mapserver", "qgis", "cursor", "cursor-drop", "selfloop", "cycle", "repeat", "liar",
-    "endless", "endless-cursor", "five", "elsewhere", "overcount",
+    "endless", "endless-cursor", "five", "elsewhere", "overcount", "loosebox",
 )
 
 
@@ -210,13 +211,14 @@ class PagingServer:
             return 200, "text/html", b"<html><body>queryables</body></html>"
         return 404, "application/json", b'{"code": "NotFound"}'
 
-    def _matches(self, q: dict[str, str]) -> list[dict[str, Any]] | tuple[int, str, bytes]:
+    def _matches(self, q: dict[str, str], slack: float = 0.0) -> list[dict[str, Any]] | tuple[int, str, bytes]:
         rows = self.points
         if "bbox" in q:
             try:
                 box = tuple(float(v) for v in q["bbox"].split(","))
                 if len(box) != 4:
                     raise ValueError(q["bbox"])
+                box = (box[0], box[1] - slack, box[2], box[3] + slack)
             except ValueError:
                 return 400, "application/json", orjson.dumps({"code": "InvalidParameterValue", "bbox": q["bbox"]})
             rows = [p for p in rows if inside(p, box)]  # type: ignore[arg-type]
@@ -251,7 +253,7 @@ class PagingServer:
             page = [{"id": offset + 1, "lon": 0.0, "lat": 0.0, "num": 0, "kind": "alpha", "when": "2024-01-01T00:00:00Z"}]
             nxt = {"token": _token(offset + 1)} if coll == "endless-cursor" else {"offset": str(offset + 1)}
             return self._page(page, 10**9, len(page), self._next(coll, raw, **nxt))
-        rows = self._matches(q)
+        rows = self._matches(q, 5.0 if coll == "loosebox" else 0.0)
         if isinstance(rows, tuple):
             return rows
         if coll == "repeat":
@@ -271,7 +273,7 @@ class PagingServer:
         nxt: str | None = None
         if more:
             o = str(offset + limit)
-            if coll in ("plain", "liar", "five", "overcount"):
+            if coll in ("plain", "liar", "five", "overcount", "loosebox"):
                 nxt = self._next(coll, raw, offset=o)
             elif coll == "mapserver":
                 nxt = self._next(coll, "", f="json", limit=str(limit), offset=o)
