@@ -44,6 +44,7 @@ __all__ = [
     "open_cog",
     "read_window",
     "source_window",
+    "tile_ranges",
     "tiles_for_window",
     "window_dtype",
 ]
@@ -301,6 +302,35 @@ def window_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype("float32") if dtype.itemsize <= 2 else np.dtype("float64")
 
 
+def tile_ranges(level: Level, xy: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The byte ranges ``[offset, offset + count)`` of tiles ``xy`` of ``level`` (every band
+    plane of a planar file, and the mask's tiles), from the IFDs' ``TileOffsets`` and
+    ``TileByteCounts``; empty tiles (count 0) are left out.
+    """
+    from async_tiff.enums import PlanarConfiguration
+
+    out: list[tuple[int, int]] = []
+    image = level.image
+    for ifd in (image.ifd, getattr(image, "mask_ifd", None)):
+        if ifd is None:
+            continue
+        offsets, counts = ifd.tile_offsets, ifd.tile_byte_counts
+        if not offsets or not counts:
+            continue
+        tw = ifd.tile_width or ifd.image_width
+        th = ifd.tile_height or ifd.image_height
+        across = -(-ifd.image_width // tw)
+        per_plane = across * -(-ifd.image_height // th)
+        planar = ifd.planar_configuration == PlanarConfiguration.Planar
+        planes = ifd.samples_per_pixel if planar else 1
+        for plane in range(planes):
+            for col, row in xy:
+                i = plane * per_plane + row * across + col
+                if i < len(offsets) and counts[i]:
+                    out.append((offsets[i], offsets[i] + counts[i]))
+    return out
+
+
 async def read_tiles(info: COGInfo, level: Level, xy: Sequence[tuple[int, int]]) -> list[Any]:
     """Fetch and decode internal tiles of ``level`` (async-geotiff ``Tile`` objects).
 
@@ -312,6 +342,12 @@ async def read_tiles(info: COGInfo, level: Level, xy: Sequence[tuple[int, int]])
         As the store's reads raise them.
     """
     info.store.error = None
+    # The bytes first, by our own reads: merged, and cancellable (a load that is abandoned asks
+    # nothing more; async-tiff's Rust futures go on when the task awaiting them is cancelled).
+    # async-tiff then finds every range in memory and only decodes.
+    ranges = tile_ranges(level, xy)
+    if ranges:
+        await info.store.read(ranges)
     try:
         return await level.image.fetch_tiles(list(xy))
     except LayersError:

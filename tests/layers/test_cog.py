@@ -243,3 +243,40 @@ async def test_concurrent_views_share_one_header_read(server, fetcher):
     assert all(not np.isnan(r.values).all() for r in results)
     headers = [r for r in server.ranged() if r[1].startswith("bytes=0-")]
     assert len(headers) == 1, headers
+
+
+async def test_the_app_draws_the_frames_unchanged(server, fetcher):
+    from mapstream.app.frames import iter_frames
+
+    layer = COGLayer(f"{server.url}/dem.tif", rescale=(0, 2000), colormap="viridis")
+    vp = view(X0 + 100_000, Y0 - 60_000, 100.0, 600, 400)
+    frames = [f async for f in iter_frames(layer.load(vp, fetcher, frame_every=2), vp)]
+    assert frames[-1].complete and frames[-1].received and not frames[-1].errors
+    image = frames[-1].image
+    assert image.rgba.shape == (400, 600, 4) and image.opaque_pixels == 400 * 600
+    assert image.bounds == pytest.approx(vp.bounds)
+
+
+async def test_an_abandoned_load_stops_its_reads(cogs):
+    import contextlib
+
+    from tests.support.waiting import async_wait_for
+
+    srv = RangeServer(cogs["files"], latency=0.5).start()
+    fetcher = Fetcher(cache_dir=None, retry_attempts=1, per_host_limit=1)  # one request at a time
+    try:
+        layer = COGLayer(f"{srv.url}/dem.tif")
+        vp = view(X0 + 100_000, Y0 - 100_000, 100.0, 1500, 1500)  # 6 rows of tiles: 6 requests
+        loads = layer.load(vp, fetcher, frame_every=1)
+        async with contextlib.aclosing(loads):
+            task = asyncio.ensure_future(loads.__anext__())
+            assert await async_wait_for(lambda: len(srv.ranged()) >= 2, 30)  # header, a first row
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await task
+        assert await async_wait_for(lambda: fetcher.metrics.snapshot()["in_flight"] == 0, 10)
+        asked = len(srv.ranged())
+        assert asked < 1 + 6, srv.ranged()  # the rows after the cancellation were never asked
+    finally:
+        await fetcher.aclose()
+        srv.stop()
