@@ -208,7 +208,8 @@ def gdal(url: str, page: int) -> tuple[float, int, str] | None:
 
 def table(name: str, rows: dict[str, tuple[float, int, str]], ideal: float | None, targets: str) -> None:
     ours = rows["ours (first load)"][0]
-    fixed = {k: v for k, v in rows.items() if k.startswith("fixed") and not v[1]}
+    # the best fixed limit that keeps to the ceiling (8) and loses nothing; 16 is for reference
+    fixed = {k: v for k, v in rows.items() if k.startswith("fixed") and not v[1] and int(v[2]) <= 8}
     best_name, best = min(fixed.items(), key=lambda kv: kv[1][0]) if fixed else ("-", (math.nan, 0, ""))
     print(f"\n## {name}  (target: {targets})")
     print(f"{'run':<26} {'time':>8} {'errors':>7} {'limit':>6} {'vs ours':>8}")

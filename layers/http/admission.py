@@ -133,15 +133,13 @@ class Admission:
                 host.set_limit(host.host.limit)
                 host.host.watch(asyncio.get_running_loop(), host)
         state = host.host
-        if state is None or not state.paused_until:  # never paused: the hot path
-            await self._admit(host)
-        else:
-            while True:
+        while True:
+            if state is not None and state.paused_until:
                 await self._pause(state, netloc)
-                await self._admit(host)
-                if state.pause_left() <= 0:
-                    break
-                self._give_back(host)  # paused while it queued: wait again, holding nothing
+            await self._admit(host)
+            if state is None or not state.paused_until or state.pause_left() <= 0:
+                break
+            self._give_back(host)  # paused while it queued: wait again, holding nothing
         if state is not None:
             host.attempts[asyncio.current_task()] = state.started()
         return host

@@ -353,9 +353,9 @@ class HostLimit:
             if wait is not None and wait > 0:
                 self.paused_until = max(self.paused_until, now + wait)
             if self.adaptive and attempt is not None and not collateral:
+                self._decrease(now)
                 self.cap = max(1, min(self.cap or attempt.concurrency, attempt.concurrency - 1))
                 self.cap_until = now + MEMORY
-                self._decrease(now)
             elif self.adaptive:
                 self.cap_until = max(self.cap_until, now + MEMORY) if self.cap is not None else self.cap_until
         self._notify()

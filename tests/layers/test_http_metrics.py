@@ -23,3 +23,16 @@ def test_snapshot_has_every_figure_and_percentiles():
     assert s["queue_wait_p95"] == 0.5
     m.reset()
     assert m.snapshot()["requests"] == 0
+
+
+def test_snapshot_carries_each_hosts_limit_throughput_and_floor():
+    from mapstream.layers.http.limits import HostLimits
+    from mapstream.layers.http.metrics import hosts_text
+
+    hosts = HostLimits(lambda netloc: 8)
+    hosts.host("tiles.test")
+    s = FetchMetrics(hosts=hosts.snapshot).snapshot()["hosts"]["tiles.test"]
+    assert {"limit", "ceiling", "throughput", "latency_floor"} <= s.keys()
+    assert (s["limit"], s["ceiling"], s["latency_floor"]) == (4, 8, None)
+    assert hosts_text({"tiles.test": s}) == ["tiles.test: limit 4 of 8, 0.0 req/s, floor -"]
+    assert FetchMetrics().snapshot()["hosts"] == {}

@@ -71,3 +71,41 @@ async def test_a_spent_budget_fails_fast_with_the_attempts_own_error():
         await policy.send(attempt, "GET", "http://dead.test/b", "dead.test", {}, None, FetchMetrics())
     assert len(calls) == 1
     assert policy.budget_of("dead.test") is policy.budget_of("dead.test")
+
+
+async def test_a_retry_after_over_max_retry_after_ends_the_request_at_once():
+    from mapstream.layers.errors import RetryAfterTooLongError
+
+    calls = []
+
+    async def attempt(method, url, netloc, headers, content):
+        calls.append(url)
+        return Response(url, 429, httpx.Headers({"Retry-After": "3600"}), b"")
+
+    policy = RetryPolicy(4, 0.0, 0.0, 60.0, 20, max_retry_after=60.0)
+    with pytest.raises(RetryAfterTooLongError) as info:
+        await policy.send(attempt, "GET", "http://h.test/t/1.png", "h.test", {}, None, FetchMetrics())
+    assert len(calls) == 1 and info.value.retry_after == 3600.0
+    assert "asks us to wait 1 h before retrying; giving up" in str(info.value)
+
+
+async def test_refusals_of_a_burst_already_answered_spend_no_budget():
+    import time
+
+    from mapstream.layers.http.admission import LAST_ATTEMPT
+    from mapstream.layers.http.limits import Attempt, HostLimits
+
+    hosts = HostLimits(lambda netloc: 8)
+    policy = RetryPolicy(2, 0.0, 0.0, 60.0, budget=1, max_retry_after=60.0, hosts=hosts)
+    left_at = time.monotonic()  # our attempt leaves...
+    hosts.host("b.test").pushback(Attempt(left_at, 4, latency=0.01), 0.05, 0.05)  # ...another is refused
+    outcomes = [429, 200]
+
+    async def attempt(method, url, netloc, headers, content):
+        LAST_ATTEMPT.set(Attempt(left_at - 1.0, 3, latency=0.01))  # it left before that refusal
+        status = outcomes.pop(0)
+        return Response(url, status, httpx.Headers({"Retry-After": "0"} if status == 429 else {}), b"")
+
+    resp = await policy.send(attempt, "GET", "http://b.test/a", "b.test", {}, None, FetchMetrics())
+    assert resp.status == 200 and outcomes == []
+    assert policy.budget_of("b.test").tokens == 1.0  # the collateral retry spent nothing
