@@ -28,7 +28,7 @@ RES = 100.0
 @pytest.fixture(scope="module")
 def cogs(tmp_path_factory):
     d = tmp_path_factory.mktemp("cogs")
-    dem = terrain(2048, 2048, 1)
+    dem = terrain(1536, 1536, 1)
     dem[100:300, 100:300] = -9999.0  # a nodata hole
     files = {
         "dem.tif": write_cog(d / "dem.tif", dem, crs="EPSG:3857",
