@@ -69,11 +69,11 @@ def qgis_server(interop_dir, truth_gpkg) -> Iterator[QGISServer]:
 
 
 @pytest.fixture(scope="session")
-def pygeoapi_sqlite(interop_dir) -> Iterator[PygeoapiSQLite]:
+def pygeoapi_sqlite(interop_dir, truth_gpkg) -> Iterator[PygeoapiSQLite]:
     ensure_debian("spatialite")
     _need_module("pysqlite3", "pysqlite3-binary")
     db = data.write_spatialite(interop_dir / "points.sqlite")
-    server = PygeoapiSQLite(db, limit=500).start()
+    server = PygeoapiSQLite(db, truth_gpkg, limit=500).start()
     yield server
     server.stop()
 
@@ -88,16 +88,17 @@ def mapproxy(mapserver, interop_dir) -> Iterator[MapProxy]:
     server.stop()
 
 
-@pytest.fixture(scope="session", params=["mapserver", "qgis", "pygeoapi"])
+@pytest.fixture(scope="session", params=["mapserver", "qgis", "pygeoapi", "pygeoapi_gpkg"])
 def feature_server(request) -> FeatureServer:
-    """Each OGC API Features server in turn."""
+    """Each OGC API Features collection of the points in turn."""
     if request.param == "mapserver":
         s = request.getfixturevalue("mapserver")
     elif request.param == "qgis":
         s = request.getfixturevalue("qgis_server")
     else:
         s = request.getfixturevalue("pygeoapi_sqlite")
-    return FeatureServer(request.param, s.ogc_url, "points", s)
+    collection = "points_gpkg" if request.param == "pygeoapi_gpkg" else "points"
+    return FeatureServer(request.param, s.ogc_url, collection, s)
 
 
 @pytest.fixture

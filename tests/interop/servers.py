@@ -7,7 +7,7 @@
   project that PyQGIS (Debian's ``python3-qgis``, run by the system Python) writes: WMS and
   OGC API Features (``/wfs3``).
 - :class:`PygeoapiSQLite`: pygeoapi with its stock ``SQLiteGPKG`` provider over a SpatiaLite
-  database (:mod:`tests.interop.pygeoapi_child`).
+  database and over the GeoPackage (:mod:`tests.interop.pygeoapi_child`).
 - :class:`MapProxy`: MapProxy serving WMTS (RESTful) tiles from MapServer's WMS, with metatiles and a
   buffer (:mod:`tests.interop.mapproxy_child`).
 
@@ -299,23 +299,28 @@ class QGISServer:
 
 
 class PygeoapiSQLite(PygeoapiServer):
-    """pygeoapi with its stock SQLite provider (``SQLiteGPKG``) over a SpatiaLite ``points`` table."""
+    """pygeoapi with its stock SQLite provider (``SQLiteGPKG``): collection ``points`` from a
+    SpatiaLite database, ``points_gpkg`` from the GeoPackage (its FIDs are the ids)."""
 
     module = "tests.interop.pygeoapi_child"
     label = "pygeoapi-sqlite"
 
-    def __init__(self, database: Path, *, limit: int = 500) -> None:
-        resources = {
-            "points": {
+    def __init__(self, database: Path, gpkg: Path, *, limit: int = 500) -> None:
+        def collection(title: str, data: Path, id_field: str) -> dict[str, Any]:
+            return {
                 "type": "collection",
-                "title": "points",
-                "description": "generated points in SpatiaLite",
+                "title": title,
+                "description": title,
                 "keywords": ["points"],
                 "extents": {"spatial": {"bbox": [-180, -90, 180, 90], "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}},
                 "providers": [
-                    {"type": "feature", "name": "SQLiteGPKG", "data": str(database), "id_field": "id", "table": "points"}
+                    {"type": "feature", "name": "SQLiteGPKG", "data": str(data), "id_field": id_field, "table": "points"}
                 ],
             }
+
+        resources = {
+            "points": collection("points in SpatiaLite", database, "id"),
+            "points_gpkg": collection("points in a GeoPackage", gpkg, "fid"),
         }
         root = str(Path(__file__).resolve().parents[2])
         super().__init__(resources, title="pygeoapi sqlite", limit=limit, env={"PYTHONPATH": root})

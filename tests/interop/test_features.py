@@ -41,7 +41,7 @@ def conformance(url: str) -> set[str]:
 
 
 async def test_whole_extent_is_every_feature_once(feature_server, fetcher, truth):
-    layer = FeatureLayer(feature_server.url, "points", limit=PAGE)
+    layer = FeatureLayer(feature_server.url, feature_server.collection, limit=PAGE)
     result = await layer.fetch(None, fetcher)
     assert result.errors == ()
     got = ids(result.frame)
@@ -56,7 +56,7 @@ async def test_sub_box_is_exactly_the_points_inside(feature_server, fetcher, tru
     (box,) = lonlat_boxes(vp)
     expected = data.ids_in(truth, box)
     assert len(expected) > 2 * PAGE
-    result = await FeatureLayer(feature_server.url, "points", limit=PAGE).fetch(vp, fetcher)
+    result = await FeatureLayer(feature_server.url, feature_server.collection, limit=PAGE).fetch(vp, fetcher)
     assert result.errors == ()
     got = ids(result.frame)
     assert len(got) == len(expected), f"{len(got)} features for {len(expected)} in the box"
@@ -64,7 +64,7 @@ async def test_sub_box_is_exactly_the_points_inside(feature_server, fetcher, tru
 
 
 async def test_max_features_caps_the_load(feature_server, fetcher, truth):
-    layer = FeatureLayer(feature_server.url, "points", limit=PAGE, max_features=1234)
+    layer = FeatureLayer(feature_server.url, feature_server.collection, limit=PAGE, max_features=1234)
     result = await layer.fetch(None, fetcher)
     got = ids(result.frame)
     assert len(got) == 1234 and len(set(got)) == 1234 and set(got) <= set(truth["id"])
@@ -74,7 +74,7 @@ async def test_max_features_caps_the_load(feature_server, fetcher, truth):
 async def test_cql2_filter_is_exact_or_refused(feature_server, fetcher, truth):
     expected = set(truth["id"][truth["value"] < 10].tolist())
     declared = bool(conformance(feature_server.url) & set(PART3))
-    layer = FeatureLayer(feature_server.url, "points", limit=PAGE, filter=data.CQL2_TEXT)
+    layer = FeatureLayer(feature_server.url, feature_server.collection, limit=PAGE, filter=data.CQL2_TEXT)
     if feature_server.name in ("mapserver", "qgis"):
         # Neither declares Part 3 and both ignore filter=: the answer must be an error.
         assert not declared
@@ -94,7 +94,7 @@ async def test_cql2_filter_is_exact_or_refused(feature_server, fetcher, truth):
 async def test_cql2_filter_on_the_client_is_exact(feature_server, fetcher, truth):
     expected = set(truth["id"][truth["value"] < 10].tolist())
     layer = FeatureLayer(
-        feature_server.url, "points", limit=PAGE, filter=data.CQL2_TEXT, client_filter=True
+        feature_server.url, feature_server.collection, limit=PAGE, filter=data.CQL2_TEXT, client_filter=True
     )
     result = await layer.fetch(None, fetcher)
     assert result.errors == ()
@@ -106,7 +106,7 @@ async def test_cql2_filter_on_the_client_is_exact(feature_server, fetcher, truth
 async def test_datetime_is_exact_or_refused(feature_server, fetcher, truth):
     start, end = data.INTERVAL
     expected = data.ids_between(truth, start, end)
-    layer = FeatureLayer(feature_server.url, "points", limit=PAGE, datetime=f"{start}/{end}")
+    layer = FeatureLayer(feature_server.url, feature_server.collection, limit=PAGE, datetime=f"{start}/{end}")
     try:
         result = await layer.fetch(None, fetcher)
     except LayersError as exc:
@@ -122,7 +122,7 @@ async def test_datetime_is_exact_or_refused(feature_server, fetcher, truth):
 
 async def test_query_finds_the_point(feature_server, fetcher, truth):
     row = truth.iloc[4321]
-    rows = await FeatureLayer(feature_server.url, "points", limit=PAGE).query(
+    rows = await FeatureLayer(feature_server.url, feature_server.collection, limit=PAGE).query(
         row.geometry.x, row.geometry.y, fetcher, radius_m=500
     )
     assert int(row["id"]) in {int(r["id"]) for r in rows}
