@@ -37,6 +37,7 @@ FIRST_VIEW_WAIT = 1.5
 PRELOAD_STAGGER = 1.0
 #: Loads counted in these units (``Progress.unit``) wait for the view to settle: a cancelled
 #: page request's work goes on at the server, and a burst of pans would queue one per pan.
+#: A layer whose loads have started but not reported a unit yet waits too (see ``_settles``).
 SETTLE_UNITS = frozenset({"pages"})
 #: Seconds a view must stay before those layers load for it (a session's ``view_settle``).
 VIEW_SETTLE = 0.25
@@ -126,6 +127,7 @@ class MapSession:
         self.view_settle = VIEW_SETTLE
         self.preloading = False
         self.closed = False
+        self.suspended = False
         self.loaders: dict[str, LayerLoader] = {}
         self.images: dict[str, Image | None] = dict.fromkeys(self.specs)
         self.applied: dict[str, list[tuple[Viewport, bool]]] = {name: [] for name in self.specs}
@@ -192,7 +194,7 @@ class MapSession:
 
     def request(self, name: str, *, force: bool = False) -> asyncio.Task[None] | None:
         """Load layer ``name`` for the current viewport (on the event loop); None if hidden."""
-        if self.closed or self.state.viewport is None or name not in self.state.visible:
+        if self.closed or self.suspended or self.state.viewport is None or name not in self.state.visible:
             return None
         self._loop = asyncio.get_running_loop()
         return self._loader(name).request(self.state.viewport, force=force)
@@ -202,7 +204,16 @@ class MapSession:
         return self.request(name, force=True)
 
     def _settles(self, name: str) -> bool:
-        return self.view_settle > 0 and self.state.status(name).unit in SETTLE_UNITS
+        if self.view_settle <= 0:
+            return False
+        unit = self.state.status(name).unit
+        if not unit:
+            # Loads were started and none has reported yet (a feature layer's discovery takes a
+            # while): the unit is unknown, so wait. Else a burst of pans from the first second
+            # on starts a load per pan, and four sessions panning 80 times queued hundreds of
+            # superseded page requests at one server. A layer never loaded loads at once.
+            return name in self.loaders
+        return unit in SETTLE_UNITS
 
     def set_viewport(self, viewport: Viewport) -> list[asyncio.Task[None]]:
         """Make ``viewport`` current and (re)load every visible layer for it, priority first.
@@ -215,6 +226,8 @@ class MapSession:
         if self.closed:
             return []
         self.state.viewport = viewport
+        if self.suspended:
+            return []  # nobody looks: :meth:`resume` loads the latest view
         if self._settle_handle is not None:
             self._settle_handle.cancel()
             self._settle_handle = None
@@ -378,16 +391,45 @@ class MapSession:
         self.state.metrics = snap
         return snap
 
-    # --- closing ----------------------------------------------------------------------------
+    # --- suspending and closing -------------------------------------------------------------
 
-    async def aclose(self) -> None:
-        """Cancel every task of the session and release its layers and images."""
-        self.closed = True
+    def _stop_all(self) -> None:
         if self._settle_handle is not None:
             self._settle_handle.cancel()
             self._settle_handle = None
         if self._inspect_task is not None:
             self._inspect_task.cancel()
+
+    def suspend(self) -> None:
+        """Stop every load at once: nobody is looking (the browser's connection is gone).
+
+        Bokeh keeps a session whose tab has closed for a while, and destroys it only once no
+        document callback is pending; loads still pushing frames into it would keep it (and
+        their CPU) alive. Statuses of the stopped loads go back to idle; :meth:`resume` loads
+        the current view again.
+        """
+        if self.closed or self.suspended:
+            return
+        self.suspended = True
+        self._stop_all()
+        for loader in self.loaders.values():
+            loader.cancel()
+        for name in self.specs:
+            if self.state.status(name).state == "loading":
+                self._set_status(name, state="idle")
+
+    def resume(self) -> list[asyncio.Task[None]]:
+        """Undo :meth:`suspend` (the browser is back): load every visible layer for the current view."""
+        if self.closed or not self.suspended:
+            return []
+        self.suspended = False
+        return self.set_viewport(self.state.viewport) if self.state.viewport is not None else []
+
+
+    async def aclose(self) -> None:
+        """Cancel every task of the session and release its layers and images."""
+        self.closed = True
+        self._stop_all()
         await asyncio.gather(*(loader.close() for loader in self.loaders.values()), return_exceptions=True)
         for fut in self._built.values():
             fut.cancel()

@@ -29,6 +29,18 @@ from .state import MapState, by_priority, initial_viewport
 __all__ = ["MapApp"]
 
 
+def connection_count(doc: Any) -> int | None:
+    """How many browser connections the Bokeh server session of ``doc`` has; None if unknown.
+
+    None outside a server (a notebook, a test without one). Bokeh has no public hook for a
+    connection that goes away (only for a session destroyed, which can be much later), so this
+    reads the server session behind the document's session context.
+    """
+    session = getattr(getattr(doc, "session_context", None), "_session", None)
+    count = getattr(session, "connection_count", None)
+    return count if isinstance(count, int) else None
+
+
 def _notify_error(text: str) -> None:
     notifications = getattr(pn.state, "notifications", None)
     if notifications is not None:
@@ -76,6 +88,7 @@ class MapApp(pn.viewable.Viewer):
         self._layout = pn.Row(self.sidebar, self.plot.pane, sizing_mode="stretch_both", min_height=self.height)
         self._shown = False
         self._metrics_cb: Any = None
+        self._connected = False
 
     @property
     def state(self) -> MapState:
@@ -103,8 +116,27 @@ class MapApp(pn.viewable.Viewer):
         with contextlib.suppress(Exception):
             pn.state.on_session_destroyed(self._on_session_destroyed)
         with contextlib.suppress(Exception):
-            self._metrics_cb = pn.state.add_periodic_callback(self.session.refresh_metrics, period=1000)
+            self._metrics_cb = pn.state.add_periodic_callback(self._tick, period=1000)
         return self._layout
+
+    def _tick(self) -> None:
+        """Every second: the metrics line, and whether anybody still looks at the map."""
+        self.session.refresh_metrics()
+        self.watch_connection(connection_count(self.plot.doc))
+
+    def watch_connection(self, count: int | None) -> None:
+        """Suspend the loads when the browser's last connection has gone; resume when one is back.
+
+        A closed tab's session lives on in the server until Bokeh destroys it, and loads
+        pushing frames into it keep it from being destroyed: they stop now instead.
+        """
+        if count is None:
+            return
+        if count > 0:
+            self._connected = True
+            self.session.schedule(self.session.resume)
+        elif self._connected:  # never suspended before the browser first connects
+            self.session.schedule(self.session.suspend)
 
     def _on_view(self, viewport: Viewport, sized: bool) -> None:
         session = self.session

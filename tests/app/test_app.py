@@ -353,3 +353,25 @@ async def test_a_view_of_another_shape_is_widened_to_equal_aspect():
     assert vp == expected
     assert vp.x_range == (-500_000.0, 1_500_000.0) and vp.y_range == (0.0, 1_000_000.0)
     await app.aclose()
+
+
+async def test_a_map_whose_browser_went_away_stops_loading_and_resumes_when_it_is_back():
+    from mapstream.app.views import connection_count
+
+    tiles = FakeTiles(frames=10**6, delay=0.01)
+    app = _app({"base": tiles}, [spec("base")])
+    app.watch_connection(0)  # before the browser first connects: nothing is suspended
+    tasks = app.session.set_viewport(_vp(0))
+    assert tasks and await async_wait_for(lambda: app.session.applied["base"], 10)
+    app.watch_connection(1)
+    app.watch_connection(None)  # no server session to ask: nothing changes
+    assert not app.session.suspended and app.session.loaders["base"].running
+    app.watch_connection(0)  # the tab closed
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert app.session.suspended and not app.session.loaders["base"].running
+    assert app.state.status("base").state == "idle"
+    tiles.frames = 1
+    app.watch_connection(1)  # it came back (Panel's reconnect)
+    assert await async_wait_for(lambda: app.state.status("base").state == "done", 10)
+    assert connection_count(None) is None and connection_count(object()) is None
+    await app.aclose()

@@ -214,3 +214,55 @@ async def test_close_stops_loads_pending_settles_and_inspects():
     await asyncio.sleep(0.1)  # longer than the settle: the pending feature load never starts
     assert feats.loads == []
     assert session.set_viewport(_vp(2)) == [] and session.request("base") is None
+
+
+async def test_a_layer_whose_first_loads_report_nothing_yet_waits_for_the_view_to_settle():
+    """Pans while a feature layer's first load is still in discovery: one load for the final view."""
+    slow_start = FakeFeatures(pages=1, delay=0.3)  # no page (so no unit) for 0.3 s
+    session, _, _ = _session({"pts": slow_start}, [spec("pts", "features")], settle=0.2)
+    first = session.request("pts")  # what the preload does
+    assert first is not None
+    for i in range(1, 11):  # ten pans, 20 ms apart, before the first page
+        session.set_viewport(_vp(i))
+        await asyncio.sleep(0.02)
+    assert slow_start.loads in ([], [_vp(0)])  # no load per pan (the first one stopped)
+    assert session.loaders["pts"].started == 1
+    assert await async_wait_for(lambda: session.state.status("pts").state == "done", 10)
+    assert slow_start.loads[-1] == _vp(10) and session.loaders["pts"].started == 2
+    assert session.applied["pts"][-1] == (_vp(10), True)
+    await session.aclose()
+
+
+async def test_suspend_stops_every_load_at_once_and_resume_loads_the_latest_view():
+    tiles, feats = FakeTiles(frames=10**6, delay=0.01), FakeFeatures(pages=10**6, delay=0.01)
+    session, _, _ = _session({"base": tiles, "pts": feats}, [spec("base"), spec("pts", "features", 1)])
+    tasks = session.set_viewport(_vp(1))
+    assert await async_wait_for(lambda: session.applied["base"] and session.applied["pts"], 10)
+    session.suspend()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(t.done() for t in tasks)  # cancelled at once
+    assert [session.state.status(n).state for n in ("base", "pts")] == ["idle", "idle"]
+    assert session.set_viewport(_vp(2)) == []  # nobody looks: nothing loads
+    assert len(tiles.loads) == 1 and len(feats.loads) == 1
+    tiles.frames, feats.pages = 1, 1
+    resumed = session.resume()
+    await asyncio.gather(*resumed)
+    assert tiles.loads[-1] == feats.loads[-1] == _vp(2)  # the latest view
+    assert session.state.status("base").state == session.state.status("pts").state == "done"
+    await session.aclose()
+    assert session.resume() == []
+
+
+async def test_a_page_of_empty_geometries_draws_nothing_and_is_no_error():
+    import shapely
+
+    class Empty:
+        async def load(self, viewport, fetcher):
+            frame = gpd.GeoDataFrame(geometry=[shapely.Polygon(), None], crs=3857)
+            yield FeaturePage(frame, Progress(1, 1, "pages", features=2, complete=True), (), "fake://empty")
+
+    session, _, notes = _session({"e": Empty()}, [spec("e", "features")])
+    await asyncio.gather(*session.set_viewport(_vp(1)))
+    assert session.state.status("e").state == "done", session.state.status("e").error
+    assert session.images["e"].opaque_pixels == 0 and notes == []
+    await session.aclose()
