@@ -224,8 +224,10 @@ class Layer(Protocol):
         """Stream partial results for ``viewport`` as they arrive; the last one is complete."""
         ...
 
-    async def fetch(self, viewport: Viewport, fetcher: Fetcher) -> Mosaic | FeatureResult:
-        """The complete result for ``viewport``."""
+    async def fetch(
+        self, viewport: Viewport, fetcher: Fetcher
+    ) -> Mosaic | FeatureResult | xr.DataArray:
+        """The complete result for ``viewport`` (a raster source's values: a DataArray)."""
         ...
 
     async def query(self, lon: float, lat: float, fetcher: Fetcher) -> QueryResult:
