@@ -94,6 +94,9 @@ _MAPFILE = """MAP
     DATA "{shp}"
     PROJECTION "init=epsg:4326" END
     TEMPLATE "query"  # a layer without one is not queryable: no GetFeatureInfo, no collection
+    # GetFeatureInfo's search radius, as deployments set it. MapServer 8.0 also widens an OGC
+    # API bbox by it (3 px of SIZE 256 over 360 degrees: about 4 degrees), so its items hold
+    # points outside the box: the engine must drop them.
     TOLERANCE 3
     TOLERANCEUNITS pixels
     METADATA
@@ -300,7 +303,9 @@ class QGISServer:
 
 class PygeoapiSQLite(PygeoapiServer):
     """pygeoapi with its stock SQLite provider (``SQLiteGPKG``): collection ``points`` from a
-    SpatiaLite database, ``points_gpkg`` from the GeoPackage (its FIDs are the ids)."""
+    SpatiaLite database, ``points_gpkg`` from the GeoPackage (its FIDs are the ids), and
+    ``points_timed``, the SpatiaLite points with a temporal extent and a time field declared,
+    though the provider ignores ``datetime``."""
 
     module = "tests.interop.pygeoapi_child"
     label = "pygeoapi-sqlite"
@@ -318,9 +323,14 @@ class PygeoapiSQLite(PygeoapiServer):
                 ],
             }
 
+        timed = collection("points in SpatiaLite, with time", database, "id")
+        # Declares time (an extent and a time field) that the SQLite provider then ignores.
+        timed["extents"]["temporal"] = {"begin": "2024-01-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"}
+        timed["providers"][0]["time_field"] = "observed"
         resources = {
             "points": collection("points in SpatiaLite", database, "id"),
             "points_gpkg": collection("points in a GeoPackage", gpkg, "fid"),
+            "points_timed": timed,
         }
         root = str(Path(__file__).resolve().parents[2])
         super().__init__(resources, title="pygeoapi sqlite", limit=limit, env={"PYTHONPATH": root})

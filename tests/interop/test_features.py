@@ -152,3 +152,22 @@ async def test_polygons_are_every_zone_once(name, request, fetcher):
     for zone in zones.itertuples():
         if abs(zone.geometry.bounds[1]) <= 60 and abs(zone.geometry.bounds[3]) <= 60:
             assert got.geometry[zone.id].bounds == pytest.approx(zone.geometry.bounds, abs=1e-6)
+
+
+async def test_datetime_a_server_declares_but_ignores_is_not_a_silent_wrong_answer(pygeoapi_sqlite, fetcher, truth):
+    # pygeoapi's collection declares time, but its SQLite provider ignores datetime=: the
+    # answer must be the interval's points, or an error, never all of them.
+    start, end = data.INTERVAL
+    expected = data.ids_between(truth, start, end)
+    layer = FeatureLayer(pygeoapi_sqlite.ogc_url, "points_timed", limit=PAGE, datetime=f"{start}/{end}")
+    try:
+        result = await layer.fetch(None, fetcher)
+    except LayersError as exc:
+        assert "datetime" in str(exc) or "time" in str(exc)
+    else:
+        got = ids(result.frame)
+        if result.errors:
+            assert any("datetime" in str(e) or "time" in str(e) for e in result.errors)
+            assert set(got) <= expected
+        else:
+            assert len(got) == len(expected) and set(got) == expected
