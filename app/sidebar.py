@@ -59,13 +59,22 @@ def metrics_text(snap: dict[str, Any]) -> str:
 
     >>> metrics_text({"requests": 7, "latency_p95": 0.123, "cache_hits": 3, "cache_misses": 1})
     'requests: 7 · p95 latency: 123 ms  \\ncache hit ratio: 75% · loop p99 lag: 0 ms'
+
+    Each host the fetcher talks to adds a line: its adaptive limit, throughput and latency floor.
+
+    >>> metrics_text({"hosts": {"t.test": {"limit": 3, "ceiling": 8, "throughput": 9.5, "latency_floor": 0.04}}})
+    'requests: 0 · p95 latency: 0 ms  \\ncache hit ratio: 0% · loop p99 lag: 0 ms  \\nt.test: limit 3 of 8, 9.5 req/s, floor 40 ms'
     """
+    from mapstream.layers.http.metrics import hosts_text
+
     hits, misses = snap.get("cache_hits", 0), snap.get("cache_misses", 0)
     ratio = hits / (hits + misses) if hits + misses else 0.0
-    return (
-        f"requests: {snap.get('requests', 0)} · p95 latency: {1000 * snap.get('latency_p95', 0.0):.0f} ms  \n"
-        f"cache hit ratio: {ratio:.0%} · loop p99 lag: {snap.get('lag_p99_ms', 0.0):.0f} ms"
-    )
+    lines = [
+        f"requests: {snap.get('requests', 0)} · p95 latency: {1000 * snap.get('latency_p95', 0.0):.0f} ms",
+        f"cache hit ratio: {ratio:.0%} · loop p99 lag: {snap.get('lag_p99_ms', 0.0):.0f} ms",
+        *(plain(line) for line in hosts_text(snap.get("hosts") or {}, most=3)),
+    ]
+    return "  \n".join(lines)
 
 
 def completed_text(completed: int) -> str:

@@ -27,7 +27,7 @@ from .shared import (
     run_async,
 )
 
-__all__ = ["ProbeResult", "check", "format_table", "probe_all", "probe_layer"]
+__all__ = ["ProbeResult", "check", "format_table", "host_lines", "probe_all", "probe_layer"]
 
 
 @click.command()
@@ -39,16 +39,20 @@ def check(catalog_path, cache_dir, timeout, as_json) -> None:
     """Probe every layer of the catalog concurrently (a tile, a GetMap or one item).
 
     Prints layer, status (up / down / error), HTTP status, latency, the cache validators the
-    service sends (ETag, Last-Modified) and the error. Exits 1 if any layer is not up.
+    service sends (ETag, Last-Modified) and the error; then one line per host: the fetcher's
+    adaptive limit of its ceiling, its throughput and its latency floor. Exits 1 if any layer
+    is not up.
     """
     catalog = open_catalog(catalog_path)
     rows: list[ProbeResult] = []
+    hosts: dict[str, Any] = {}
 
     async def go():
         from mapstream.layers.catalog import build_layer
 
         async with make_fetcher(cache_dir) as fetcher:
             rows.extend(await probe_all(catalog.layers, fetcher, build_layer, timeout=timeout))
+            hosts.update(fetcher.metrics.snapshot().get("hosts", {}))
 
     run_async(go, lambda: click.echo("check interrupted", err=True))
     if as_json:
@@ -59,6 +63,8 @@ def check(catalog_path, cache_dir, timeout, as_json) -> None:
             click.echo(json.dumps(dataclasses.asdict(r)))
     else:
         click.echo(format_table(rows))
+        for line in host_lines(hosts):
+            click.echo(line)
     if any(r.status != "up" for r in rows):
         sys.exit(1)
 
@@ -157,6 +163,17 @@ async def probe_all(specs: Iterable[Any], fetcher: Any, build_layer: Any, *, tim
     """Probe every layer concurrently; rows come back in catalog order."""
     specs = list(specs)
     return list(await asyncio.gather(*(probe_layer(s, fetcher, build_layer, timeout=timeout) for s in specs)))
+
+
+def host_lines(hosts: dict[str, Any]) -> list[str]:
+    """The hosts under the table: ``host NAME: limit L of C, X req/s, floor F ms``.
+
+    >>> host_lines({"tiles.test": {"limit": 4, "ceiling": 8, "throughput": 0.0, "latency_floor": 0.0123}})
+    ['host tiles.test: limit 4 of 8, 0.0 req/s, floor 12 ms']
+    """
+    from mapstream.layers.http.metrics import hosts_text
+
+    return [f"host {line}" for line in hosts_text(hosts, most=len(hosts))]
 
 
 def format_table(rows: list[ProbeResult]) -> str:
