@@ -368,9 +368,9 @@ class HostLimit:
         with self._lock:
             now = self.clock()
             recent = [t for t in self._done if now - t <= RATE_WINDOW]
-        if len(recent) < 2:
+        if not recent:
             return 0.0
-        return len(recent) / max(now - recent[0], 1e-3) if now - recent[0] < RATE_WINDOW else len(recent) / RATE_WINDOW
+        return len(recent) / max(1.0, now - recent[0])  # at least a second: no burst of 2 in 1 ms
 
     def latency_floor(self) -> float | None:
         """The lowest latency floor over the host's routes (seconds), ``None`` before any."""

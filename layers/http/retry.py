@@ -212,9 +212,12 @@ class RetryPolicy:
                 resp = await attempt(method, url, netloc, headers, content)
                 if resp.status in RETRY_STATUSES:
                     retry_after = parse_retry_after(resp.headers.get("retry-after"))
-                    self._refuse_long_wait(retry_after, netloc, url, host, metrics)
+                    self._refuse_long_wait(retry_after, netloc, url, host)
                 if host is not None:
                     collateral = self._observe(host, route, resp.status, retry_after)
+            except RetryAfterTooLongError:  # from this answer, or from admission (the host is paused)
+                metrics.incr("errors")
+                raise
             except TotalTimeoutError:
                 if host is not None:
                     host.timeout()
@@ -248,16 +251,13 @@ class RetryPolicy:
                 continue  # admission holds the next attempt until the host's pause is over
             await asyncio.sleep(self.delay(n, retry_after))
 
-    def _refuse_long_wait(
-        self, retry_after: float | None, netloc: str, url: str, host: HostLimit | None, metrics: FetchMetrics
-    ) -> None:
+    def _refuse_long_wait(self, retry_after: float | None, netloc: str, url: str, host: HostLimit | None) -> None:
         """Raise :class:`RetryAfterTooLongError` for a ``Retry-After`` over ``max_retry_after``
         (and pause the host that long, so its other requests end at once too)."""
         if retry_after is None or self.max_retry_after is None or retry_after <= self.max_retry_after:
             return
         if host is not None:
             host.pushback(LAST_ATTEMPT.get(), retry_after, retry_after)
-        metrics.incr("errors")
         raise RetryAfterTooLongError(netloc, retry_after, self.max_retry_after, url=redact_url(url))
 
     def _observe(self, host: HostLimit, route: str, status: int, retry_after: float | None) -> bool:
