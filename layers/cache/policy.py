@@ -196,9 +196,23 @@ def _storable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str
 
 
 def make_entry(
-    url: str, status: int, headers: Iterable[tuple[str, str]], body: bytes, ttl: float
+    url: str,
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    ttl: float,
+    *,
+    ranged: bool = False,
 ) -> CacheEntry | None:
     """Build the entry for a fresh network response, or ``None`` if it must not be stored.
+
+    A ``206 Partial Content`` is stored only for a ``ranged`` request, whose key holds its
+    ``Range`` header: the part is kept as the answer to that exact range, never as the whole.
+
+    >>> make_entry("http://h/a", 206, [("Content-Range", "bytes 0-0/9")], b"x", 60) is None
+    True
+    >>> make_entry("http://h/a", 206, [("Content-Range", "bytes 0-0/9")], b"x", 60, ranged=True).status
+    206
 
     >>> make_entry("http://h/a", 200, [("Cache-Control", "no-store")], b"x", 60) is None
     True
@@ -208,7 +222,7 @@ def make_entry(
     """
     pairs = list(headers)
     lower = {k.lower(): v for k, v in pairs}
-    if status not in CACHEABLE_STATUSES:
+    if status not in CACHEABLE_STATUSES and not (status == 206 and ranged):
         return None
     lifetime = freshness_lifetime(lower, ttl)
     if lifetime is None:

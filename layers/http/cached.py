@@ -39,6 +39,7 @@ async def cached_get(
     *,
     ttl: float,
     metrics: FetchMetrics,
+    ranged: bool = False,
 ) -> Response:
     """The response to a GET of ``url`` (cache key ``key``), from ``disk`` when it may be.
 
@@ -51,6 +52,8 @@ async def cached_get(
         Freshness, in seconds, of responses that carry neither caching headers nor validators.
     metrics
         Counts ``cache_hits``, ``cache_misses`` and ``revalidations``.
+    ranged
+        The request has a ``Range`` header (part of ``key``): a ``206`` may be stored.
 
     Raises
     ------
@@ -72,7 +75,7 @@ async def cached_get(
             await _disk_call(disk.store, key, new)
         return from_entry(entry, resp.url, revalidated=True, elapsed=resp.elapsed)
     metrics.incr("cache_misses")
-    new = make_entry(url, resp.status, resp.headers.multi_items(), resp.content, ttl)
+    new = make_entry(url, resp.status, resp.headers.multi_items(), resp.content, ttl, ranged=ranged)
     if new is not None:
         await _disk_call(disk.store, key, new)
     elif entry is not None:

@@ -410,7 +410,10 @@ class Fetcher:
 
             resp = await state.flights.run(
                 ("GET", key, True),
-                lambda: cached_get(disk, key, full, send, ttl=self.ttl, metrics=self.metrics),
+                lambda: cached_get(
+                    disk, key, full, send, ttl=self.ttl, metrics=self.metrics,
+                    ranged=any(k.lower() == "range" for k in hdrs),  # a 206 is kept under its range
+                ),
             )
         else:
             resp = await state.flights.run(

@@ -114,9 +114,14 @@ def _cache_key(url: str, headers: Mapping[str, str] | None) -> tuple[Any, ...]:
     return ("cog-header", url, tuple(sorted((headers or {}).items())))
 
 
+#: Left in place of a header whose file changed: the next open reads past the disk cache.
+_CHANGED = "cog-changed"
+
+
 def forget_cog(url: str, fetcher: Fetcher, headers: Mapping[str, str] | None = None) -> None:
-    """Drop the cached header of ``url`` (after the file changed), so it is read again."""
-    fetcher.memory.put(_cache_key(url, headers), None, 0)
+    """Drop the cached header of ``url`` (after the file changed), so it is read again, from
+    the server (past the disk cache, which may hold parts of the older version)."""
+    fetcher.memory.put(_cache_key(url, headers), _CHANGED, 64)
 
 
 async def open_cog(
@@ -142,7 +147,8 @@ async def open_cog(
     flights = per_loop.get(loop)
     if flights is None:
         flights = per_loop[loop] = SingleFlight(loop)
-    return await flights.run(key, lambda: _open(url, fetcher, headers, key))
+    fresh = hit == _CHANGED
+    return await flights.run(key, lambda: _open(url, fetcher, headers, key, use_cache=not fresh))
 
 
 #: Header reads in flight: fetcher -> event loop -> flights by cache key.
@@ -152,11 +158,12 @@ _OPENING: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, SingleFl
 
 
 async def _open(
-    url: str, fetcher: Fetcher, headers: Mapping[str, str] | None, key: tuple[Any, ...]
+    url: str, fetcher: Fetcher, headers: Mapping[str, str] | None, key: tuple[Any, ...], *,
+    use_cache: bool,
 ) -> COGInfo:
     from async_geotiff import GeoTIFF
 
-    store = RangeStore(url, fetcher, headers=headers)
+    store = RangeStore(url, fetcher, headers=headers, use_cache=use_cache)
     try:
         geotiff = await GeoTIFF.open(url, store=store, prefetch=HEADER_PREFETCH)
     except LayersError:

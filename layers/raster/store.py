@@ -23,9 +23,10 @@ Nearby ranges of one call are merged into one request when the gap between them 
 a request already in flight covers (another view of the same file, read at the same time)
 waits for that request instead of asking again (single-flight by coverage). Every range
 read is kept in ``fetcher.memory`` (keyed by URL, pin and range), so reading a view again makes
-no request. Ranged GETs skip the disk cache: it stores no ``206`` (RFC 9111 lets a cache keep
-partial content only if it understands ranges; :mod:`mapstream.layers.cache.policy` stores
-complete responses only), and a whole body answered to a range would be stored once per range.
+no request. Ranged GETs go through the fetcher's disk cache, whose key holds the ``Range`` (and
+the pinned ``If-Match``) header: a ``206`` is stored as the answer to that exact range, never as
+the whole file, and revalidated with its ``ETag`` like any entry, so another process (the CLI,
+a restarted app) reads a COG it read before from disk.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ class RangeStore:
         Extra request headers (credentials); part of every key.
     merge_gap, max_request
         As :data:`MERGE_GAP` and :data:`MAX_REQUEST`.
+    use_cache
+        Read through the fetcher's disk cache (False: always ask the server, e.g. after the
+        file changed, so that no stored part of an older version is read again).
 
     Raises
     ------
@@ -143,6 +147,7 @@ class RangeStore:
         headers: Mapping[str, str] | None = None,
         merge_gap: int = MERGE_GAP,
         max_request: int = MAX_REQUEST,
+        use_cache: bool = True,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise BadInputError(f"a range store reads http(s) URLs, got {url!r}")
@@ -151,6 +156,7 @@ class RangeStore:
         self.headers = dict(headers or {})
         self.merge_gap = merge_gap
         self.max_request = max_request
+        self.use_cache = use_cache
         self.pin: _Pin | None = None
         self.stats = _Stats()
         #: The last engine error a read raised (a TIFF reader may re-raise it as a plain one).
@@ -314,7 +320,7 @@ class RangeStore:
         if pin is not None and pin.etag and not pin.etag.startswith("W/"):
             headers["If-Match"] = pin.etag  # a strong ETag: the server refuses a new version
         self.stats.requests += 1
-        resp = await self.fetcher.get(self.url, headers=headers, allow_status=(412, 416), cache=False)
+        resp = await self.fetcher.get(self.url, headers=headers, allow_status=(412, 416), cache=self.use_cache)
         url = redact_url(self.url)
         if resp.status == 412:
             raise SourceChangedError(

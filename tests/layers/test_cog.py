@@ -280,3 +280,55 @@ async def test_an_abandoned_load_stops_its_reads(cogs):
     finally:
         await fetcher.aclose()
         srv.stop()
+
+
+async def test_another_fetcher_on_the_same_disk_cache_reads_the_view_from_disk(cogs, tmp_path):
+    srv = RangeServer(cogs["files"], max_age=600).start()
+    try:
+        layer = COGLayer(f"{srv.url}/dem.tif")
+        vp = view(X0 + 30_000, Y0 - 25_000, 100.0)
+        async with Fetcher(cache_dir=tmp_path / "http", retry_attempts=1) as first:
+            cold = await layer.fetch(vp, first)
+        asked = len(srv.requests)
+        async with Fetcher(cache_dir=tmp_path / "http", retry_attempts=1) as second:  # a new process
+            warm = await layer.fetch(vp, second)
+            assert second.metrics.snapshot()["requests"] == 0
+        assert len(srv.requests) == asked
+        assert_same_pixels(warm.values, cold.values)
+        assert_same_pixels(warm.values, reference(cogs["dir"] / "dem.tif", vp, 0))
+    finally:
+        srv.stop()
+
+
+async def test_stale_ranges_on_disk_revalidate_and_a_changed_file_is_never_mixed(cogs, tmp_path):
+    srv = RangeServer(cogs["files"]).start()  # ETag, no max-age: every use revalidates
+    try:
+        layer = COGLayer(f"{srv.url}/dem.tif")
+        vp = view(X0 + 30_000, Y0 - 25_000, 100.0)
+        async with Fetcher(cache_dir=tmp_path / "http", retry_attempts=1) as f:
+            await layer.fetch(vp, f)
+        async with Fetcher(cache_dir=tmp_path / "http", retry_attempts=1) as f:
+            await layer.fetch(vp, f)
+            snap = f.metrics.snapshot()
+            assert snap["revalidations"] == snap["requests"] > 0 and snap["bytes"] == 0  # all 304
+        srv.files["dem.tif"] = cogs["files"]["dem2.tif"]
+        async with Fetcher(cache_dir=tmp_path / "http", retry_attempts=1) as f:
+            changed = await layer.fetch(vp, f)
+        assert_same_pixels(changed.values, reference(cogs["dir"] / "dem2.tif", vp, 0))
+    finally:
+        srv.stop()
+
+
+async def test_a_changed_file_behind_fresh_disk_entries_is_read_again_from_the_server(cogs, tmp_path):
+    srv = RangeServer(cogs["files"], max_age=600).start()  # the header stays fresh on disk
+    try:
+        layer = COGLayer(f"{srv.url}/dem.tif")
+        async with Fetcher(cache_dir=tmp_path / "http", retry_attempts=1) as f:
+            await layer.fetch(view(X0 + 30_000, Y0 - 25_000, 100.0), f)
+        srv.files["dem.tif"] = cogs["files"]["dem2.tif"]
+        vp = view(X0 + 120_000, Y0 - 120_000, 100.0)  # tiles never read: asked with If-Match
+        async with Fetcher(cache_dir=tmp_path / "http", retry_attempts=1) as f:
+            da = await layer.fetch(vp, f)
+        assert_same_pixels(da.values, reference(cogs["dir"] / "dem2.tif", vp, 0))
+    finally:
+        srv.stop()

@@ -4,7 +4,8 @@
 ``Content-Range`` for a single ``Range: bytes=a-b`` (also ``a-`` and ``-n``), ``416`` with
 ``Content-Range: bytes */size`` for a range past the end, ``200`` with the whole body
 otherwise. Every answer has a strong ``ETag`` (a hash of the bytes) and honours ``If-Match``
-(``412`` when it does not match).
+(``412`` when it does not match) and ``If-None-Match`` (``304``); ``max_age`` adds
+``Cache-Control: max-age``.
 
 Knobs on :class:`RangeServer` (``mode``): ``"ranges"`` (the above), ``"ignore"`` (a server that
 ignores ``Range``: always ``200`` and the whole file), ``"416"`` (every ``Range`` answered
@@ -33,8 +34,12 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 class RangeServer:
     """Serves ``files`` (name -> bytes) on 127.0.0.1 in a thread; see the module docstring."""
 
-    def __init__(self, files: dict[str, bytes] | None = None, *, mode: str = "ranges", latency: float = 0.0):
+    def __init__(
+        self, files: dict[str, bytes] | None = None, *, mode: str = "ranges", latency: float = 0.0,
+        max_age: int | None = None,
+    ):
         self.files = dict(files or {})
+        self.max_age = max_age
         self.mode = mode
         self.latency = latency
         self.requests: list[tuple[str, str | None]] = []
@@ -101,9 +106,14 @@ class RangeServer:
         tag = self.etag(body)
         if self.mode != "no-etag":
             headers["ETag"] = tag
+        if self.max_age is not None:
+            headers["Cache-Control"] = f"max-age={self.max_age}"
         match = h.headers.get("If-Match")
         if match is not None and match.strip() != "*" and tag not in [t.strip() for t in match.split(",")]:
             return self._send(h, 412, b"", headers)
+        inm = h.headers.get("If-None-Match")
+        if inm is not None and self.mode != "no-etag" and tag in [t.strip() for t in inm.split(",")]:
+            return self._send(h, 304, b"", headers)
         if rng is None or self.mode == "ignore":
             return self._send(h, 200, body, headers)
         if self.mode == "416":
