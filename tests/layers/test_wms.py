@@ -156,3 +156,13 @@ def test_gutter_is_checked():
         WMSLayer("http://w.test/wms", "a", gutter=-1)
     with pytest.raises(BadInputError, match="gutter"):
         WMSLayer("http://w.test/wms", "a", gutter=1000)
+
+
+def test_catalog_gutter_reaches_the_layer():
+    from mapstream.layers.catalog import LayerSpec
+
+    spec = LayerSpec(name="w", kind="wms", url="http://w.test/wms", wms_layers="a", gutter=24)
+    layer = WMSLayer.from_spec(spec, spec.url)
+    assert layer.gutter == 24 and "WIDTH=304" in layer.tile_url(Tile(2, 1, 1))
+    with pytest.raises(ValueError, match="gutter is for wms layers"):
+        LayerSpec(name="t", kind="tiles", url="http://t.test/{z}/{x}/{y}.png", gutter=8)
