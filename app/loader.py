@@ -7,6 +7,11 @@ new viewport cancels the running task and starts a new one, and every partial re
 to the callback only if its viewport is still the loader's current viewport and its task is
 still the current task.
 
+A load always ends: with its last result, an error, or cancelled by a newer view or by closing.
+A load that hangs (no result for ``stall`` seconds, whatever the engine below waits on) ends
+with a :class:`~mapstream.layers.errors.FetchTimeoutError`, so that a layer's status line never
+stays "loading" after the last pan.
+
 This module is pure asyncio: no Panel import, so it is unit-tested without a server.
 """
 
@@ -17,6 +22,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any
+
+from mapstream.layers.errors import FetchTimeoutError
 
 __all__ = ["LayerLoader", "LoadEvent"]
 
@@ -62,6 +69,8 @@ class LayerLoader:
         superseded viewport are never delivered.
     name
         For ``repr`` and task names.
+    stall
+        Seconds a load may go without a result before it fails (None: never).
 
     Examples
     --------
@@ -84,10 +93,12 @@ class LayerLoader:
         callback: Callable[[LoadEvent], None],
         *,
         name: str = "layer",
+        stall: float | None = None,
     ) -> None:
         self._load = load
         self._callback = callback
         self.name = name
+        self.stall = stall
         self.key: Hashable | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -161,24 +172,62 @@ class LayerLoader:
 
     async def _run(self, key: Hashable) -> None:
         t0 = time.perf_counter()
+        task = asyncio.current_task()
+        watchdog = _Watchdog(self.stall, task) if self.stall and task is not None else None
         self._emit(key, "start", None, t0)
         try:
             iterator = self._load(key)
             try:
                 async for item in iterator:
+                    if watchdog is not None:
+                        watchdog.reset()
                     if not self._emit(key, "result", item, t0):
                         return  # superseded (cancel is on its way) or closed
             finally:
+                if watchdog is not None:
+                    watchdog.stop()
                 aclose = getattr(iterator, "aclose", None)
                 if aclose is not None:
                     with contextlib.suppress(Exception):
                         await aclose()
         except asyncio.CancelledError:
-            raise
+            # The watchdog's own cancel, and no other (a newer view, closing): a failed load.
+            if watchdog is None or not watchdog.fired or task is None or task.cancelling() > 1:
+                raise
+            task.uncancel()
+            task._mapstream_failed = True  # type: ignore[attr-defined]
+            self._emit(key, "error", FetchTimeoutError(
+                f"no result for {self.stall:g} s: the layer's servers stopped answering; retry"), t0)
+            return
         except Exception as exc:  # reported, never raised into the event loop
-            task = asyncio.current_task()
             if task is not None:
                 task._mapstream_failed = True  # type: ignore[attr-defined]
             self._emit(key, "error", exc, t0)
             return
         self._emit(key, "done", None, t0)
+
+
+class _Watchdog:
+    """Cancels ``task`` when ``reset`` has not been called for ``seconds`` (then ``fired``)."""
+
+    def __init__(self, seconds: float, task: asyncio.Task[Any]) -> None:
+        self.seconds, self.task, self.fired = seconds, task, False
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._loop.call_later(self.seconds, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if not self.task.done():
+            self.fired = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

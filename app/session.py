@@ -29,7 +29,7 @@ from .loader import LayerLoader, LoadEvent
 from .render import Image
 from .state import MapState, by_priority, error_reason
 
-__all__ = ["FIRST_VIEW_WAIT", "PRELOAD_STAGGER", "SETTLE_UNITS", "VIEW_SETTLE", "MapSession"]
+__all__ = ["FIRST_VIEW_WAIT", "PRELOAD_STAGGER", "SETTLE_UNITS", "STALL_TIMEOUT", "VIEW_SETTLE", "MapSession"]
 
 #: Seconds the preload waits for the browser to report the plot's size before it guesses.
 FIRST_VIEW_WAIT = 1.5
@@ -41,6 +41,9 @@ PRELOAD_STAGGER = 1.0
 SETTLE_UNITS = frozenset({"pages"})
 #: Seconds a view must stay before those layers load for it (a session's ``view_settle``).
 VIEW_SETTLE = 0.25
+#: Seconds a load may go without a result before it fails (``LayerLoader.stall``): longer than
+#: one request may take (the fetcher's 120 s total timeout), so only a hang ends this way.
+STALL_TIMEOUT = 300.0
 
 _LAG_MONITORS: dict[int, LoopLagMonitor] = {}  # one per event loop, shared by its sessions
 
@@ -88,6 +91,8 @@ class MapSession:
         layer added to it loads, a layer removed is cancelled and cleared.
     view_settle
         Seconds a view must stay before layers in :data:`SETTLE_UNITS` load for it.
+    stall_timeout
+        Seconds a load may go without a result before it fails (:data:`STALL_TIMEOUT`).
     preloading
         True from when the map is shown until the preload has started every layer: meanwhile a
         view change reloads only the layers the preload has started.
@@ -125,6 +130,7 @@ class MapSession:
         self.state.param.watch(self._on_visible, "visible")
         self.state.param.watch(self._on_datetimes, "datetimes")
         self.view_settle = VIEW_SETTLE
+        self.stall_timeout = STALL_TIMEOUT
         self.preloading = False
         self.closed = False
         self.suspended = False
@@ -181,7 +187,8 @@ class MapSession:
         loader = self.loaders.get(name)
         if loader is None:
             loader = LayerLoader(
-                lambda vp, n=name: self._frames(n, vp), lambda ev, n=name: self._on_event(n, ev), name=name
+                lambda vp, n=name: self._frames(n, vp), lambda ev, n=name: self._on_event(n, ev), name=name,
+                stall=self.stall_timeout,
             )
             self.loaders[name] = loader
         return loader

@@ -142,3 +142,55 @@ async def test_close_cancels_running_task_and_stops_events():
     assert len(events) == n
     with pytest.raises(RuntimeError):
         loader.request("b")
+
+
+class _Hangs:
+    """Yields ``before`` results ``gap`` seconds apart, then waits forever (an engine that hangs)."""
+
+    def __init__(self, before: int, gap: float) -> None:
+        self.before, self.gap = before, gap
+        self.closed = False
+
+    async def load(self, key):
+        try:
+            for i in range(self.before):
+                await asyncio.sleep(self.gap)
+                yield (key, i)
+            await asyncio.Event().wait()
+        finally:
+            self.closed = True
+
+
+async def test_a_load_that_stops_producing_results_fails_after_the_stall_time():
+    from mapstream.layers.errors import FetchTimeoutError, LayersError
+
+    hangs = _Hangs(before=5, gap=0.05)  # results come well within the stall time, then none
+    seen: list[LoadEvent] = []
+    loader = LayerLoader(hangs.load, seen.append, stall=0.2)
+    task = loader.request("a")
+    await asyncio.wait_for(task, 10)  # it ends by itself
+    kinds = [ev.kind for ev in seen]
+    assert kinds == ["start"] + ["result"] * 5 + ["error"]
+    err = seen[-1].value
+    assert isinstance(err, FetchTimeoutError) and isinstance(err, LayersError)
+    assert "no result for 0.2 s" in str(err)
+    assert hangs.closed and not task.cancelled()
+    # a failed load is retried by the same key (the retry button)
+    again = loader.request("a")
+    assert again is not task
+    await loader.close()
+
+
+async def test_the_stall_watchdog_leaves_superseding_and_closing_alone():
+    hangs = _Hangs(before=0, gap=0.0)
+    seen: list[LoadEvent] = []
+    loader = LayerLoader(hangs.load, seen.append, stall=0.3)
+    first = loader.request("a")
+    await asyncio.sleep(0.05)
+    second = loader.request("b")  # a newer view: the first is cancelled, not failed
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.sleep(0.05)
+    await loader.close()  # closing: cancelled, no error reported
+    assert second.done()
+    assert [ev.kind for ev in seen] == ["start", "start"]

@@ -266,3 +266,21 @@ async def test_a_page_of_empty_geometries_draws_nothing_and_is_no_error():
     assert session.state.status("e").state == "done", session.state.status("e").error
     assert session.images["e"].opaque_pixels == 0 and notes == []
     await session.aclose()
+
+
+async def test_a_load_that_hangs_ends_in_an_error_with_a_retry_not_loading_forever():
+    class Hangs:
+        async def load(self, viewport, fetcher):
+            async for page in FakeFeatures(pages=3).load(viewport, fetcher):
+                if page.progress.done == 2:
+                    await asyncio.Event().wait()  # page 2 of 3 never comes
+                yield page
+
+    session, _, notes = _session({"pts": Hangs()}, [spec("pts", "features")])
+    session.stall_timeout = 0.2
+    task = session.set_viewport(_vp(1))[0]
+    await asyncio.wait_for(task, 10)
+    status = session.state.status("pts")
+    assert status.state == "error" and "no result for 0.2 s" in status.error
+    assert notes == [f"Pts: {status.error}"]
+    await session.aclose()
