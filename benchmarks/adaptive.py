@@ -7,7 +7,8 @@ loopback servers, each in its own process:
 - *pygeoapi* (CPU-bound): a real pygeoapi with its stock GeoJSON provider (it reads and filters
   the whole file on every request) over 30 000 points, 500 a page; a ``FeatureLayer`` load
   (ceiling 8) against GDAL's OAPIF driver (``pyogrio``, ``PAGE_SIZE=500``), sequential paging
-  (``concurrent=False``) and fixed limits.
+  (``concurrent=False``) and fixed limits 1-8 (16 left out: above the ceiling, and each load
+  takes half a minute).
 - *growing service time*: an answer takes ``50 ms * (1 + (n / 4) ** 2)`` with ``n`` requests in
   the server (throughput peaks at 4 in flight); 200 GETs, ceiling 8.
 - *rate-limited*: 429 with ``Retry-After: 1`` for a request that finds 3 in flight, else an
@@ -240,7 +241,8 @@ async def main(quick: bool) -> None:
     server = pygeoapi_server(n_points, page)
     try:
         url = server.url
-        rows = await sweep_features(url, fixed, page)
+        # 16 is above the ceiling: left out here, where each load takes half a minute
+        rows = await sweep_features(url, tuple(k for k in fixed if k <= 8), page)
         g = gdal(url, page)
         if g is not None:
             rows["GDAL OAPIF"] = g

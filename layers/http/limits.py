@@ -83,6 +83,8 @@ START = 4
 MEMORY = 60.0
 #: Throughput (responses a second) is counted over this many seconds.
 RATE_WINDOW = 10.0
+#: A slot must buy this share of its ideal gain in throughput (1 / L more at L) to be kept.
+GAIN = 0.25
 #: At most this many routes keep a floor per host; beyond, every other path shares one.
 MAX_ROUTES = 32
 
@@ -302,19 +304,32 @@ class HostLimit:
                     self.estimate = min(float(self.ceiling), max(float(self.start), 2 * self.estimate))
                 return
             self.slow_start = False
+        here = self.throughput_at[key][0]
         if q > beta:
-            self._set(float(max(1, min(limit - 1, math.ceil(X) + 1))), now)
-        elif q >= alpha:
-            below = self.throughput_at.get(key - 1)
-            if key > 1 and below is not None and now - below[1] < MEMORY:
-                need = below[0] * (1 + 0.25 / (key - 1))
-                if self.throughput_at[key][0] < need:
-                    self.no_gain[key] = now
-                    self._set(float(key - 1), now)
-        elif busy and limit < self.ceiling:
+            target = max(1, min(limit - 1, math.ceil(X) + 1))
+            there = self._fresh(target, now)
+            # the floor may be too low (a cheap first answer): a drop must not cost throughput
+            if there is None or here < there * (1 + GAIN * (key - target) / target):
+                self._set(float(target), now)
+                return
+        if q >= alpha:
+            below = self._fresh(key - 1, now) if key > 1 else None
+            if below is not None and here < below * (1 + GAIN / (key - 1)):
+                self.no_gain[key] = now
+                self._set(float(key - 1), now)
+                return
+            above = self._fresh(key + 1, now)
+            if above is not None and above < here * (1 + GAIN / key):
+                return  # one more was tried and did not pay: hold
+        if busy and limit < self.ceiling:
             bad = self.no_gain.get(limit + 1)
             if bad is None or now - bad >= MEMORY:
                 self.estimate = float(limit + 1)
+
+    def _fresh(self, key: int, now: float) -> float | None:
+        """The throughput measured at ``key`` in flight within :data:`MEMORY`, or ``None``."""
+        got = self.throughput_at.get(key)
+        return got[0] if got is not None and now - got[1] < MEMORY else None
 
     def _set(self, estimate: float, now: float) -> None:
         if estimate < self.estimate:
