@@ -34,18 +34,21 @@ The control law, once per window (fake-clock tests: ``tests/layers/test_http_ada
 - ``q < alpha`` (``alpha = max(1, L/10)``): one more slot, unless the next limit was found not
   to pay within the last :data:`MEMORY` seconds.
 - ``q > beta`` (``beta = max(2, L/4)``): the limit drops to what the pipe carried plus one,
-  ``ceil(X) + 1``
-  (the gradient step of concurrency-limits' ``Gradient2Limit``, ``limit * longRtt / shortRtt +
-  queueSize``, and of Envoy's ``limit * minRTT / sampleRTT + headroom``, without their
-  smoothing, which is there for thousands of requests a second, not tens).
-- In between (some queueing): throughput decides. If the throughput measured one slot lower is
-  known, the current limit must beat it by a quarter of the ideal gain (``X(L) >= X(L-1) * (1 +
-  0.25 / (L-1))``) or the limit steps down and remembers that ``L`` does not pay. So a server
-  whose latency rises without a gain in throughput (a CPU-bound one) settles at 1-2; one whose
-  service time grows with load settles near its best; a latency-bound one holds its ceiling:
-  noise moves ``q`` but not the comparison, and nothing shrinks while throughput is there.
-  Limits are only raised while the host is busy (half the limit or more in flight on average:
-  the "app limited" rule of ``VegasLimit`` and ``Gradient2Limit``).
+  ``ceil(X) + 1`` (the gradient step of concurrency-limits' ``Gradient2Limit``, ``limit *
+  longRtt / shortRtt + queueSize``, and of Envoy's ``limit * minRTT / sampleRTT + headroom``,
+  without their smoothing, which is there for thousands of requests a second, not tens) --
+  unless the throughput measured at that lower limit was clearly less: a floor set by a cheap
+  answer must not pin a server that gains from concurrency.
+- In between (some queueing): throughput decides, a hill-climb on ``X``. If the throughput
+  measured one slot lower is known, the current limit must beat it by a quarter of the ideal
+  gain (:data:`GAIN`: ``X(L) >= X(L-1) * (1 + 0.25 / (L-1))``) or the limit steps down and
+  remembers for :data:`MEMORY` seconds that ``L`` does not pay; otherwise one more slot is
+  tried, unless it was tried and did not pay. So a server whose latency rises without a gain
+  in throughput (a CPU-bound one) settles low; one whose service time grows with load settles
+  near its best; a latency-bound one holds its ceiling: noise moves ``q`` but not the
+  comparison, and nothing shrinks while throughput is there. Limits are only raised while the
+  host is busy (half the limit or more in flight on average: the "app limited" rule of
+  ``VegasLimit`` and ``Gradient2Limit``).
 - *429 and 503* (the server pushes back): multiplicative decrease (half), at most once per
   round trip (TCP's one reduction per window of data), and a cap one below the concurrency
   that was refused, kept :data:`MEMORY` seconds after the last push-back. With ``Retry-After``
@@ -111,10 +114,7 @@ def route_of(url: str) -> str:
 
 def adaptive_default() -> bool:
     """Whether adaptive limits are on when the fetcher does not say: ``MAPSTREAM_ADAPTIVE``
-    unset, or anything but ``0``, ``false``, ``no``, ``off``.
-
-    >>> import os; os.environ.pop("MAPSTREAM_ADAPTIVE", None) and None; adaptive_default()
-    True
+    unset, or anything but ``0``, ``false``, ``no``, ``off`` (``tests/layers/test_http_adaptive.py``).
     """
     return os.environ.get("MAPSTREAM_ADAPTIVE", "1").strip().lower() not in ("0", "false", "no", "off")
 
