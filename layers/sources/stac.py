@@ -239,6 +239,15 @@ class STACLayer:
         """
         return list(self.urls)
 
+    def probe_request(self) -> tuple[str, None, tuple[int, ...], dict[str, str]]:
+        """What ``mapstream check`` asks to see that the layer works: the first catalog's landing
+        page (the document every search starts from): ``(url, params, allowed statuses, headers)``.
+
+        >>> STACLayer("http://a.test/stac", collections=["c"], asset="data").probe_request()
+        ('http://a.test/stac', None, (), {'Accept': 'application/json'})
+        """
+        return self.urls[0], None, (), {"Accept": "application/json"}
+
     # -- search ------------------------------------------------------------------------
 
     def query_body(self, bbox_lonlat: Sequence[float], collection: str) -> dict[str, Any]:

@@ -74,3 +74,15 @@ def test_urls_need_collections_and_a_feature_layer_is_refused(tmp_path):
     r = run_mapstream(["stac", "search", "countries", "--bbox", "0,0,1,1", "-o", str(tmp_path / "x.parquet")],
                       env=cli_env(tmp_path / "cache"))
     assert r.returncode == 2 and "not a stac layer" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_probes_a_stac_layer_at_its_landing_page(catalogs, tmp_path):
+    a, _ = catalogs
+    catalog = write_catalog(tmp_path / "cat.yml", [
+        {"name": "scenes", "kind": "stac", "url": a.url, "collections": ["dem"], "asset": "data"},
+    ])
+    r = run_mapstream(["check", "--catalog", str(catalog)], env=cli_env(tmp_path / "cache"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith("scenes "))
+    assert "stac" in row and " up " in row and "200" in row, row
+    assert "Traceback" not in r.stderr
