@@ -155,7 +155,7 @@ class LayerSpec(BaseModel):
         WMS layer names (wms).
     gutter
         Pixels of the neighbours asked for around each WMS tile and cropped away, so symbols
-        are whole at tile edges (wms; 0: one tile per GetMap; 32-64 for point symbols).
+        are whole at tile edges (wms; default 32; 0: one tile per GetMap).
     priority
         Preload order, lower first (default: position in the file).
     visible
@@ -209,7 +209,7 @@ class LayerSpec(BaseModel):
     provider: str | None = None
     collection: str | None = None
     wms_layers: list[str] | None = None
-    gutter: int = Field(0, ge=0, le=256)
+    gutter: int | None = Field(None, ge=0, le=256)
     priority: int | None = None
     visible: bool = True
     min_zoom: int = Field(0, ge=0, le=30)
@@ -311,7 +311,7 @@ class LayerSpec(BaseModel):
                 need("url", f"a {self.kind} layer needs url")
         if self.kind == "wms" and not self.wms_layers:
             need("wms_layers", "a wms layer needs wms_layers (the WMS layer names)")
-        if self.gutter and self.kind != "wms":
+        if self.gutter is not None and self.kind != "wms":
             need("gutter", f"gutter is for wms layers, not {self.kind}")
         if self.kind == "features" and not self.collection:
             need("collection", "a features layer needs collection")

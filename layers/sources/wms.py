@@ -44,12 +44,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..catalog import LayerSpec
     from ..http import Fetcher
 
-__all__ = ["WMSLayer", "wms_bbox", "getmap_params", "info_rows", "gutter_bounds", "VERSIONS", "MAX_GUTTER"]
+__all__ = ["WMSLayer", "wms_bbox", "getmap_params", "info_rows", "gutter_bounds", "VERSIONS", "MAX_GUTTER", "DEFAULT_GUTTER"]
 
 #: Supported WMS versions.
 VERSIONS = ("1.1.1", "1.3.0")
 # Geographic CRSs whose EPSG axis order is latitude first (the common ones).
 _LAT_FIRST = {"EPSG:4326", "EPSG:4258", "EPSG:4269", "EPSG:4267"}
+#: The gutter when none is given: whole symbols up to 64 px across, 1.56x the pixels of a bare
+#: 256 px tile (MapProxy's default meta-buffer is 80 px around 4x4 metatiles).
+DEFAULT_GUTTER = 32
 #: The widest gutter accepted, in pixels on each side.
 MAX_GUTTER = 256
 
@@ -169,7 +172,7 @@ class WMSLayer(TiledLayer):
         Pixel size of each grid tile.
     gutter
         Pixels of the neighbouring tiles asked for on every side of each tile and cropped
-        away (0: each GetMap is exactly one tile). A gutter of half the largest symbol keeps
+        away (default :data:`DEFAULT_GUTTER`; 0: each GetMap is exactly one tile). A gutter of half the largest symbol keeps
         symbols whole at tile edges; see the module docstring.
 
     Raises
@@ -180,7 +183,7 @@ class WMSLayer(TiledLayer):
 
     Examples
     --------
-    >>> wms = WMSLayer("http://w.test/wms?map=x", "roads", version="1.1.1")
+    >>> wms = WMSLayer("http://w.test/wms?map=x", "roads", version="1.1.1", gutter=0)
     >>> url = wms.tile_url(Tile(1, 2, 0))    # column 2 wraps to 0
     >>> url.startswith("http://w.test/wms?map=x&SERVICE=WMS&VERSION=1.1.1&REQUEST=GetMap")
     True
@@ -204,7 +207,7 @@ class WMSLayer(TiledLayer):
         extra_params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         tile_size: int = 256,
-        gutter: int = 0,
+        gutter: int = DEFAULT_GUTTER,
         attribution: str = "",
         name: str | None = None,
     ) -> None:
@@ -251,7 +254,7 @@ class WMSLayer(TiledLayer):
         return cls(
             url or "",
             spec.wms_layers or [],
-            gutter=spec.gutter,
+            gutter=DEFAULT_GUTTER if spec.gutter is None else spec.gutter,
             attribution=spec.attribution,
             name=spec.name,
             **zooms,

@@ -378,7 +378,7 @@ async def test_cancelled_export_leaves_no_file(make_ogc_server, tmp_path):  # no
 async def test_prefetch_wms_getmap_tiles_then_resume(tile_server, tmp_path):  # noqa: F811
     from mapstream.layers.sources.wms import WMSLayer
 
-    layer = WMSLayer(tile_server.url + "/wms", "roads,water")  # the names the fixture serves
+    layer = WMSLayer(tile_server.url + "/wms", "roads,water", gutter=0)  # the fixture serves exact tiles
     stats = RunStats()
     bar = ProgressBar(stats, desc="wms", enabled=False)
     async with Fetcher(cache_dir=tmp_path) as fetcher:

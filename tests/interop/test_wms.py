@@ -56,7 +56,7 @@ async def test_gutter_mosaic_equals_one_getmap(wms_server, fetcher):
 
 async def test_without_gutter_symbols_are_cut_at_tile_edges(wms_server, fetcher):
     _, server = wms_server
-    plain = await WMSLayer(server.wms_url, "points").fetch(VIEW, fetcher)
+    plain = await WMSLayer(server.wms_url, "points", gutter=0).fetch(VIEW, fetcher)
     assert plain.errors == ()
     whole = await one_getmap(server.wms_url, plain.image, fetcher, LAYERS="points")
     assert differing(plain.image.values, whole) > 0  # the defect the gutter cures

@@ -31,7 +31,7 @@ async def fetcher(tmp_path):
 
 @pytest.mark.parametrize("version", ["1.1.1", "1.3.0"])
 async def test_getmap_mosaic_is_pixel_exact(tile_server, fetcher, version):
-    wms = WMSLayer(tile_server.url + "/wms", ["roads", "water"], version=version)
+    wms = WMSLayer(tile_server.url + "/wms", ["roads", "water"], version=version, gutter=0)
     vp = Viewport.from_lonlat((-20, 30, 25, 60), width=600)
     result = await wms.fetch(vp, fetcher)
     mosaic = result.image
@@ -55,7 +55,7 @@ async def test_getmap_mosaic_is_pixel_exact(tile_server, fetcher, version):
 
 
 async def test_wms_shares_tile_grid_cache_and_wraps_antimeridian(tile_server, fetcher):
-    wms = WMSLayer(tile_server.url + "/wms?map=demo", "roads,water", tile_size=512, max_zoom=12)
+    wms = WMSLayer(tile_server.url + "/wms?map=demo", "roads,water", tile_size=512, max_zoom=12, gutter=0)
     vp = Viewport.from_lonlat((165, -30, -170, 0), width=700)
     mosaic = (await wms.fetch(vp, fetcher)).image
     assert mosaic.x.values[-1] > ORIGIN_SHIFT
@@ -69,7 +69,7 @@ async def test_wms_shares_tile_grid_cache_and_wraps_antimeridian(tile_server, fe
 
 
 async def test_service_exception_leaves_a_reported_hole(tile_server, fetcher):
-    wms = WMSLayer(tile_server.url + "/wms", "roads,water")
+    wms = WMSLayer(tile_server.url + "/wms", "roads,water", gutter=0)
     vp = Viewport.from_lonlat((0, 0, 40, 40), width=600)
     bad = wms.plan(vp).tiles[0]
     tile_server.failing.add(tuple(bad))
@@ -80,7 +80,7 @@ async def test_service_exception_leaves_a_reported_hole(tile_server, fetcher):
 
 
 async def test_wrong_parameters_are_reported_not_raised(tile_server, fetcher):
-    wms = WMSLayer(tile_server.url + "/wms", "not-a-layer")
+    wms = WMSLayer(tile_server.url + "/wms", "not-a-layer", gutter=0)
     mosaic = await wms.fetch(Viewport.from_lonlat((0, 0, 10, 10), width=256), fetcher)
     assert mosaic.errors and all("HTTP 400" in str(e) and e.status == 400 for e in mosaic.errors)
     assert int(mosaic.image.values.max()) == 0
@@ -88,7 +88,7 @@ async def test_wrong_parameters_are_reported_not_raised(tile_server, fetcher):
 
 @pytest.mark.parametrize("version", ["1.1.1", "1.3.0"])
 async def test_query_is_get_feature_info(tile_server, fetcher, version):
-    wms = WMSLayer(tile_server.url + "/wms", "roads,water", version=version, max_zoom=10)
+    wms = WMSLayer(tile_server.url + "/wms", "roads,water", version=version, max_zoom=10, gutter=0)
     rows = await wms.query(12.5, 41.9, fetcher)
     props = rows[0]
     x, y = lonlat_to_mercator(12.5, 41.9)
@@ -98,7 +98,7 @@ async def test_query_is_get_feature_info(tile_server, fetcher, version):
     assert q["REQUEST"] == "GetFeatureInfo" and q["INFO_FORMAT"] == "application/json"
     assert ("I" in q) == (version == "1.3.0") and ("X" in q) == (version == "1.1.1")
     with pytest.raises(StatusError):
-        await WMSLayer(tile_server.url + "/wms", "other").query(0, 0, fetcher)
+        await WMSLayer(tile_server.url + "/wms", "other", gutter=0).query(0, 0, fetcher)
     with pytest.raises(ParseError):  # a PNG is not JSON
         await NotJSONWMS(tile_server.url).query(0, 0, fetcher)
 
@@ -120,7 +120,7 @@ def test_axis_order_and_bad_input():
         WMSLayer("http://w.test/wms", "a", version="1.0.0")
     with pytest.raises(BadInputError, match="layer name"):
         WMSLayer("http://w.test/wms", [])
-    wms = WMSLayer("http://w.test/wms", "a", min_zoom=2, max_zoom=5)
+    wms = WMSLayer("http://w.test/wms", "a", min_zoom=2, max_zoom=5, gutter=0)  # exact tiles
     with pytest.raises(BadInputError, match="outside"):
         wms.tile_url(Tile(6, 0, 0))
     with pytest.raises(BadInputError, match="lon in"):
@@ -137,7 +137,7 @@ async def test_gutter_keeps_point_symbols_whole_at_tile_edges(point_wms, fetcher
     from mapstream.layers.imaging import decode_rgba
 
     vp = Viewport.create((-2.1e6, 2.1e6), (-1.3e6, 1.3e6), 700, 430)
-    plain = await WMSLayer(point_wms.url, "points", max_zoom=8).fetch(vp, fetcher)
+    plain = await WMSLayer(point_wms.url, "points", max_zoom=8, gutter=0).fetch(vp, fetcher)
     wide = await WMSLayer(point_wms.url, "points", max_zoom=8, gutter=8).fetch(vp, fetcher)
     assert plain.errors == () and wide.errors == ()
     assert plain.image.shape == wide.image.shape and len(wide.tiles_used) > 6
@@ -149,6 +149,18 @@ async def test_gutter_keeps_point_symbols_whole_at_tile_edges(point_wms, fetcher
     assert whole.shape == wide.image.shape and whole[..., 3].any()
     np.testing.assert_array_equal(wide.image.values, whole)  # pixel for pixel
     assert (plain.image.values != whole).any()  # without a gutter, symbols at tile edges are cut
+
+
+def test_the_default_gutter_asks_for_32_pixels_around_each_tile():
+    from mapstream.layers.catalog import LayerSpec
+    from mapstream.layers.sources.wms import DEFAULT_GUTTER
+
+    wms = WMSLayer("http://w.test/wms", "a")
+    params = wms._params(Tile(3, 4, 2))
+    assert DEFAULT_GUTTER == 32 and wms.gutter == 32
+    assert (params["WIDTH"], params["HEIGHT"]) == ("320", "320")
+    spec = LayerSpec(name="w", kind="wms", url="http://w.test/wms", wms_layers="a")
+    assert WMSLayer.from_spec(spec, spec.url).gutter == 32
 
 
 def test_gutter_is_checked():
