@@ -15,6 +15,7 @@ The tree::
     LayersError
     ├── BadInputError           bad arguments or settings (also a ValueError)
     ├── CatalogError            a catalog file that cannot be used (also a BadInputError)
+    ├── CapabilityError         a request the server does not declare it can answer (also a BadInputError)
     ├── FetchError              a request that did not produce a usable response
     │   ├── StatusError         the server answered with an error status (keeps status, URL)
     │   ├── FetchTimeoutError   connect / read / total timeout
@@ -25,7 +26,8 @@ The tree::
     │   ├── RetriesExhaustedError  retries used up; ``last_error`` is the final failure
     │   ├── RetryAfterTooLongError  the server asks for a longer wait than the fetcher allows
     │   ├── RangeError      a ranged read answered with the wrong bytes, or 416
-    │   └── SourceChangedError  the file changed while it was read (ETag / size differ)
+    │   ├── SourceChangedError  the file changed while it was read (ETag / size differ)
+    │   └── PagingError     paging that cannot be followed: loops, repeats, lying counts, a next link changing the query
     ├── TileError               one tile of a mosaic that failed (keeps its key, URL, status)
     ├── ParseError              a response that could not be decoded or parsed (keeps URL)
     └── ServiceError            an embedded demo service that would not start
@@ -48,6 +50,8 @@ __all__ = [
     "RetryAfterTooLongError",
     "RangeError",
     "SourceChangedError",
+    "PagingError",
+    "CapabilityError",
     "TileError",
     "ParseError",
     "ServiceError",
@@ -226,6 +230,20 @@ class ParseError(LayersError):
     def __init__(self, message: str, *, url: str | None = None) -> None:
         super().__init__(message if url is None else f"{message} ({url})")
         self.url = url
+
+
+class PagingError(FetchError):
+    """A server's paging that cannot be followed: a next link that would change the query, a
+    loop of next links, pages that repeat themselves, counts that lie, too many pages.
+
+    The load ends with this error in its result; the features received so far are kept.
+    """
+
+
+class CapabilityError(BadInputError):
+    """A request the server cannot answer as asked: a filter without OGC API Features Part 3
+    (or in a language it does not declare), a CRS without Part 2, a datetime on a collection
+    without time. The message names the server and the missing conformance class."""
 
 
 class ServiceError(LayersError):

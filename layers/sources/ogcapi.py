@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..errors import BadInputError, LayersError, ParseError, StatusError
+from ..errors import CapabilityError, LayersError, ParseError, StatusError
 from ..types import Bounds
 
 if TYPE_CHECKING:
@@ -68,12 +68,6 @@ ACCEPT_JSON = {"Accept": "application/json"}
 ACCEPT_SCHEMA = {"Accept": "application/schema+json, application/json;q=0.9"}
 #: A filter no CQL2 parser accepts: a server that parses ``filter`` rejects it (HTTP 4xx).
 PROBE_FILTER = "mapstream probe (("
-
-
-class CapabilityError(BadInputError):
-    """A request the server cannot answer as asked: a filter without OGC API Features Part 3
-    (or in a language it does not declare), a CRS without Part 2, a datetime on a collection
-    without time. The message names the server and the missing conformance class."""
 
 
 def filter_languages(conformance: frozenset[str]) -> frozenset[str] | None:

@@ -55,7 +55,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit
 
 import geopandas as gpd
 
-from ..errors import FetchError, LayersError, ParseError
+from ..errors import LayersError, PagingError, ParseError
 from ..types import Bounds, FeaturePage, Progress
 from .geojson import parsed_page
 
@@ -88,14 +88,6 @@ QUERY_KEYS = frozenset(
 POSITIONAL_KEYS = frozenset({"offset", "startindex", "startIndex", "start", "page"})
 #: Characters sent literally in a query: what GDAL sends, and what QGIS Server keeps intact.
 SAFE = ",:/"
-
-
-class PagingError(FetchError):
-    """A server's paging that cannot be followed: a next link that would change the query, a
-    loop of next links, pages that repeat themselves, counts that lie, too many pages.
-
-    The load ends with this error in its result; the features received so far are kept.
-    """
 
 
 def next_link(meta: Mapping[str, Any]) -> str | None:

@@ -14,10 +14,12 @@ import pytest
 from mapstream.layers import errors
 from mapstream.layers.errors import (
     BadInputError,
+    CapabilityError,
     CatalogError,
     FetchError,
     FetchTimeoutError,
     LayersError,
+    PagingError,
     ParseError,
     RangeError,
     RedirectRefusedError,
@@ -57,6 +59,8 @@ EXAMPLES = [
     ParseError("malformed GeoJSON page", url=URL),
     ParseError("no url"),
     ServiceError("tile server exited: boom"),
+    PagingError("the next link of http://h.test/items leads back to a page already read", url=URL),
+    CapabilityError("http://h.test does not declare OGC API Features Part 3 (filter)"),
 ]
 
 
