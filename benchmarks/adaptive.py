@@ -12,7 +12,8 @@ loopback servers, each in its own process:
 - *growing service time*: an answer takes ``50 ms * (1 + (n / 4) ** 2)`` with ``n`` requests in
   the server (throughput peaks at 4 in flight); 200 GETs, ceiling 8.
 - *rate-limited*: 429 with ``Retry-After: 1`` for a request that finds 3 in flight, else an
-  answer after 100 ms; 120 concurrent GETs, ceiling 8.
+  answer after 100 ms; 120 concurrent GETs, ceiling 8 (fixed 1, 2, 3 = k and 8 only: above k
+  each fixed limit ends in a retry storm of half a minute).
 
 Each is run with the default fetcher (adaptive, a new fetcher: first contact with the host),
 the same fetcher again (what it remembered), and fixed limits 1, 2, 4, 8, 16
@@ -257,7 +258,8 @@ async def main(quick: bool) -> None:
           "<= 1.15x best fixed")
 
     with Server("ratelimited") as srv:
-        rows = await sweep_gets(srv.base, 120, "rl", fixed)
+        # 4 and 16 left out: like 8 (today's default), each ends in a retry storm of half a minute
+        rows = await sweep_gets(srv.base, 120, "rl", (1, 2, 8))
     k3 = None
     async with fetcher(adaptive=False, per_host_limit=3) as f:
         with Server("ratelimited") as srv:
