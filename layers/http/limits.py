@@ -42,7 +42,8 @@ The control law, once per window (fake-clock tests: ``tests/layers/test_http_ada
 - In between (some queueing): throughput decides, a hill-climb on ``X``. If the throughput
   measured one slot lower is known, the current limit must beat it by a quarter of the ideal
   gain (:data:`GAIN`: ``X(L) >= X(L-1) * (1 + 0.25 / (L-1))``) or the limit steps down and
-  remembers for :data:`MEMORY` seconds that ``L`` does not pay; otherwise one more slot is
+  remembers for :data:`MEMORY` seconds that ``L`` does not pay once it failed twice (only
+  windows that ran at the limit count); otherwise one more slot is
   tried, unless it was tried and did not pay. So a server whose latency rises without a gain
   in throughput (a CPU-bound one) settles low; one whose service time grows with load settles
   near its best; a latency-bound one holds its ceiling: noise moves ``q`` but not the
@@ -169,7 +170,8 @@ class HostLimit:
         self._window: list[tuple[float, float]] = []  # (c, g) per sample
         self._window_peak = 0.0
         self.throughput_at: dict[int, tuple[float, float]] = {}  # limit -> (X, when)
-        self.no_gain: dict[int, float] = {}  # limit -> when it was found not to pay
+        self.no_gain: dict[int, float] = {}  # limit -> when it was found not to pay (twice)
+        self._failed: dict[int, float] = {}  # limit -> when it last did not pay
         self.cap: int | None = None
         self.cap_until = 0.0
         self.paused_until = 0.0
@@ -293,11 +295,15 @@ class HostLimit:
         q = L - X
         limit = self.limit
         key = max(1, round(L))
+        alpha, beta = max(1.0, limit / 10), max(2.0, limit / 4)
+        busy = L >= limit / 2
+        if key != limit:
+            # the window did not run at the limit (a load's tail, a limit that just moved):
+            # its throughput belongs to no level, and nothing is decided on it
+            return
         old = self.throughput_at.get(key)
         fresh_old = old is not None and now - old[1] < MEMORY
         self.throughput_at[key] = ((X + old[0]) / 2 if fresh_old else X, now)
-        alpha, beta = max(1.0, limit / 10), max(2.0, limit / 4)
-        busy = L >= limit / 2
         if self.slow_start:
             if q < alpha:
                 if busy:
@@ -315,7 +321,10 @@ class HostLimit:
         if q >= alpha:
             below = self._fresh(key - 1, now) if key > 1 else None
             if below is not None and here < below * (1 + GAIN / (key - 1)):
-                self.no_gain[key] = now
+                # one step down; a level is barred only when it fails twice (noise fails once)
+                if key in self._failed and now - self._failed[key] < MEMORY:
+                    self.no_gain[key] = now
+                self._failed[key] = now
                 self._set(float(key - 1), now)
                 return
             above = self._fresh(key + 1, now)
