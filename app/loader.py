@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any
@@ -208,22 +209,33 @@ class LayerLoader:
 
 
 class _Watchdog:
-    """Cancels ``task`` when ``reset`` has not been called for ``seconds`` (then ``fired``)."""
+    """Cancels ``task`` when ``reset`` has not been called for ``seconds`` (then ``fired``).
+
+    One timer at a time, re-armed for what is left when it fires early, instead of a timer per
+    result: a cancelled timer stays in the loop's queue until its time, and with it the
+    context it was made in (a Panel session's document, in ``pn.state.curdoc``). The timer runs
+    in an empty context for the same reason.
+    """
 
     def __init__(self, seconds: float, task: asyncio.Task[Any]) -> None:
         self.seconds, self.task, self.fired = seconds, task, False
         self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
         self._handle: asyncio.TimerHandle | None = None
-        self.reset()
+        self._arm(seconds)
+
+    def _arm(self, delay: float) -> None:
+        self._handle = self._loop.call_later(delay, self._check, context=contextvars.Context())
 
     def reset(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._handle = self._loop.call_later(self.seconds, self._fire)
+        self._last = self._loop.time()
 
-    def _fire(self) -> None:
+    def _check(self) -> None:
         self._handle = None
-        if not self.task.done():
+        left = self._last + self.seconds - self._loop.time()
+        if left > 0:
+            self._arm(left)
+        elif not self.task.done():
             self.fired = True
             self.task.cancel()
 

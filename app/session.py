@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +57,9 @@ def _lag_monitor() -> LoopLagMonitor | None:
     mon = _LAG_MONITORS.get(id(loop))
     if mon is None:
         mon = LoopLagMonitor()
-        mon.start()
+        # in an empty context: the loop's monitor outlives the session that started it, and
+        # must not keep that session's context (Panel's curdoc: its whole document) alive
+        contextvars.Context().run(mon.start)
         _LAG_MONITORS[id(loop)] = mon
     return mon
 

@@ -41,6 +41,22 @@ def connection_count(doc: Any) -> int | None:
     return count if isinstance(count, int) else None
 
 
+def _forget_views(session_context: Any) -> None:
+    """Drop what Panel still keeps of a destroyed session's views.
+
+    Panel 1.9 leaves the notification area of every served session in ``pn.state._views``
+    (one entry, with its document and its notifications, per session ever served); this hook
+    runs after Panel's own clean-up, and what is left for that document is garbage.
+    """
+    doc = getattr(session_context, "_document", None)
+    views = getattr(pn.state, "_views", None)
+    if doc is None or not isinstance(views, dict):
+        return
+    for ref, entry in list(views.items()):
+        if isinstance(entry, tuple) and len(entry) > 2 and entry[2] is doc:
+            views.pop(ref, None)
+
+
 def _notify_error(text: str) -> None:
     notifications = getattr(pn.state, "notifications", None)
     if notifications is not None:
@@ -152,6 +168,7 @@ class MapApp(pn.viewable.Viewer):
         self.session.schedule(lambda: self.session.retry(name))
 
     def _on_session_destroyed(self, session_context: Any) -> None:
+        _forget_views(session_context)
         if not self.session.schedule(lambda: asyncio.ensure_future(self.aclose())):
             self.session.closed = True  # no loop ever ran a load: nothing to cancel
 

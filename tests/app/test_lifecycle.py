@@ -107,8 +107,8 @@ def served():
         thread.stop()
 
 
-def _open_and_close(served, n: int) -> None:
-    """Open ``n`` sessions, start loads in each (still running), close them all."""
+def _open_and_close(served, n: int) -> list[weakref.ref]:
+    """Open ``n`` sessions, start loads in each (still running), close them all; their documents."""
     from bokeh.client import pull_session
 
     before = set(map(id, served.apps))
@@ -125,6 +125,7 @@ def _open_and_close(served, n: int) -> None:
             doc.add_next_tick_callback(partial(pn.state._schedule_on_load, doc, None))
 
     _on_loop(served.loop, start)
+    docs = [weakref.ref(app.plot.doc) for app in new]
     assert wait_for(lambda: _on_loop(served.loop, lambda: all(
         "pts" in a.session.loaders and a.session.loaders["pts"].running and a.session.applied["pts"] for a in new)),
         30), "loads under way"
@@ -133,6 +134,7 @@ def _open_and_close(served, n: int) -> None:
         s.close()
     closed = wait_for(lambda: _on_loop(served.loop, lambda: len(served.server.get_sessions("/app"))) == 0, 60)
     assert closed, "the server destroyed the sessions"
+    return docs
 
 
 def _load_tasks(served) -> list[str]:
@@ -151,9 +153,12 @@ def _live(served) -> int:
 @pytest.mark.slow
 def test_closed_sessions_leave_no_map_and_no_load_behind(served):
     for _ in range(3):
-        _open_and_close(served, 4)
+        docs = _open_and_close(served, 4)
         assert wait_for(lambda: not _load_tasks(served), 15) or not _load_tasks(served), _load_tasks(served)
         assert wait_for(lambda: _live(served) == 0, 15), f"{_live(served)} closed sessions' maps still alive"
+        # and their documents: Panel kept each one's notification area in pn.state._views, and
+        # timers and the loop-lag monitor kept the context (pn.state.curdoc) they were made in
+        assert not [d for d in docs if d() is not None], "closed sessions' documents still alive"
         # the work stopped with the sessions: every load's generator is closed
         assert _on_loop(served.loop, lambda: [layer.active for layer in served.layers.values()]) == [0, 0]
     assert all(layer.loads >= 12 for layer in served.layers.values())  # every session loaded both
