@@ -243,6 +243,14 @@ def test_check_json_and_export_force_in_process(tile_server, ogc_server, tmp_pat
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [(r["layer"], r["status"], r["http_status"]) for r in rows] == [("base", "up", 200), ("points", "up", 200)]
 
+    # The table says what the adaptive limiter learned of each host: limit of ceiling, rate, floor.
+    result = runner.invoke(cli.main, ["check", "--catalog", str(catalog)])
+    assert result.exit_code == 0, result.output
+    hosts = [line for line in result.output.splitlines() if line.startswith("host ")]
+    netloc = tile_server.url.split("//")[1]
+    assert any(line.startswith(f"host {netloc}: limit ") and " of 8, " in line and "req/s" in line
+               and "floor" in line for line in hosts), result.output
+
     out = tmp_path / "p.geojson"
     out.write_text("old")
     args = ["export", "points", "--bbox", "0,0,10,10", "-o", str(out), "--catalog", str(catalog), "-q"]
