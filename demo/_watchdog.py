@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 
 ENV = "MAPSTREAM_DEMO_PARENT"
 
@@ -20,12 +21,20 @@ def watch_parent(interval: float = 0.5) -> bool:
     value = os.environ.pop(ENV, None)  # popped: nothing this process starts inherits it
     if not value or not value.isdigit() or os.getppid() != int(value):
         return False
-    parent = int(value)
+    exit_when_orphaned(int(value), interval=interval)
+    return True
+
+
+def exit_when_orphaned(parent: int, *, interval: float = 1.0, before_exit: Callable[[], object] | None = None) -> None:
+    """Exit this process (after ``before_exit``, e.g. killing a grandchild) once ``parent`` is no
+    longer its parent: a server child whose starter died without stopping it does not outlive it.
+    """
 
     def run() -> None:
         while os.getppid() == parent:
             time.sleep(interval)
+        if before_exit is not None:
+            before_exit()
         os._exit(0)
 
-    threading.Thread(target=run, name="mapstream-demo-watchdog", daemon=True).start()
-    return True
+    threading.Thread(target=run, name="mapstream-orphan-watch", daemon=True).start()

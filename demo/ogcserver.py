@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from ._child import ChildServer
+from ._watchdog import exit_when_orphaned
 
 __all__ = ["PygeoapiServer", "pygeoapi_config"]
 
@@ -243,14 +244,7 @@ def _serve(spec_path: str) -> None:
     server = make_server("127.0.0.1", port, app, threaded=True, fd=sock.fileno())
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
-    def orphan_watch() -> None:
-        # If the parent dies without stop() (killed test run), do not outlive it.
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != spec["parent"]:
-                os._exit(0)
-
-    threading.Thread(target=orphan_watch, daemon=True).start()
+    exit_when_orphaned(spec["parent"])  # the parent died without stop(): do not outlive it
     print(f"READY {port}", flush=True)
     # Nobody reads our stdout after READY: a full pipe would block the server on its next print.
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -37,7 +37,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -47,6 +46,7 @@ from typing import Any
 from mapstream.layers.errors import ServiceError
 
 from ._child import ChildServer
+from ._watchdog import exit_when_orphaned
 
 __all__ = ["DEMO_COLLECTION", "StacServer", "demo_items"]
 
@@ -323,14 +323,7 @@ def _serve(spec_path: str) -> None:
     rustac, internal = _start_rustac(spec["items"], f"http://127.0.0.1:{port}", log)
     signal.signal(signal.SIGTERM, lambda *_: (rustac.kill(), os._exit(0)))
 
-    def orphan_watch() -> None:
-        while True:  # the parent died without stop(): do not outlive it (rustac dies with us)
-            time.sleep(1.0)
-            if os.getppid() != spec["parent"]:
-                rustac.kill()
-                os._exit(0)
-
-    threading.Thread(target=orphan_watch, daemon=True).start()
+    exit_when_orphaned(spec["parent"], before_exit=rustac.kill)  # rustac dies with us
     print(f"READY {port}", flush=True)
     devnull = os.open(os.devnull, os.O_WRONLY)  # nobody reads stdout after READY
     os.dup2(devnull, 1)

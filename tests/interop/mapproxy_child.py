@@ -8,8 +8,8 @@ import json
 import os
 import socket
 import sys
-import threading
-import time
+
+from mapstream.demo._watchdog import exit_when_orphaned
 
 
 def main(spec_path: str) -> None:
@@ -25,13 +25,7 @@ def main(spec_path: str) -> None:
     port = sock.getsockname()[1]
     server = make_server("127.0.0.1", port, app, threaded=True, fd=sock.fileno())
 
-    def orphan_watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != spec["parent"]:
-                os._exit(0)
-
-    threading.Thread(target=orphan_watch, daemon=True).start()
+    exit_when_orphaned(spec["parent"])
     print(f"READY {port}", flush=True)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
