@@ -8,7 +8,7 @@ zero latency (``python -m benchmarks.fetch``); most tile URLs need none of its n
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -16,7 +16,7 @@ import httpx
 from ..errors import BadInputError
 from ..redact import redact_url
 
-__all__ = ["DEFAULT_PORTS", "normalize", "plain_netloc", "same_origin"]
+__all__ = ["DEFAULT_PORTS", "http_urls", "normalize", "plain_netloc", "same_origin"]
 
 #: The port a scheme implies (httpx leaves it out of the URL it sends).
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -104,3 +104,29 @@ def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
         b.host,
         b.port or DEFAULT_PORTS.get(b.scheme),
     )
+
+
+def http_urls(url_or_urls: str | Sequence[str], what: str) -> list[str]:
+    """One URL or several, as a list without repeats, each checked to be http(s).
+
+    ``what`` names them in the error (``"a COG URL"``).
+
+    >>> http_urls(["http://a.test/x", "http://a.test/x", "https://b.test/"], "a URL")
+    ['http://a.test/x', 'https://b.test/']
+    >>> http_urls("ftp://a.test/x", "a COG URL")
+    Traceback (most recent call last):
+    ...
+    mapstream.layers.errors.BadInputError: a COG URL must be http(s), got 'ftp://a.test/x'
+
+    Raises
+    ------
+    BadInputError
+        No URL, or one that is not an http(s) string.
+    """
+    urls = [url_or_urls] if isinstance(url_or_urls, str) else list(url_or_urls)
+    if not urls:
+        raise BadInputError(f"{what} is needed: no URL given")
+    for url in urls:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise BadInputError(f"{what} must be http(s), got {url!r}")
+    return list(dict.fromkeys(urls))

@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import BadInputError, FetchError, LayersError, SourceChangedError, StatusError, TileError
+from ..http.urls import http_urls
 from ..raster.colorize import check_colormap, to_rgba
 from ..raster.reader import (
     COGInfo,
@@ -138,12 +139,7 @@ class COGLayer:
         attribution: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        urls = [url_or_urls] if isinstance(url_or_urls, str) else list(url_or_urls)
-        if not urls:
-            raise BadInputError("a COG layer needs at least one URL")
-        for url in urls:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise BadInputError(f"a COG URL must be http(s), got {url!r}")
+        urls = http_urls(url_or_urls, "a COG URL")
         if bands is not None:
             bands = [int(b) for b in bands]
             if not bands or min(bands) < 1:

@@ -33,6 +33,7 @@ import pandas as pd
 import shapely
 
 from ..errors import BadInputError, LayersError
+from ..http.urls import http_urls
 from ..projection import lonlat_to_mercator, mercator_scale
 from ..types import FeaturePage, Mosaic, Progress, QueryResult
 from ..viewport import Viewport
@@ -173,12 +174,7 @@ class STACLayer:
         attribution: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        urls = [url_or_urls] if isinstance(url_or_urls, str) else list(url_or_urls)
-        if not urls:
-            raise BadInputError("a STAC layer needs at least one catalog URL")
-        for url in urls:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise BadInputError(f"a STAC catalog URL must be http(s), got {url!r}")
+        urls = http_urls(url_or_urls, "a STAC catalog URL")
         collections = [collections] if isinstance(collections, str) else list(collections)
         if not collections:
             raise BadInputError("a STAC layer needs at least one collection")
@@ -188,7 +184,7 @@ class STACLayer:
             raise BadInputError(f"max_items must be >= 1, got {max_items}")
         if limit < 1:
             raise BadInputError(f"limit must be >= 1, got {limit}")
-        self.urls = list(dict.fromkeys(urls))
+        self.urls = urls
         self.collections = list(dict.fromkeys(collections))
         self.datetime = datetime
         self.asset = asset
