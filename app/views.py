@@ -128,6 +128,9 @@ class MapApp(pn.viewable.Viewer):
         self.session.use_running_loop()
         if pn.state.curdoc is not None and self.plot.doc is None:
             self.plot.doc = pn.state.curdoc
+        # document ready: a browser is connected, whether or not a tick has seen it yet (a tab
+        # closed within the first second would otherwise never count as having been open)
+        pn.state.onload(self._mark_connected)
         pn.state.onload(self.session.preload)
         with contextlib.suppress(Exception):
             pn.state.on_session_destroyed(self._on_session_destroyed)
@@ -139,6 +142,9 @@ class MapApp(pn.viewable.Viewer):
         """Every second: the metrics line, and whether anybody still looks at the map."""
         self.session.refresh_metrics()
         self.watch_connection(connection_count(self.plot.doc))
+
+    def _mark_connected(self) -> None:
+        self._connected = True
 
     def watch_connection(self, count: int | None) -> None:
         """Suspend the loads when the browser's last connection has gone; resume when one is back.
