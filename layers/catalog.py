@@ -528,6 +528,51 @@ def _read(path: Path) -> Any:
         raise CatalogError(f"catalog {path}: not valid YAML{at}: {problem}") from exc
 
 
+def _model_at(loc: list[Any], in_layer: bool) -> type[BaseModel] | None:
+    """The model whose field ``loc`` (inside a layer, or at the top) names, or None."""
+    model: type[BaseModel] = LayerSpec if in_layer else Catalog
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        sub = getattr(field, "annotation", None) if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return None
+        model = sub
+    return model
+
+
+def _unknown_key(loc: list[Any], in_layer: bool) -> str:
+    """``unknown key``, with a "did you mean" hint for a near miss and the allowed keys.
+
+    A key of a nested model is suggested by its dotted path (``opacty`` on a layer:
+    ``style.opacity``).
+
+    >>> _unknown_key(["layer"], False)
+    "unknown key; did you mean 'layers'? (allowed: title, description, layers)"
+    >>> _unknown_key(["style", "opacty"], True)
+    "unknown key; did you mean 'opacity'? (allowed: cmap, color, line_width, point_size, opacity)"
+    >>> _unknown_key(["colour"], True).split(" (")[0]
+    "unknown key; did you mean 'style.color'?"
+    """
+    import difflib
+
+    model = _model_at(loc, in_layer) if loc else None
+    if model is None:
+        return "unknown key"
+    fields = list(model.model_fields)
+    key = str(loc[-1])
+    near = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+    if not near:  # a key of a nested model (a style key written on the layer)
+        nested = {
+            name: f"{field}.{name}"
+            for field, info in model.model_fields.items()
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+            for name in info.annotation.model_fields
+        }
+        near = [nested[m] for m in difflib.get_close_matches(key, list(nested), n=1, cutoff=0.6)]
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return f"unknown key{hint} (allowed: {', '.join(fields)})"
+
+
 def _message(path: Path, data: Any, exc: ValidationError) -> str:
     # An unknown key explains the rest (a misspelt key is also a missing one): report it first.
     errors = sorted(
@@ -546,10 +591,7 @@ def _message(path: Path, data: Any, exc: ValidationError) -> str:
         loc = loc[2:]
     text = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        text = "unknown key"
-        if len(loc) == 1:
-            allowed = LayerSpec.model_fields if in_layer else Catalog.model_fields
-            text += f" (allowed: {', '.join(allowed)})"
+        text = _unknown_key(loc, in_layer)
     if not loc and ":" in text.split(" ")[0]:  # a model-level check names its key first
         key, _, text = text.partition(": ")
         loc = [key]

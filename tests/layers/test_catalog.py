@@ -147,11 +147,35 @@ def test_bad_layer_is_one_message_naming_file_layer_and_key(
 
 
 @pytest.mark.parametrize(
+    ("layer", "key", "hint"),
+    [
+        ({**TILES, "titel": "Base"}, "titel", "; did you mean 'title'? (allowed: name, title, "),
+        ({**TILES, "max_zom": 3}, "max_zom", "; did you mean 'max_zoom'? (allowed: "),
+        ({**TILES, "opacty": 0.5}, "opacty", "; did you mean 'style.opacity'? (allowed: "),
+        ({**TILES, "style": {"colour": "red"}}, "style.colour", "; did you mean 'color'? (allowed: cmap, color, "),
+    ],
+)
+def test_unknown_key_suggests_the_nearest_field(tmp_path, layer, key, hint):
+    path = write(tmp_path, [layer])
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    assert str(info.value).startswith(f"catalog {path}: layer 'base': key {key!r}: unknown key{hint}"), str(info.value)
+
+
+def test_unknown_key_far_from_every_field_has_no_hint(tmp_path):
+    path = write(tmp_path, [{**TILES, "zzzzzz": 1}])
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    assert "did you mean" not in str(info.value)
+    assert "key 'zzzzzz': unknown key (allowed: name, title," in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("content", "words"),
     [
         ("layers:\n  - name: a\n   kind: [\n", "not valid YAML at line 3"),
         ("- just\n- a list\n", "expected a mapping with a 'layers' list"),
-        ("layer: []\n", "key 'layer': unknown key (allowed: title, description, layers)"),
+        ("layer: []\n", "key 'layer': unknown key; did you mean 'layers'? (allowed: title, description, layers)"),
         ("title: empty\nlayers: []\n", "key 'layers'"),
     ],
 )
