@@ -17,6 +17,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from mapstream.layers.types import FeaturePage, Mosaic, Progress
 from mapstream.layers.viewport import Viewport
 
@@ -56,13 +58,28 @@ class Frame(NamedTuple):
 
 
 async def iter_frames(
-    results: AsyncIterator[Mosaic | FeaturePage], viewport: Viewport, style: Any = None
+    results: AsyncIterator[Mosaic | FeaturePage],
+    viewport: Viewport,
+    style: Any = None,
+    *,
+    canvas: Viewport | None = None,
+    partial: bool = True,
 ) -> AsyncIterator[Frame]:
     """The frames of one load: a layer's ``load(viewport, fetcher)`` stream, drawn.
 
     Mosaics become images in a worker thread; feature pages are aggregated and shaded with
     ``style`` (:class:`_PageShader`). The last frame shows every result (for a complete load,
     it is complete).
+
+    Parameters
+    ----------
+    canvas
+        Where feature pages are shaded, when larger than ``viewport`` by the same number of
+        pixels on every side (a tile's margin: points and lines on its edges drawn whole);
+        their images are cropped to ``viewport``.
+    partial
+        Shade pages while they arrive (every :data:`SHADE_EVERY` seconds); False: only the
+        last frame has an image (a tile).
 
     Raises
     ------
@@ -84,7 +101,7 @@ async def iter_frames(
                 yield Frame(image, p, tuple(result.errors), received)
             elif isinstance(result, FeaturePage):
                 if shader is None:
-                    shader = _PageShader(viewport, style)
+                    shader = _PageShader(canvas or viewport, style, viewport, partial)
                 if result.progress.complete:
                     yield await shader.final(result)
                     return
@@ -114,10 +131,15 @@ class _PageShader:
     None. The final frame waits for a shading of every page.
     """
 
-    def __init__(self, viewport: Viewport, style: Any) -> None:
+    def __init__(self, viewport: Viewport, style: Any, shown: Viewport | None = None,
+                 partial: bool = True) -> None:
         self.bounds = viewport.bounds
         self.size = (viewport.width, viewport.height)
         self.style = style
+        self.partial = partial
+        # pixels cropped on each side (a canvas larger than the view shown)
+        self.margin = 0 if shown is None else max(0, (viewport.width - shown.width) // 2)
+        self.shown = shown
         self.aggs: render.Aggregates = {}
         self.errors: list[Any] = []
         self.pages = 0
@@ -130,9 +152,15 @@ class _PageShader:
 
     def _shade(self) -> asyncio.Future[Image]:
         aggs = self.aggs
-        return asyncio.ensure_future(
-            asyncio.to_thread(render.shade_aggregates, aggs, self.bounds, *self.size, self.style)
-        )
+        return asyncio.ensure_future(asyncio.to_thread(self._shade_now, aggs))
+
+    def _shade_now(self, aggs: render.Aggregates) -> Image:
+        image = render.shade_aggregates(aggs, self.bounds, *self.size, self.style)
+        m = self.margin
+        if m and self.shown is not None:
+            rgba = np.ascontiguousarray(image.rgba[m:m + self.shown.height, m:m + self.shown.width])
+            return Image(rgba, self.shown.bounds)
+        return image
 
     async def _take(self, page: FeaturePage) -> Progress:
         if len(page.frame):
@@ -156,7 +184,8 @@ class _PageShader:
         image = None
         if self._shading is not None and self._shading.done():
             image, self._shading = self._shading.result(), None
-        if self._shading is None and self.aggs and time.perf_counter() - self._last >= SHADE_EVERY:
+        if (self.partial and self._shading is None and self.aggs
+                and time.perf_counter() - self._last >= SHADE_EVERY):
             self._shading, self._last = self._shade(), time.perf_counter()
         return Frame(image, progress, tuple(self.errors), progress.features > 0)
 

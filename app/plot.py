@@ -1,10 +1,16 @@
-"""The map plot: one GeoViews ``RGB`` per layer in Web Mercator, its streams and Bokeh hooks.
+"""The map plot: Bokeh tile renderers (served) or GeoViews ``RGB`` images (a notebook).
 
-:class:`MapPlot` holds one ``hv.streams.Pipe`` per layer into a ``DynamicMap`` (stacked in
-priority order, lower underneath), the ``RangeXY`` / ``PlotSize`` / ``SingleTap`` streams of
-the view, and the hook that gives it the Bokeh figure, so that a view of another shape than
-the plot is widened to equal aspect (one metre as wide as it is tall) and shown exactly. It
-reports views and clicks to callbacks and knows nothing of loading.
+On a server, :class:`MapPlot` draws each layer with Bokeh's own ``TileRenderer`` over the
+server's tile route (:mod:`mapstream.app.routes`), stacked in priority order, lower underneath:
+the browser loads the tiles of each view itself, progressively, draws lower-zoom parents while a
+zoom loads, wraps the world and caches what it has seen; nothing is pushed through HoloViews
+per view. Without a tile route (a notebook without a server), each layer is a ``gv.RGB`` fed by
+an ``hv.streams.Pipe`` into a ``DynamicMap``, as the session renders it.
+
+Either way the plot holds the ``RangeXY`` / ``PlotSize`` / ``SingleTap`` streams of the view
+and a hook that gives it the Bokeh figure, so that a view of another shape than the plot is
+widened to equal aspect (one metre as wide as it is tall) and shown exactly. It reports views
+and clicks to callbacks and knows nothing of loading.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import contextlib
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import cartopy.crs as ccrs
 import geoviews as gv
@@ -30,7 +36,7 @@ from mapstream.layers.viewport import Viewport
 from .render import Image
 from .state import equal_aspect, viewport_from_ranges
 
-__all__ = ["MapPlot", "rgb_element"]
+__all__ = ["MapPlot", "TileLayerView", "rgb_element"]
 
 if hv.Store.current_backend != "bokeh":
     hv.Store.set_current_backend("bokeh")
@@ -57,6 +63,15 @@ def rgb_element(data: Image | None, placeholder: Bounds = Bounds(0.0, 0.0, 1.0, 
     return gv.RGB(data_, vdims=["R", "G", "B", "A"], crs=ccrs.GOOGLE_MERCATOR)
 
 
+class TileLayerView(NamedTuple):
+    """How one layer is drawn by a tile renderer: its tiles' URL template and its look."""
+
+    url: str
+    attribution: str = ""
+    alpha: float = 1.0
+    visible: bool = True
+
+
 class MapPlot:
     """The session's plot of every layer.
 
@@ -74,13 +89,18 @@ class MapPlot:
         plot's aspect).
     on_tap
         ``on_tap(lon, lat)`` for a click on the map.
+    tiles
+        Layer name -> :class:`TileLayerView`: draw those layers with tile renderers (a server
+        with the tile route). None: every layer is an image sent through :meth:`show`.
 
     Attributes
     ----------
     viewport
         The last view reported (its size stands in while the browser has reported none).
     pipes
-        Layer name -> the ``Pipe`` its images go through.
+        Layer name -> the ``Pipe`` its images go through (layers without tiles).
+    renderers
+        Layer name -> its Bokeh ``TileRenderer`` (once the figure exists).
     range_stream, size_stream, tap_stream
         The HoloViews streams of the view and the clicks.
     pane
@@ -96,15 +116,18 @@ class MapPlot:
         height: int,
         on_view: Callable[[Viewport, bool], None],
         on_tap: Callable[[float, float], None],
+        tiles: dict[str, TileLayerView] | None = None,
     ) -> None:
         self.viewport = viewport
         self._on_view, self._on_tap = on_view, on_tap
         self.doc: Any = pn.state.curdoc
         self.figure: Any = None  # the Bokeh figure, once rendered (equal aspect)
+        self.tiles = dict(tiles or {})
+        self.renderers: dict[str, Any] = {}
         (x0, x1), (y0, y1) = viewport.x_range, viewport.y_range
         element = partial(rgb_element, placeholder=viewport.bounds)
-        self.pipes = {name: hv.streams.Pipe(data=None) for name in names}
-        dmaps = [hv.DynamicMap(element, streams=[self.pipes[name]]) for name in names]
+        self.pipes = {name: hv.streams.Pipe(data=None) for name in names if name not in self.tiles}
+        dmaps = [hv.DynamicMap(element, streams=[self.pipes[name]]) for name in names if name in self.pipes]
         first = dmaps[0] if dmaps else hv.DynamicMap(element, streams=[hv.streams.Pipe(data=None)])
         self.range_stream = hv.streams.RangeXY(source=first)
         self.size_stream = hv.streams.PlotSize(source=first)
@@ -113,7 +136,7 @@ class MapPlot:
         self.size_stream.add_subscriber(self._view_changed)
         self.tap_stream.add_subscriber(self._tapped)
         rgb_opts = dict(xaxis=None, yaxis=None, tools=["tap"], active_tools=["wheel_zoom", "pan"])
-        overlay = hv.Overlay([d.opts(**rgb_opts, backend="bokeh") for d in dmaps] or [first]).collate()
+        overlay = hv.Overlay([d.opts(**rgb_opts, backend="bokeh") for d in (dmaps or [first])]).collate()
         opts: dict[str, Any] = dict(xlim=(x0, x1), ylim=(y0, y1), responsive=True, min_height=height,
                                     hooks=[_figure_hook(self)])
         self.pane = pn.pane.HoloViews(
@@ -121,8 +144,13 @@ class MapPlot:
         )
 
     def show(self, name: str, image: Image | None) -> None:
-        """Draw ``image`` for layer ``name`` (None: clear it), in the session's document."""
-        pipe = self.pipes[name]
+        """Draw ``image`` for layer ``name`` (None: clear it), in the session's document.
+
+        A layer drawn by a tile renderer ignores it (the browser loads its tiles).
+        """
+        pipe = self.pipes.get(name)
+        if pipe is None:
+            return
         if self.doc is not None:
             from panel.io.state import set_curdoc
 
@@ -135,6 +163,60 @@ class MapPlot:
         """Drop every image (the session is closed)."""
         for pipe in self.pipes.values():
             pipe.clear()
+
+    def add_tile_renderers(self, figure: Any) -> None:
+        """Put a tile renderer per tiled layer into ``figure``, lowest priority underneath (once)."""
+        if not self.tiles or self.renderers:
+            return
+        from bokeh.models import TileRenderer, WMTSTileSource
+
+        from .tiles import MAX_ZOOM
+
+        made, credited = [], set()
+        for name, view in self.tiles.items():
+            attribution = "" if view.attribution in credited else view.attribution  # each credit once
+            credited.add(view.attribution)
+            source = WMTSTileSource(url=view.url, attribution=attribution, min_zoom=0, max_zoom=MAX_ZOOM,
+                                    wrap_around=True)
+            renderer = TileRenderer(tile_source=source, alpha=view.alpha, visible=view.visible,
+                                    name=f"mapstream-{name}")
+            self.renderers[name] = renderer
+            made.append(renderer)
+        figure.renderers = [*made, *figure.renderers]
+
+    def _on_doc(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (a change to Bokeh models) in the session's document, on its next tick."""
+        doc = self.doc
+        if doc is not None and getattr(doc, "session_context", None) is not None:
+            with contextlib.suppress(Exception):
+                doc.add_next_tick_callback(fn)
+                return
+        with contextlib.suppress(Exception):
+            fn()
+
+    def set_tile_url(self, name: str, url: str) -> None:
+        """Point layer ``name``'s tile renderer at ``url`` (the browser loads its tiles anew)."""
+        if name in self.tiles:
+            self.tiles[name] = self.tiles[name]._replace(url=url)
+        renderer = self.renderers.get(name)
+        if renderer is not None and renderer.tile_source.url != url:
+            self._on_doc(lambda: setattr(renderer.tile_source, "url", url))
+
+    def set_visible(self, name: str, visible: bool) -> None:
+        """Show or hide layer ``name``'s tile renderer (the browser keeps its tiles)."""
+        if name in self.tiles:
+            self.tiles[name] = self.tiles[name]._replace(visible=visible)
+        renderer = self.renderers.get(name)
+        if renderer is not None:
+            self._on_doc(lambda: setattr(renderer, "visible", bool(visible)))
+
+    def set_alpha(self, name: str, alpha: float) -> None:
+        """Layer ``name``'s opacity (0 to 1), drawn by the browser."""
+        if name in self.tiles:
+            self.tiles[name] = self.tiles[name]._replace(alpha=alpha)
+        renderer = self.renderers.get(name)
+        if renderer is not None:
+            self._on_doc(lambda: setattr(renderer, "alpha", float(alpha)))
 
     def _view_changed(self, **_: Any) -> None:
         r, s = self.range_stream, self.size_stream
@@ -193,5 +275,6 @@ def _figure_hook(plot: MapPlot) -> Callable[[Any, Any], None]:
         target = ref()
         if target is not None:
             target.figure = bokeh_plot.state
+            target.add_tile_renderers(bokeh_plot.state)
 
     return hook

@@ -68,6 +68,23 @@ def _ignore(*_: Any) -> None:
     return None
 
 
+def _unique(tiles: Any) -> list[Any]:
+    """Tiles with columns wrapped into the world, each once, in their order."""
+    from mapstream.layers.tilegrid import Tile
+
+    out: dict[Any, None] = {}
+    for t in tiles:
+        out.setdefault(Tile(t.z, t.x % 2**t.z, t.y), None)
+    return list(out)
+
+
+def _children(tile: Any) -> list[Any]:
+    from mapstream.layers.tilegrid import Tile
+
+    z, x, y = tile.z + 1, (tile.x % 2**tile.z) * 2, tile.y * 2
+    return [Tile(z, x + dx, y + dy) for dy in (0, 1) for dx in (0, 1)]
+
+
 class MapSession:
     """The loads of one map session, for the latest view.
 
@@ -86,6 +103,16 @@ class MapSession:
         ``show(name, image)`` draws a layer's image (None: clear it); the plot's.
     notify
         ``notify(text)`` tells the user a layer failed.
+    tiles
+        A :class:`~mapstream.app.tiles.TileService`: the layers are drawn by the browser from
+        its tiles (the plot's tile renderers), and a load for a view renders the view's tiles
+        (centre first), then the ring around it and the next zoom's, for progress and errors
+        and so that the browser finds them ready. None: loads draw images for ``show``.
+    on_tiles
+        ``on_tiles(name, token, revision)``: layer ``name``'s tiles are now those of ``token``
+        (a date filter changed) or must be loaded again (``revision``, a retry).
+    on_layer_visible
+        ``on_layer_visible(name, visible)``: show or hide a tiled layer's renderer.
 
     Attributes
     ----------
@@ -113,6 +140,9 @@ class MapSession:
         build_layer: Callable[..., Any] | None = None,
         show: Callable[[str, Image | None], None] = _ignore,
         notify: Callable[[str], None] = _ignore,
+        tiles: Any = None,
+        on_tiles: Callable[[str, str, int], None] = _ignore,
+        on_layer_visible: Callable[[str, bool], None] = _ignore,
     ) -> None:
         if fetcher is None:
             from mapstream.layers.http import shared_fetcher
@@ -142,10 +172,19 @@ class MapSession:
         self.applied: dict[str, list[tuple[Viewport, bool]]] = {name: [] for name in self.specs}
         self._built: dict[str, asyncio.Future[Any]] = {}
         self._preloaded: set[str] = set()
+        self._preload_started = False
         self._settle_handle: asyncio.TimerHandle | None = None
         self._inspect_task: asyncio.Task[str] | None = None
         self._view_reported = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.tiles = tiles
+        self._on_tiles = on_tiles
+        self._on_layer_visible = on_layer_visible
+        #: layer name -> its token at the tile service, and how often it was retried
+        self.tokens: dict[str, str] = {}
+        self.revisions: dict[str, int] = dict.fromkeys(self.specs, 0)
+        if tiles is not None:
+            self.tokens = {name: tiles.register(spec) for name, spec in self.specs.items()}
 
     def title(self, name: str) -> str:
         """What the user calls layer ``name``."""
@@ -197,10 +236,58 @@ class MapSession:
         return loader
 
     async def _frames(self, name: str, viewport: Viewport) -> Any:
+        if self.tiles is not None:
+            async for frame in self._tile_frames(name, viewport):
+                yield frame
+            return
         layer = await self.layer(name)
         style = getattr(self.specs[name], "style", None)
         async for frame in iter_frames(layer.load(viewport, self.fetcher), viewport, style):
             yield frame
+
+    async def _tile_frames(self, name: str, viewport: Viewport) -> Any:
+        """A tiled layer's load for ``viewport``: the view's tiles rendered (progress per tile),
+        then, after the last frame, the ring around the view and the next zoom's tiles."""
+        from mapstream.layers.types import Progress
+
+        from .tiles import view_tiles, zoom_for_view
+
+        token = self.tokens[name]
+        zoom = zoom_for_view(viewport)
+        view = _unique(view_tiles(viewport, zoom, border=0))
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        fetch = asyncio.ensure_future(self.tiles.prefetch(token, view, lambda t, r: queue.put_nowait(r)))
+        done = features = cached = failed = 0
+        truncated = False
+        errors: list[Any] = []
+        try:
+            while done < len(view):
+                result = await queue.get()
+                done += 1
+                if isinstance(result, BaseException):
+                    failed += 1
+                    errors.append(result)
+                else:
+                    features += result.features
+                    cached += result.seconds == 0.0
+                    truncated = truncated or result.truncated
+                    errors.extend(result.errors)
+                complete = done >= len(view)
+                p = Progress(done, len(view), "tiles", features=features, failed=failed, cached=cached,
+                             truncated=truncated, complete=complete)
+                yield Frame(None, p, tuple(errors), failed < done)
+            if not view:
+                yield Frame(None, Progress(0, 0, "tiles", complete=True), (), True)
+            await fetch
+            # what the browser asks for next: the ring it loads around the view, and the next zoom
+            ring = _unique(view_tiles(viewport, zoom, border=1))
+            seen = set(view)
+            later = [t for t in ring if t not in seen]
+            if zoom + 1 <= 22:
+                later += _unique(c for t in view[:10] for c in _children(t))
+            await self.tiles.prefetch(token, later)
+        finally:
+            fetch.cancel()
 
     def request(self, name: str, *, force: bool = False) -> asyncio.Task[None] | None:
         """Load layer ``name`` for the current viewport (on the event loop); None if hidden."""
@@ -210,7 +297,13 @@ class MapSession:
         return self._loader(name).request(self.state.viewport, force=force)
 
     def retry(self, name: str) -> asyncio.Task[None] | None:
-        """Reload layer ``name`` for the current viewport, even if it was loaded (retry button)."""
+        """Reload layer ``name`` for the current viewport, even if it was loaded (retry button).
+
+        A tiled layer's renderer loads its tiles again too (the failed ones were never kept).
+        """
+        if self.tiles is not None and name in self.tokens:
+            self.revisions[name] += 1
+            self._on_tiles(name, self.tokens[name], self.revisions[name])
         return self.request(name, force=True)
 
     def _settles(self, name: str) -> bool:
@@ -282,8 +375,10 @@ class MapSession:
             if loader is not None:
                 loader.cancel()
             self._send(name, None)
+            self._on_layer_visible(name, False)
             self._set_status(name, state="hidden")
         for name in shown:
+            self._on_layer_visible(name, True)
             self.request(name)
 
     def set_datetime(self, name: str, interval: str | None) -> None:
@@ -299,6 +394,9 @@ class MapSession:
         layer = await self.layer(name)
         if hasattr(layer, "datetime"):  # a layer that searches by date (STAC, OGC API Features)
             layer.datetime = interval
+            if self.tiles is not None and name in self.tokens:
+                self.tokens[name] = self.tiles.register(self.specs[name], datetime=interval)
+                self._on_tiles(name, self.tokens[name], self.revisions[name])
             self.request(name, force=True)
 
     def view_reported(self) -> None:
@@ -313,8 +411,13 @@ class MapSession:
         starts when the one before it is done, or :data:`PRELOAD_STAGGER` seconds after it
         started, whichever comes first: the first layers get the network, the parser and the
         CPU to themselves. A pan meanwhile reloads what has started; the rest start for the
-        newest view.
+        newest view. Runs once (the app calls it on document ready and on the first view the
+        browser reports, whichever comes first: a document with tile renderers is ready only
+        once its tiles are).
         """
+        if self._preload_started:
+            return
+        self._preload_started = True
         self._loop = asyncio.get_running_loop()
         _lag_monitor()
         self.preloading = True

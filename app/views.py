@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +23,46 @@ import param
 
 from mapstream.layers.viewport import Viewport
 
-from .plot import MapPlot
+from .plot import MapPlot, TileLayerView
 from .session import MapSession
 from .sidebar import Sidebar
 from .state import MapState, by_priority, initial_viewport
 
-__all__ = ["MapApp"]
+__all__ = ["MapApp", "live_sessions"]
+
+_LIVE: weakref.WeakSet[MapApp] = weakref.WeakSet()
+
+
+def live_sessions() -> int:
+    """Map sessions of this process not closed yet (what the stats route reports)."""
+    return sum(1 for app in list(_LIVE) if not app.session.closed)
+
+
+def _served_tiles() -> tuple[Any, str, str | None] | None:
+    """(tile service, route prefix, page path) when this session is served with the tile route.
+
+    None in a notebook without a server, or with ``MAPSTREAM_TILES=0`` (every layer an image
+    pushed by the session, the path notebooks use).
+    """
+    if os.environ.get("MAPSTREAM_TILES", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    ctx = getattr(pn.state.curdoc, "session_context", None)
+    if ctx is None or getattr(ctx, "server_context", None) is None:
+        return None
+    from .routes import install
+    from .tiles import tile_service
+
+    prefix = install()
+    if prefix is None:
+        return None
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    path = None
+    with contextlib.suppress(Exception):
+        path = ctx.request.path
+    return tile_service(loop), prefix, path
 
 
 def connection_count(doc: Any) -> int | None:
@@ -55,6 +91,12 @@ def _forget_views(session_context: Any) -> None:
     for ref, entry in list(views.items()):
         if isinstance(entry, tuple) and len(entry) > 2 and entry[2] is doc:
             views.pop(ref, None)
+
+
+def _attribution(spec: Any) -> str:
+    """A layer's attribution as HTML for the map's corner (escaped: catalogs are text)."""
+    text = getattr(spec, "attribution", None)
+    return html.escape(str(text)) if text else ""
 
 
 def _notify_error(text: str) -> None:
@@ -97,14 +139,43 @@ class MapApp(pn.viewable.Viewer):
         self.catalog = catalog
         viewport = initial_viewport(catalog, self.height)
         specs = by_priority(catalog.layers)
-        self.plot = MapPlot([s.name for s in specs], viewport, self.height, self._on_view, self._on_tap)
+        served = _served_tiles() if fetcher is None and build_layer is None else None
+        service = served[0] if served else None
         self.session = MapSession(catalog, viewport, fetcher=fetcher, build_layer=build_layer,
-                                  show=self.plot.show, notify=_notify_error)
+                                  show=self._show, notify=_notify_error, tiles=service,
+                                  on_tiles=self._on_tiles, on_layer_visible=self._on_layer_visible)
+        tiles = None
+        if served is not None:
+            _, self._prefix, self._page_path = served
+            tiles = {
+                s.name: TileLayerView(self._tile_url(s.name), _attribution(s), float(s.style.opacity),
+                                      s.name in self.session.state.visible)
+                for s in specs
+            }
+        self.plot = MapPlot([s.name for s in specs], viewport, self.height, self._on_view, self._on_tap,
+                            tiles=tiles)
         self.sidebar = Sidebar(self.session.state, specs, self._on_retry)
         self._layout = pn.Row(self.sidebar, self.plot.pane, sizing_mode="stretch_both", min_height=self.height)
         self._shown = False
         self._metrics_cb: Any = None
         self._connected = False
+        _LIVE.add(self)
+
+    def _tile_url(self, name: str) -> str:
+        from .routes import tile_url
+
+        url = tile_url(self.session.tokens[name], self._page_path, self._prefix)
+        revision = self.session.revisions.get(name, 0)
+        return f"{url}?r={revision}" if revision else url
+
+    def _show(self, name: str, image: Any) -> None:
+        self.plot.show(name, image)
+
+    def _on_tiles(self, name: str, token: str, revision: int) -> None:
+        self.plot.set_tile_url(name, self._tile_url(name))
+
+    def _on_layer_visible(self, name: str, visible: bool) -> None:
+        self.plot.set_visible(name, visible)
 
     @property
     def state(self) -> MapState:
@@ -164,6 +235,11 @@ class MapApp(pn.viewable.Viewer):
         session = self.session
         if sized:
             session.view_reported()
+            if session.tiles is not None and not session._preload_started:
+                # tile renderers hold document ready back until their tiles are in: the first
+                # view the browser reports starts the preload (once; onload would be late)
+                self._connected = True
+                session.schedule(lambda: asyncio.ensure_future(session.preload()))
         if viewport != session.state.viewport:
             session.schedule(lambda: session.set_viewport(viewport))
 
