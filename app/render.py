@@ -31,9 +31,16 @@ __all__ = [
     "grow_aggregate",
     "line_footprint",
     "warm_up",
+    "DEFAULT_CLIM",
+    "density_span",
+    "count_colors",
+    "crop_margin",
 ]
 
 _DEFAULT_COLOR = "#d62728"
+
+#: Points per pixel drawn with the colormap's last colour when the style gives no ``clim``.
+DEFAULT_CLIM = 100
 
 
 class Image(NamedTuple):
@@ -185,7 +192,8 @@ def shade_aggregates(
 ) -> Image:
     """Shade :func:`aggregate_features`' aggregates into one RGBA image, with a layer's style.
 
-    ``color`` (or ``cmap`` for dense points), ``opacity``, ``point_size`` (points grown to
+    ``color`` (or ``cmap`` for points: :func:`count_colors`, the same count the same colour in
+    every tile and view), ``opacity``, ``point_size`` (points grown to
     disks) and ``line_width`` (lines widened); polygons are filled at ``opacity / 2`` and
     outlined. Costs a few passes over the pixels, whatever the number of features.
     """
@@ -198,32 +206,107 @@ def shade_aggregates(
     opacity = float(_style(style, "opacity", 0.9))
     point_size = int(_style(style, "point_size", 3))
     line_width = int(max(1, np.floor(float(_style(style, "line_width", 1)) + 0.5)))
-    cmap = _style(style, "cmap", None)
-    if isinstance(cmap, str):
-        import matplotlib
-
-        cmap = matplotlib.colormaps[cmap] if cmap in matplotlib.colormaps else [cmap]
-
-    def _shade(agg: Any, alpha: float, how: str = "eq_hist", footprint: np.ndarray | None = None) -> Any:
+    def _shade(agg: Any, alpha: float, footprint: np.ndarray | None = None) -> np.ndarray:
         if footprint is not None and footprint.size > 1:
             agg = grow_aggregate(agg, footprint)
-        with np.errstate(divide="ignore", invalid="ignore"):  # one value: a span of zero
-            top = int(round(255 * alpha))
-            if cmap and how != "solid":
-                return tf.shade(agg, cmap=cmap, how=how, alpha=top, min_alpha=int(top * 0.6))
-            return tf.shade(agg, cmap=[color], how="linear", alpha=top, min_alpha=top)
+        top = int(round(255 * alpha))
+        return np.asarray(tf.shade(agg, cmap=[color], how="linear", alpha=top, min_alpha=top).data)
 
     layers = []
     if "fill" in aggs:
-        layers.append(_shade(aggs["fill"], opacity * 0.5, "solid"))
+        layers.append(_shade(aggs["fill"], opacity * 0.5))
     for key in ("outline", "lines"):
         if key in aggs:
-            layers.append(_shade(aggs[key], opacity, "solid", line_footprint(line_width)))
+            layers.append(_shade(aggs[key], opacity, line_footprint(line_width)))
     if "points" in aggs:
-        layers.append(_shade(aggs["points"], opacity, "eq_hist", disk_footprint(max(0, point_size // 2))))
-    rgba = over_rgba([np.asarray(img.data).view(np.uint8).reshape(height, width, 4) for img in layers])
+        points = grow_aggregate(aggs["points"], disk_footprint(max(0, point_size // 2)))
+        layers.append(count_colors(np.asarray(points.data), style))
+    rgba = over_rgba([np.ascontiguousarray(img).view(np.uint8).reshape(height, width, 4) for img in layers])
     # datashader's row 0 is the bottom (y increasing); images here have row 0 at the top
     return Image(np.ascontiguousarray(rgba[::-1]), Bounds(xmin, ymin, xmax, ymax))
+
+
+def density_span(style: Any = None) -> tuple[int, int]:
+    """The points per pixel that :func:`count_colors` maps to the colormap's ends.
+
+    ``(1, clim)``: one point is the first colour, ``clim`` points (``style.clim``, default
+    :data:`DEFAULT_CLIM`) or more the last; in between the colour follows ``log(count)``.
+
+    >>> density_span(None)
+    (1, 100)
+    >>> density_span({"clim": 1000})
+    (1, 1000)
+    """
+    clim = int(_style(style, "clim", DEFAULT_CLIM))
+    return 1, max(2, clim)
+
+
+def _colormap(cmap: Any) -> Any:
+    import matplotlib
+    from matplotlib.colors import LinearSegmentedColormap
+
+    if isinstance(cmap, str):
+        if cmap in matplotlib.colormaps:
+            return matplotlib.colormaps[cmap]
+        cmap = [cmap, cmap]
+    if callable(cmap):
+        return cmap
+    cmap = list(cmap)
+    return LinearSegmentedColormap.from_list("style", cmap if len(cmap) > 1 else cmap * 2)
+
+
+def count_colors(counts: np.ndarray, style: Any = None) -> np.ndarray:
+    """The RGBA (uint8, straight alpha) of pixels with ``counts`` points: a fixed mapping.
+
+    Depends on the count and the style only, never on the other pixels, so that the same count
+    has the same colour in every tile and every view (a legend can show it). With ``cmap``:
+    ``t = log(count) / log(clim)`` clipped to [0, 1] (:func:`density_span`) picks the colour,
+    and alpha rises from ``0.6 * opacity`` (one point) to ``opacity`` (``clim`` points or more).
+    Without: every pixel with a point is ``color`` at ``opacity``. Zero counts are transparent.
+
+    >>> count_colors(np.array([[0, 1, 100]]), {"cmap": "viridis", "opacity": 1.0})[0, :, 3].tolist()
+    [0, 153, 255]
+    >>> count_colors(np.array([[1, 7]]), {"color": "#ff0000", "opacity": 0.5})[0].tolist()
+    [[255, 0, 0, 128], [255, 0, 0, 128]]
+    """
+    from matplotlib.colors import to_rgba
+
+    counts = np.asarray(counts, dtype=np.float64)
+    opacity = float(_style(style, "opacity", 0.9))
+    out = np.zeros(counts.shape + (4,), dtype=np.uint8)
+    drawn = counts >= 1
+    cmap = _style(style, "cmap", None)
+    if cmap:
+        low, high = density_span(style)
+        t = np.clip(np.log(np.maximum(counts[drawn], low)) / np.log(high), 0.0, 1.0)
+        rgba = np.asarray(_colormap(cmap)(t), dtype=np.float64).reshape(-1, 4)
+        out[drawn, :3] = np.round(rgba[:, :3] * 255).astype(np.uint8)
+        out[drawn, 3] = np.round(255 * opacity * (0.6 + 0.4 * t)).astype(np.uint8)
+    else:
+        r, g, b, _ = to_rgba(_style(style, "color", _DEFAULT_COLOR))
+        out[drawn] = [round(r * 255), round(g * 255), round(b * 255), round(255 * opacity)]
+    return out
+
+
+def crop_margin(image: Image, margin: int) -> Image:
+    """``image`` without ``margin`` pixels on every side, with the bounds of what is left.
+
+    A tile shaded on a canvas ``margin`` pixels larger on every side, then cropped, draws a
+    point near its edge exactly as its neighbour does.
+
+    >>> big = Image(np.zeros((10, 12, 4), dtype=np.uint8), (0.0, 0.0, 12.0, 10.0))
+    >>> small = crop_margin(big, 2)
+    >>> small.rgba.shape, small.bounds
+    ((6, 8, 4), Bounds(west=2.0, south=2.0, east=10.0, north=8.0))
+    """
+    m = int(margin)
+    if m <= 0:
+        return image
+    h, w = image.rgba.shape[:2]
+    xmin, ymin, xmax, ymax = (float(v) for v in image.bounds)
+    px, py = (xmax - xmin) / w, (ymax - ymin) / h
+    rgba = np.ascontiguousarray(image.rgba[m : h - m, m : w - m])
+    return Image(rgba, Bounds(xmin + m * px, ymin + m * py, xmax - m * px, ymax - m * py))
 
 
 def shade_features(
