@@ -95,3 +95,99 @@ def test_pages_aggregated_one_by_one_draw_the_same_image_as_the_whole_frame():
     for start in range(0, len(frame), 70):  # pages of 70 features
         aggs = merge_aggregates(aggs, aggregate_features(frame.iloc[start:start + 70], BOUNDS, 100, 50))
     np.testing.assert_array_equal(shade_aggregates(aggs, BOUNDS, 100, 50, style).rgba, whole.rgba)
+
+
+# --- shading that is right at every density (issue 12) ------------------------------------
+
+
+@pytest.mark.parametrize("n", [66, 250])
+@pytest.mark.parametrize("style", [{"cmap": "viridis", "point_size": 1, "opacity": 0.9},
+                                   {"color": "#0000ff", "point_size": 1, "opacity": 0.9}])
+def test_sparse_non_overlapping_points_are_all_drawn_clearly(n, style):
+    xs = np.arange(n) % 50 * 2 + 0.5
+    ys = np.arange(n) // 50 * 2 + 0.5
+    img = shade_features(_frame(*[shapely.Point(x, y) for x, y in zip(xs, ys)]),
+                         (0.0, 0.0, 100.0, 100.0), 100, 100, style)
+    assert img.opaque_pixels == n
+    drawn = img.rgba[..., 3][img.rgba[..., 3] > 0]
+    assert drawn.min() >= 0.6 * 0.9 * 255 - 1
+
+
+def test_a_single_point_covers_point_size_pixels_at_visible_alpha():
+    img = shade_features(_frame(shapely.Point(50.5, 25.5)), BOUNDS, 100, 50,
+                         {"cmap": "viridis", "point_size": 4, "opacity": 1.0})
+    assert img.opaque_pixels >= 4
+    assert img.rgba[..., 3].max() >= 0.6 * 255 - 1
+
+
+def test_equal_counts_have_equal_colours_on_different_canvases_and_bounds():
+    from mapstream.app.render import count_colors
+
+    style = {"cmap": "viridis", "point_size": 1, "opacity": 0.8}
+    # 5 points on one pixel, with a crowd of 200 elsewhere (A) or alone (B), other bounds and size
+    five = [shapely.Point(10.5, 10.5)] * 5
+    crowd = [shapely.Point(80.5, 40.5)] * 200
+    a = shade_features(_frame(*five, *crowd), BOUNDS, 100, 50, style)
+    b = shade_features(_frame(*five), (0.0, 0.0, 30.0, 30.0), 30, 30, style)
+    pa = a.rgba[50 - 1 - 10, 10]
+    pb = b.rgba[30 - 1 - 10, 10]
+    np.testing.assert_array_equal(pa, pb)
+    np.testing.assert_array_equal(pa, count_colors(np.array([[5]]), style)[0, 0])
+    assert b.opaque_pixels == 1
+
+
+def test_count_colors_rise_with_the_count_and_saturate_at_clim():
+    from mapstream.app.render import count_colors, density_span
+
+    style = {"cmap": "viridis", "opacity": 1.0}
+    low, high = density_span(style)
+    counts = np.array([[0, 1, 10, high, high * 10]])
+    rgba = count_colors(counts, style)
+    alpha = rgba[0, :, 3].astype(int)
+    assert alpha[0] == 0 and alpha[1] < alpha[2] < alpha[3] == 255
+    np.testing.assert_array_equal(rgba[0, 3], rgba[0, 4])  # clim and above: the last colour
+    assert tuple(rgba[0, 3, :3]) != tuple(rgba[0, 1, :3])
+    wider = count_colors(counts, {**style, "clim": 10_000})
+    assert wider[0, 3, 3] < 255  # clim is the span's top
+
+
+@pytest.mark.parametrize("geoms", [
+    [shapely.Polygon(), shapely.LineString(), shapely.Point()],
+    [shapely.Polygon(), shapely.box(10, 10, 20, 20), None, shapely.Point()],
+    [None, None],
+    # a polygon across the antimeridian, clipped to the western hemisphere's edge: nothing left
+    [shapely.clip_by_rect(shapely.box(179.0, -10.0, 181.0, 10.0), -180.0, -90.0, 0.0, 90.0)
+     .intersection(shapely.box(-180.0, -90.0, -179.5, 90.0))],
+])
+def test_empty_or_missing_geometries_never_raise(geoms):
+    img = shade_features(gpd.GeoDataFrame(geometry=geoms, crs="EPSG:3857"), BOUNDS, 100, 50,
+                         {"cmap": "viridis"})
+    valid = [g for g in geoms if g is not None and not g.is_empty]
+    assert (img.opaque_pixels > 0) == bool(valid)
+
+
+def _tile(frame, x0, size, margin, style):
+    from mapstream.app.render import aggregate_features, crop_margin, shade_aggregates
+
+    bounds = (x0 - margin, -margin, x0 + size + margin, size + margin)  # 1 unit per pixel
+    n = size + 2 * margin
+    return crop_margin(shade_aggregates(aggregate_features(frame, bounds, n, n), bounds, n, n, style), margin)
+
+
+def test_a_point_on_a_tile_edge_is_drawn_continuously_on_both_tiles():
+    style = {"cmap": "viridis", "point_size": 6, "opacity": 0.9, "line_width": 1}
+    margin = 3 + 1
+    frame = _frame(shapely.Point(32.5, 16.5), shapely.Point(31.5, 8.5), shapely.Point(31.5, 8.5))
+    a = _tile(frame, 0, 32, margin, style)
+    b = _tile(frame, 32, 32, margin, style)
+    assert a.rgba.shape == b.rgba.shape == (32, 32, 4)
+    assert a.bounds[2] == b.bounds[0] == 32.0
+    whole = shade_features(frame, (0.0, 0.0, 64.0, 32.0), 64, 32, style)
+    np.testing.assert_array_equal(np.concatenate([a.rgba, b.rgba], axis=1), whole.rgba)
+    # both tiles draw the points that straddle their edge
+    assert a.rgba[:, -1, 3].any() and b.rgba[:, 0, 3].any()
+    # one point in B's first column: its disk is symmetric about it, A's last column is B's second
+    one = _frame(shapely.Point(32.5, 16.5))
+    a, b = _tile(one, 0, 32, margin, style), _tile(one, 32, 32, margin, style)
+    assert a.rgba[:, -1, 3].any()
+    np.testing.assert_array_equal(a.rgba[:, -1], b.rgba[:, 1])
