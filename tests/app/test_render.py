@@ -191,3 +191,38 @@ def test_a_point_on_a_tile_edge_is_drawn_continuously_on_both_tiles():
     a, b = _tile(one, 0, 32, margin, style), _tile(one, 32, 32, margin, style)
     assert a.rgba[:, -1, 3].any()
     np.testing.assert_array_equal(a.rgba[:, -1], b.rgba[:, 1])
+
+
+def test_after_warm_up_shading_the_demo_styles_compiles_no_numba_kernel(monkeypatch):
+    import numba
+    import numba.core.dispatcher as dispatcher
+    import yaml
+
+    from mapstream.app.render import warm_up
+
+    assert warm_up(wait=True, timeout=600)
+    compiled = []
+    original = dispatcher.Dispatcher.compile
+
+    def _compile(self, sig):
+        compiled.append(self.py_func.__qualname__)
+        return original(self, sig)
+
+    monkeypatch.setattr(dispatcher.Dispatcher, "compile", _compile)
+    numba.njit(lambda v: v + 1)(1)  # the probe sees a compile
+    assert len(compiled) == 1
+    compiled.clear()
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[2] / "layers" / "catalogs" / "demo.yml"
+    styles = [layer["style"] for layer in yaml.safe_load(demo.read_text())["layers"] if layer.get("style")]
+    rng = np.random.default_rng(0)
+    points = [shapely.Point(x, y) for x, y in rng.uniform(0, 100, (500, 2))]
+    others = [shapely.box(10, 10, 30, 30),
+              shapely.MultiPolygon([shapely.box(40, 40, 50, 50), shapely.box(60, 60, 70, 70)]),
+              shapely.LineString([(0, 0), (100, 100)]),
+              shapely.MultiLineString([[(0, 100), (100, 0)], [(0, 50), (100, 50)]])]
+    for style in styles:
+        for geoms in (points + others, points, *([g] for g in others), [shapely.Point(5, 5)]):
+            shade_features(_frame(*geoms), (0.0, 0.0, 100.0, 100.0), 64, 64, style)
+    assert compiled == []
