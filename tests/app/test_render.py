@@ -226,3 +226,14 @@ def test_after_warm_up_shading_the_demo_styles_compiles_no_numba_kernel(monkeypa
         for geoms in (points + others, points, *([g] for g in others), [shapely.Point(5, 5)]):
             shade_features(_frame(*geoms), (0.0, 0.0, 100.0, 100.0), 64, 64, style)
     assert compiled == []
+
+
+def test_invalid_geometries_never_raise_and_valid_neighbours_are_drawn():
+    bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    geoms = [bowtie, shapely.Polygon([(0, 0), (1, 1), (0, 0)]), shapely.Point(float("nan"), float("nan")),
+             shapely.GeometryCollection([shapely.Point(1, 1)]), shapely.LineString([(1, 1), (1, 1)])]
+    for geom in geoms:
+        shade_features(_frame(geom), BOUNDS, 100, 50, {"cmap": "viridis"})  # no exception
+    alone = shade_features(_frame(shapely.box(60, 20, 70, 30)), BOUNDS, 100, 50, {"color": "#00ff00"})
+    mixed = shade_features(_frame(*geoms, shapely.box(60, 20, 70, 30)), BOUNDS, 100, 50, {"color": "#00ff00"})
+    np.testing.assert_array_equal(mixed.rgba[:, 50:], alone.rgba[:, 50:])
