@@ -77,7 +77,10 @@ def open_catalog(path: Path | None) -> Any:
     try:
         return load_catalog(path)
     except (LayersError, OSError) as exc:
-        raise click.ClickException(f"cannot use catalog {path or '(embedded)'}: {one_line(exc)}") from None
+        text = one_line(exc)
+        if not text.startswith("catalog "):  # a CatalogError names the file itself
+            text = f"catalog {path or '(embedded)'}: {text}"
+        raise click.ClickException(f"cannot use {text}") from None
 
 
 def get_spec(catalog: Any, name: str) -> Any:

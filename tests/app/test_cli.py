@@ -497,3 +497,19 @@ def test_cache_command_shows_prunes_and_clears_the_disk_cache(tmp_path):
     assert result.exit_code == 0 and DiskCache(tmp_path).size().entries == 0
     result = invoke("cache", "--cache-dir", str(tmp_path), "--prune", "lots")
     assert result.exit_code == 2 and "'--prune'" in result.output and "not a size" in result.output
+
+
+def test_bad_or_missing_catalog_names_the_file_once(tmp_path):
+    from click.testing import CliRunner
+
+    from mapstream.app.cli import main
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text("layers:\n  - name: osm\n    kind: tiles\n    url: demo://tiles\n    opacty: 0.5\n")
+    for path in (bad, tmp_path / "missing.yml"):
+        for args in (["check"], ["prefetch", "osm", "--bbox", "0,0,1,1", "--zoom", "1"]):
+            result = CliRunner().invoke(main, [*args, "--catalog", str(path)])
+            assert result.exit_code == 1, result.output
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"Error: cannot use catalog {path}: "), lines
+            assert lines[0].count(str(path)) == 1, lines[0]
