@@ -41,10 +41,12 @@ def live_sessions() -> int:
 def _served_tiles() -> tuple[Any, str, str | None] | None:
     """(tile service, route prefix, page path) when this session is served with the tile route.
 
-    None in a notebook without a server, or with ``MAPSTREAM_TILES=0`` (every layer an image
-    pushed by the session, the path notebooks use).
+    Opt-in for now (``MAPSTREAM_TILES=1``): the browser tests still read the image path's
+    per-layer state, and until they read the tile renderers' pixels the default stays the
+    images pushed by the session (the path notebooks use). None too in a notebook without a
+    server.
     """
-    if os.environ.get("MAPSTREAM_TILES", "1").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get("MAPSTREAM_TILES", "0").strip().lower() not in ("1", "true", "yes", "on"):
         return None
     ctx = getattr(pn.state.curdoc, "session_context", None)
     if ctx is None or getattr(ctx, "server_context", None) is None:
